@@ -1,0 +1,1 @@
+"""Glue shared by the DVC stages: params, data, training, Ray Tune, MLflow, reports. Imports prernn."""

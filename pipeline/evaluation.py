@@ -1,0 +1,252 @@
+"""The evaluate stage's work: train the selected configuration and the best baseline, test them, fuse streams.
+
+In: `selection.json`'s `selected` / `baseline` choices (pipeline.selection), the pretrained backbone of each
+stream (`models/pretrained/<modality>.pt`, contract save format) and the clips folder.
+Out: trained SequenceModels, per-epoch history, test probabilities, and the metrics of
+`test_metrics(probs, labels, class_names)` (accuracy, per-class accuracy, confusion matrix).
+
+- The selected configuration is built with only its kept layers recurrent (`prernn.convert(backbone,
+  layers, ...)`); when every converted layer was reverted ([0058]) it is the plain trained backbone
+  applied frame by frame (`frames_model`, config kind "frames").
+- Training: train + val clips for `evaluate.epochs`, with the selected trial's learning rates, batch size,
+  weight decay, hh_init and seed (`trial config` in trials.json; the `search` params where absent), over
+  the cached frozen trunk (pipeline.features), as the search did. The test split is evaluated after every
+  epoch for the history only; nothing is chosen on it.
+- Late fusion ([0023]: one stream per modality): the mean over streams of each stream's time-averaged
+  softmax probabilities (B, K).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+TRAIN_KEYS = ("batch_size", "lr_inherited", "lr_new", "weight_decay", "hh_init", "seed")
+FUSION = "mean of the streams' time-averaged softmax probabilities"
+
+
+def frames_model(backbone):
+    """The trained backbone applied to every frame, as a SequenceModel with no recurrent layer: (B,T,...) -> (B,T,K)."""
+    from prernn.sequence import SequenceModel
+
+    bb = backbone
+    config = {"kind": "frames", "backbone": copy.deepcopy(bb.config), "layers": [], "cell": None, "sih": False,
+              "candidates": list(bb.candidates), "trunk_boundary": bb.candidates[0]}
+    return SequenceModel([(n, copy.deepcopy(s)) for n, s in bb.stages.items()], [], config, is_3d=bb.is_3d)
+
+
+def build_model(config: dict):
+    """prernn.build_from_config, plus the "frames" kind of `frames_model`."""
+    import prernn
+
+    if config.get("kind") == "frames":
+        return frames_model(prernn.build_from_config(config["backbone"]))
+    return prernn.build_from_config(config)
+
+
+def model_for(choice: dict, backbone, train_cfg: dict):
+    """The untrained SequenceModel of a selection choice (`selected` or `baseline` of selection.json)."""
+    import prernn
+
+    hh = train_cfg.get("hh_init", "orthogonal")
+    if choice["kind"] == "traditional":
+        hidden = (choice.get("config") or {}).get("hidden_size")
+        return prernn.traditional(backbone, choice["cell"], num_layers=int(choice["num_layers"]),
+                                  hidden_size=hidden, hh_init=hh)
+    if not choice["layers"]:
+        return frames_model(backbone)
+    return prernn.convert(backbone, list(choice["layers"]), choice["cell"], sih=bool(choice["sih"]), hh_init=hh,
+                          gru_reset=(choice.get("config") or {}).get("gru_reset", "before"))
+
+
+def train_config(choice: dict, search_params) -> dict:
+    """The training hyperparameters for `choice`: its trial config, else the `search` params section."""
+    cfg = choice.get("config") or {}
+    return {k: cfg.get(k, getattr(search_params, k)) for k in TRAIN_KEYS}
+
+
+def load_backbone(path: str | Path):
+    """A pretrained Backbone from the contract save format; clear error when the file is missing."""
+    import prernn
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no pretrained backbone; run the pretrain stage for this modality")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = prernn.build_from_config(ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model
+
+
+def train_and_test(model, train, test, *, epochs: int, cfg: dict, device, on_epoch=None) -> tuple[list[dict], list]:
+    """Train `model` on `train` (pipeline.features.SplitTensors) for `epochs`, testing after each epoch.
+
+    Returns (history rows {"epoch", "train_loss", "train_acc", "test_loss", "test_acc"}, per-epoch test probs (N, K)).
+    """
+    from pipeline.train import Trainer, seed_everything
+
+    seed_everything(int(cfg["seed"]))
+    trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"], weight_decay=cfg["weight_decay"],
+                      batch_size=cfg["batch_size"], seed=int(cfg["seed"]), start=train.start, device=device)
+    history, probs = [], []
+    for _ in range(int(epochs)):
+        row = trainer.train_epoch(train.pair())
+        res = trainer.evaluate(test.pair())
+        row = {"epoch": trainer.epoch, **row, "test_loss": res["loss"], "test_acc": res["acc"]}
+        history.append(row)
+        probs.append(res["probs"])
+        if on_epoch:
+            on_epoch(row)
+    model.cpu().eval()
+    return history, probs
+
+
+def fuse(probs: list[torch.Tensor]) -> torch.Tensor:
+    """Late fusion: [(N, K) per stream] -> (N, K), the mean of the streams' probabilities."""
+    return torch.stack([p.float() for p in probs]).mean(0)
+
+
+def test_metrics(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
+    """{"acc", "per_class_acc": {name: acc | None}, "confusion": K x K counts [actual][predicted], "n"}."""
+    pred = probs.argmax(-1).numpy()
+    y = labels.numpy()
+    k = len(class_names)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (y, pred), 1)
+    per = {name: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None) for i, name in enumerate(class_names)}
+    return {"acc": float((pred == y).mean()) if len(y) else 0.0, "per_class_acc": per,
+            "confusion": cm.tolist(), "n": int(len(y))}
+
+
+class FusedModel(nn.Module):
+    """Every stream in one module (what MLflow's PyTorch flavour stores).
+
+    forward(x (B, T, sum C_m, H, W) [3D: (B, T, sum C_m, L, H, W)], the streams' normalised inputs concatenated on
+    the channel axis in `modalities` order) -> (B, K) fused class probabilities (FUSION).
+    """
+
+    def __init__(self, streams: dict[str, nn.Module], channels: dict[str, int]):
+        super().__init__()
+        self.modalities = list(streams)
+        self.streams = nn.ModuleDict(streams)
+        self.channels = [int(channels[m]) for m in self.modalities]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.channels, dim=2)
+        probs = [self.streams[m](p).softmax(-1).mean(1) for m, p in zip(self.modalities, parts)]  # (B, K) each
+        return torch.stack(probs).mean(0)
+
+
+def final_checkpoint(models: dict[str, nn.Module], meta: dict) -> dict:
+    """models/final.pt content: one stream -> {"config", "state_dict", "meta"} (the contract format);
+    several -> {"streams": {modality: {"config", "state_dict"}}, "meta"}."""
+    if len(models) == 1:
+        (m, model), = models.items()
+        return {"config": model.config, "state_dict": model.state_dict(), "meta": meta}
+    return {"streams": {m: {"config": mod.config, "state_dict": mod.state_dict()} for m, mod in models.items()},
+            "meta": meta}
+
+
+def load_final(path: str | Path) -> tuple[dict[str, nn.Module], dict]:
+    """Read models/final.pt (either layout of `final_checkpoint`) -> ({modality: model in eval mode}, meta)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    meta = ckpt.get("meta", {})
+    streams = ckpt["streams"] if "streams" in ckpt else {meta["modalities"][0]: ckpt}
+    models = {}
+    for m, entry in streams.items():
+        model = build_model(entry["config"])
+        model.load_state_dict(entry["state_dict"])
+        models[m] = model.eval()
+    return models, meta
+
+
+def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list[str], epochs: int,
+                   search_params, device="cpu", cache_trunk: bool = True, log=print) -> dict:
+    """Train and test every choice ({"selected": ..., "baseline": ... | None}) on every stream, then fuse.
+
+    Returns {"class_names", "labels" (N,), "meta" (clip metadata: normalization, extract, ...),
+             "streams": {modality: {role: {"model", "history", "probs": [(N, K) per epoch], "cfg"}}},
+             "examples": {modality: up to two raw test clips (B, T, C, H, W), for the MLflow signature},
+             "fused": {role: [(N, K) per epoch]}}.
+    """
+    import prernn
+    from pipeline.dataset import ClipDataset
+    from pipeline.features import prepare_splits
+
+    out = {"streams": {}, "fused": {}, "examples": {}}
+    labels = None
+    for m in modalities:
+        bb = load_backbone(Path(pretrained_dir) / f"{m}.pt")
+        snippet = int(bb.config.get("kwargs", {}).get("snippet", 4)) if bb.is_3d else None
+        train_ds = ClipDataset(clips_dir, ["train", "val"], m, snippet=snippet)
+        test_ds = ClipDataset(clips_dir, "test", m, snippet=snippet)
+        if len(test_ds) == 0 or len(train_ds) == 0:
+            raise ValueError(f"{clips_dir}: modality {m}: {len(train_ds)} train+val clips, {len(test_ds)} test clips; "
+                             "need both (data.test_fraction > 0)")
+        if int(bb.config["num_classes"]) != train_ds.num_classes:
+            raise ValueError(f"{Path(pretrained_dir) / f'{m}.pt'}: {bb.config['num_classes']} classes, but {clips_dir} "
+                             f"has {train_ds.num_classes}; rerun the pretrain stage")
+        splits = prepare_splits(bb, {"train": train_ds, "test": test_ds}, prernn.trunk_boundary(bb),
+                                cache_trunk=cache_trunk, device=device)
+        if labels is not None and not torch.equal(labels, splits["test"].y):
+            raise ValueError(f"{clips_dir}: the test clips of {m} are not in the order of {modalities[0]}; cannot fuse")
+        labels = splits["test"].y
+        out.setdefault("class_names", train_ds.class_names)
+        out.setdefault("meta", train_ds.meta)
+        out["streams"][m] = {}
+        out["examples"][m] = torch.stack([test_ds[i][0] for i in range(min(2, len(test_ds)))])  # (2, T, C, H, W)
+        for role, choice in choices.items():
+            if choice is None:
+                continue
+            cfg = train_config(choice, search_params)
+            model = model_for(choice, bb, cfg)
+            log(f"evaluate: {m} {role} {choice['name']} (recurrent layers: {choice['layers'] or 'none'}), {epochs} epochs")
+            history, probs = train_and_test(model, splits["train"], splits["test"], epochs=epochs, cfg=cfg,
+                                            device=device)
+            out["streams"][m][role] = {"model": model, "history": history, "probs": probs, "cfg": cfg}
+    for role in [r for r, c in choices.items() if c is not None]:
+        per_stream = [out["streams"][m][role]["probs"] for m in modalities]
+        out["fused"][role] = [fuse([s[e] for s in per_stream]) for e in range(int(epochs))]
+    out["labels"] = labels
+    return out
+
+
+def summary(result: dict, choices: dict, modalities: list[str]) -> tuple[dict, dict, list[dict], list[dict]]:
+    """(metrics.json, evaluation.json, history.csv rows, confusion.csv rows) from `run_evaluation`'s result."""
+    names, y = result["class_names"], result["labels"]
+    roles = list(result["fused"])
+    final = {r: test_metrics(result["fused"][r][-1], y, names) for r in roles}
+    streams = {m: {r: test_metrics(result["streams"][m][r]["probs"][-1], y, names) for r in roles} for m in modalities}
+    sel = final["selected"]
+    base = final.get("baseline")
+    metrics = {"test_acc": sel["acc"], "baseline_test_acc": base["acc"] if base else None,
+               "gain": sel["acc"] - base["acc"] if base else None, "n_test": sel["n"],
+               "per_class_acc": sel["per_class_acc"],
+               "streams": {m: {"test_acc": s["selected"]["acc"],
+                               "baseline_test_acc": s["baseline"]["acc"] if "baseline" in s else None}
+                           for m, s in streams.items()},
+               "selected": choices["selected"]["name"], "baseline": (choices.get("baseline") or {}).get("name")}
+    report = {"fusion": FUSION if len(modalities) > 1 else None, "modalities": modalities, "class_names": names,
+              "choices": {r: {k: choices[r][k] for k in ("name", "kind", "cell", "sih", "layers", "reverted_layers",
+                                                         "num_layers", "fallback")} for r in roles},
+              "fused": final, "streams": streams,
+              "train_config": {m: {r: result["streams"][m][r]["cfg"] for r in roles} for m in modalities}}
+    history = []
+    for e in range(len(result["fused"]["selected"])):
+        row = {"epoch": e + 1}
+        for r in roles:
+            prefix = "" if r == "selected" else f"{r}_"
+            row[f"{prefix}test_acc"] = test_metrics(result["fused"][r][e], y, names)["acc"]
+        for m in modalities:
+            for r in roles:
+                h = result["streams"][m][r]["history"][e]
+                prefix = f"{m}_" if r == "selected" else f"{m}_{r}_"
+                row.update({f"{prefix}test_acc": h["test_acc"], f"{prefix}train_loss": h["train_loss"],
+                            f"{prefix}train_acc": h["train_acc"]})
+        history.append(row)
+    pred = result["fused"]["selected"][-1].argmax(-1).tolist()
+    confusion = [{"actual": names[a], "predicted": names[p]} for a, p in zip(y.tolist(), pred)]
+    return metrics, report, history, confusion

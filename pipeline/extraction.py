@@ -1,0 +1,115 @@
+"""The extract stage's work: every manifest video -> clip arrays (in worker processes) -> Arrow shards.
+
+`extract_manifest(rows, class_names, params, out_dir, workers)` -> report dict
+{"kept", "skipped": [{"video_id", "path", "reason"}], "splits": {split: n}, "files", "seconds", ...}.
+Results are consumed in manifest order (Pool.imap), so the files are byte-identical whatever the
+worker count; a video that fails is reported with its reason and left out.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import cv2
+
+from pipeline.clipstore import CHANNELS, ChannelStats, ClipWriter
+from pipeline.sources import resolve
+from pipeline.video import FlowComputer, VideoError, read_clip
+
+_worker_state: dict = {}
+
+
+def _init_worker(params: dict) -> None:
+    cv2.setNumThreads(1)  # one core per process; parallelism comes from the pool
+    _worker_state["params"] = params
+    _worker_state["flow"] = FlowComputer(params["flow_method"], params["dis_preset"])
+
+
+def _extract_one(row: dict):
+    """-> ("ok", clip, sums) or ("skip", reason). Runs in a worker."""
+    p = _worker_state["params"]
+    mods = [m for m in p["modalities"] if m != "depth" or row["depth_path"]]
+    try:
+        clip = read_clip(resolve(row["path"]), {**p, "modalities": mods},
+                         depth_path=resolve(row["depth_path"]) if row["depth_path"] else None,
+                         offset=int(row.get("offset") or 0), total=int(row["frames"]) if Path(resolve(row["path"])).is_dir() else None,
+                         computer=_worker_state["flow"])
+    except VideoError as err:
+        return "skip", str(err)
+    except Exception as err:  # noqa: BLE001 - any decoder failure is a per-video skip, reported by name
+        return "skip", f"{type(err).__name__}: {err}"
+    sums = {m: ChannelStats.sums(a) for m, a in clip.items()} if row["split"] == "train" else {}
+    return "ok", clip, sums
+
+
+def resolve_workers(workers: int) -> int:
+    return workers or os.cpu_count() or 1
+
+
+def extract_manifest(rows: list[dict], class_names: list[str], params, out_dir: Path, workers: int = 0,
+                     progress: bool = True) -> dict:
+    """Extract every row of a manifest into out_dir; returns the report (see module docstring)."""
+    from tqdm import tqdm
+
+    p = params.model_dump() if hasattr(params, "model_dump") else dict(params)
+    with_depth = "depth" in p["modalities"] and any(r["depth_path"] for r in rows)
+    mods = [m for m in p["modalities"] if m != "depth" or with_depth]
+    writer = ClipWriter(out_dir, mods, p["frames"], p["size"], p["shard_mb"] * 2**20)
+    stats = {m: ChannelStats(CHANNELS[m]) for m in mods}
+    skipped, kept, splits = [], 0, {"train": 0, "val": 0, "test": 0}
+    n_workers = min(resolve_workers(workers), max(len(rows), 1))
+    t0 = time.perf_counter()
+    if n_workers == 1:
+        _init_worker(p)
+        results = map(_extract_one, rows)
+        pool = None
+    else:
+        pool = mp.get_context("fork" if os.name == "posix" else "spawn").Pool(n_workers, _init_worker, (p,))
+        results = pool.imap(_extract_one, rows, chunksize=max(1, min(8, len(rows) // (n_workers * 8))))
+    try:
+        bar = tqdm(results, total=len(rows), desc="extract", unit="clip", disable=not progress, leave=False)
+        for row, res in zip(rows, bar):
+            if res[0] == "ok" and with_depth and "depth" not in res[1]:
+                res = ("skip", "no depth video (other videos of this source have one)")
+            if res[0] == "skip":
+                skipped.append({"video_id": row["video_id"], "path": row["path"], "reason": res[1]})
+                continue
+            _, clip, sums = res
+            for m, s in sums.items():
+                stats[m].add_sums(*s)
+            writer.add(row["split"], clip, row["label"], row["video_id"], row["path"])
+            kept += 1
+            splits[row["split"]] += 1
+    except BaseException:
+        if pool is not None:
+            pool.terminate()  # interrupted or failed: do not wait for the remaining videos
+        raise
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    seconds = time.perf_counter() - t0
+    stored = {k: v for k, v in p.items() if k != "workers"}  # the files must not depend on the worker count
+    meta = {"prernn.class_names": list(class_names), "prernn.extract": stored,
+            "prernn.normalization": {m: s.result() for m, s in stats.items()}, "prernn.modalities": mods}
+    files = writer.finish(meta)
+    return {"kept": kept, "skipped": skipped, "total": len(rows), "splits": splits, "modalities": mods,
+            "files": [f.name for f in files], "workers": n_workers, "seconds": round(seconds, 3),
+            "clips_per_sec": round(len(rows) / seconds, 2) if seconds > 0 else None}
+
+
+def failure(report: dict, params) -> str | None:
+    """Why the stage must fail (strict mode or too many skipped), listing the videos; else None."""
+    p = params.model_dump() if hasattr(params, "model_dump") else dict(params)
+    skipped, total = report["skipped"], max(report["total"], 1)
+    listing = "\n".join(f"  {s['path']}: {s['reason']}" for s in skipped)
+    if skipped and p["strict"]:
+        return f"extract.strict is true and {len(skipped)} video(s) were skipped:\n{listing}"
+    if len(skipped) / total > p["max_skipped_fraction"]:
+        return (f"{len(skipped)} of {report['total']} videos skipped, more than extract.max_skipped_fraction "
+                f"{p['max_skipped_fraction']}:\n{listing}")
+    if report["kept"] == 0:
+        return f"no video could be extracted:\n{listing}"
+    return None

@@ -1,0 +1,199 @@
+"""The training / evaluation loop shared by pretrain, search trials and evaluate.
+
+Models: a frame model (prernn Backbone, `model(x)`: (N, C, H, W) -> (N, K)) or a sequence model
+(prernn SequenceModel, `model(x, start=...)`: (B, T, ...) -> (B, T, K)).
+
+Loss: for a sequence model the cross-entropy is taken at every time step and averaged over T
+(the patent's recurrent layers emit a prediction per frame, [0058]; every step gets a gradient).
+Accuracy: the class with the highest time-averaged softmax probability.
+Optimiser: AdamW with two parameter groups, `lr_inherited` for the weights that came from the
+trained CNN (`model.inherited_parameters()`) and `lr_new` for the new hidden-to-hidden weights
+(`model.new_parameters()`); a frame model has one group at `lr_new`.
+Reproducible: every epoch reseeds torch / numpy / random from (seed, epoch) and shuffles with its
+own generator, so a run resumed from an epoch checkpoint continues exactly as an unbroken run.
+A loss that stops being finite raises `NonFiniteLoss` (the trial is then marked failed).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and random; ask torch for deterministic kernels where they exist."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def pick_device(want_gpu: bool = False) -> torch.device:
+    """cuda when asked for and present, else cpu."""
+    return torch.device("cuda" if want_gpu and torch.cuda.is_available() else "cpu")
+
+
+def param_groups(model: torch.nn.Module, lr_inherited: float, lr_new: float, weight_decay: float = 0.0) -> list[dict]:
+    """Two AdamW groups for a SequenceModel (inherited / new weights), one for anything else.
+
+    Only trainable parameters (requires_grad) are included.
+    """
+    if hasattr(model, "inherited_parameters") and hasattr(model, "new_parameters"):
+        inherited = [p for p in model.inherited_parameters() if p.requires_grad]
+        seen = {id(p) for p in inherited}
+        new = [p for p in model.new_parameters() if p.requires_grad and id(p) not in seen]
+        seen |= {id(p) for p in new}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+        groups = [
+            {"params": inherited, "lr": lr_inherited, "name": "inherited"},
+            {"params": new + rest, "lr": lr_new, "name": "new"},
+        ]
+        return [g for g in groups if g["params"]]
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr_new, "name": "all"}]
+
+
+def _forward(model, x, start):
+    return model(x) if start is None else model(x, start=start)
+
+
+def clip_loss_and_probs(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (B, K) or (B, T, K), y (B,) -> (mean CE over batch [and time], probabilities (B, K))."""
+    if logits.dim() == 3:  # (B, T, K): CE at every time step, averaged over T
+        b, t, k = logits.shape
+        loss = F.cross_entropy(logits.reshape(b * t, k), y.repeat_interleave(t))
+        probs = logits.softmax(-1).mean(1)  # (B, K) time-averaged probabilities
+    else:
+        loss = F.cross_entropy(logits, y)
+        probs = logits.softmax(-1)
+    return loss, probs
+
+
+def as_dataset(data) -> Dataset:
+    """A Dataset, or an (x, y) pair of tensors -> a Dataset."""
+    if isinstance(data, Dataset):
+        return data
+    x, y = data
+    return TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
+
+
+class Trainer:
+    """Epoch-steppable training of one model; `state_dict()` / `load_state_dict()` for checkpoints.
+
+    `start`: the stage name the inputs enter at (cached trunk features), or None for raw inputs.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, lr_inherited: float, lr_new: float, weight_decay: float = 0.0,
+                 batch_size: int = 16, seed: int = 0, start: Optional[str] = None, device="cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.start = start
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.optimizer = torch.optim.AdamW(param_groups(model, lr_inherited, lr_new, weight_decay),
+                                           weight_decay=weight_decay)
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    # --- one epoch -------------------------------------------------------------------------
+    def train_epoch(self, data) -> dict:
+        """One pass over `data` (shuffled); returns {"train_loss", "train_acc", "clips_per_sec"}."""
+        seed_everything(self.seed * 100_003 + self.epoch)
+        gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        loader = DataLoader(as_dataset(data), batch_size=self.batch_size, shuffle=True, generator=gen)
+        self.model.train()
+        total, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
+        for step, (x, y) in enumerate(loader):
+            x, y = x.to(self.device), y.to(self.device).long()
+            loss, probs = clip_loss_and_probs(_forward(self.model, x, self.start), y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"training loss became {loss.item()} at epoch {self.epoch + 1}, batch {step + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += (probs.argmax(-1) == y).sum().item()
+        seconds = time.perf_counter() - t0
+        self.epoch += 1
+        return {"train_loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1),
+                "clips_per_sec": total / seconds if seconds > 0 else float("nan")}
+
+    @torch.no_grad()
+    def evaluate(self, data, batch_size: Optional[int] = None) -> dict:
+        """{"loss", "acc", "probs" (N, K) tensor, "labels" (N,) tensor} over `data` in order."""
+        loader = DataLoader(as_dataset(data), batch_size=batch_size or self.batch_size, shuffle=False)
+        self.model.eval()
+        losses, probs, labels = [], [], []
+        for x, y in loader:
+            x, y = x.to(self.device), y.to(self.device).long()
+            loss, p = clip_loss_and_probs(_forward(self.model, x, self.start), y)
+            losses.append(loss.item() * len(y))
+            probs.append(p.cpu())
+            labels.append(y.cpu())
+        probs_t, labels_t = torch.cat(probs), torch.cat(labels)
+        n = len(labels_t)
+        return {"loss": sum(losses) / max(n, 1), "acc": (probs_t.argmax(-1) == labels_t).float().mean().item(),
+                "probs": probs_t, "labels": labels_t}
+
+    def fit_epoch(self, train_data, val_data) -> dict:
+        """Train one epoch, evaluate on `val_data`; append and return the epoch's metrics."""
+        t0 = time.perf_counter()
+        metrics = self.train_epoch(train_data)
+        val = self.evaluate(val_data)
+        row = {"epoch": self.epoch, **metrics, "val_loss": val["loss"], "val_acc": val["acc"],
+               "epoch_seconds": time.perf_counter() - t0}
+        self.history.append(row)
+        return row
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+
+
+def fit(trainer: Trainer, train_data, val_data, epochs: int,
+        on_epoch: Optional[Callable[[dict], None]] = None) -> list[dict]:
+    """Run `trainer` until it has done `epochs` epochs (continuing a resumed one); returns history."""
+    while trainer.epoch < epochs:
+        row = trainer.fit_epoch(train_data, val_data)
+        if on_epoch is not None:
+            on_epoch(row)
+    return trainer.history
+
+
+def epochs_to_fraction(history: list[dict], key: str = "val_acc", fraction: float = 0.95) -> Optional[int]:
+    """The first epoch whose `key` reaches `fraction` of the best value in `history` (None if empty)."""
+    values = [row[key] for row in history if key in row and not math.isnan(row[key])]
+    if not values:
+        return None
+    best = max(values)
+    for row in history:
+        if row.get(key) is not None and row[key] >= fraction * best:
+            return int(row["epoch"])
+    return None
+
+
+def summarize(history: list[dict]) -> dict:
+    """{"val_acc": best, "val_loss": at the best epoch, "best_epoch", "epochs_to_95", "clips_per_sec": mean}."""
+    if not history:
+        return {"val_acc": None, "val_loss": None, "best_epoch": None, "epochs_to_95": None, "clips_per_sec": None}
+    best = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))
+    rates = [r["clips_per_sec"] for r in history if math.isfinite(r.get("clips_per_sec", float("nan")))]
+    return {"val_acc": best["val_acc"], "val_loss": best["val_loss"], "best_epoch": best["epoch"],
+            "epochs_to_95": epochs_to_fraction(history), "clips_per_sec": sum(rates) / len(rates) if rates else None}

@@ -1,0 +1,235 @@
+"""The search driver: one Ray Tune trial per configuration, MLflow parent run, trial table.
+
+`run_search(...)` takes the validated `search` and `mlflow` params sections, the pretrained backbone
+checkpoint (save format of the contract), the prepared splits (pipeline.features) and returns
+(rows, info): one row per trial with the contract's keys (trials.json) and the search summary
+(search.json). Ray results live under `search.storage_path`/<name>; the name is a fingerprint of
+the params and inputs, so rerunning a killed search with the same inputs restores it there
+(`Tuner.restore`: finished trials are kept, unfinished ones continue from their last epoch).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from pipeline import tracking
+from pipeline.space import build_space
+from pipeline.trainable import COMMON_KEYS, flat_config, train_trial
+from pipeline.train import summarize
+
+log = logging.getLogger(__name__)
+DRIVER_STATE = "prernn_search.json"
+ROW_KEYS = ("name", "kind", "cell", "sih", "layers", "num_layers", "status", "error", "val_acc", "val_loss",
+            "epochs_to_95", "clips_per_sec", "recurrent_params", "mlflow_run_id")
+
+
+def trial_name(trial) -> str:
+    return trial.config["arch"]["name"]
+
+
+def trial_dirname(trial) -> str:
+    return f"{trial.config['arch']['name']}_{trial.trial_id}"
+
+
+def fingerprint(search, tracking_uri: str, experiment: str, backbone_ckpt: dict, splits: dict, space: list) -> str:
+    """A short hash of everything that decides the trial results (not the resources)."""
+    h = hashlib.sha256()
+    keep = {k: v for k, v in search.model_dump().items()
+            if k not in ("address", "max_concurrent", "storage_path", "cpus_per_trial", "gpus_per_trial")}
+    h.update(json.dumps([keep, tracking_uri, experiment, space], sort_keys=True, default=str).encode())
+    for name, tensor in sorted(backbone_ckpt["state_dict"].items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for split in sorted(splits):
+        h.update(splits[split].x.contiguous().numpy().tobytes())
+        h.update(splits[split].y.numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _short_error(error) -> str:
+    """The root cause of a Ray trial error as one line `Type: message`."""
+    cause = error
+    for _ in range(5):
+        inner = getattr(cause, "cause", None) or getattr(cause, "__cause__", None)
+        if inner is None or inner is cause:
+            break
+        cause = inner
+    text = f"{type(cause).__name__}: {cause}"
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+    if len(lines) > 1:  # a traceback: keep its last line (the exception)
+        text = lines[-1]
+    return text[:1000]
+
+
+def _row(result, run_ids: dict) -> dict:
+    """One trials.json row from a Ray Result."""
+    config = result.config
+    if config is None:  # a restored trial that failed before its first report: Ray kept only params.json
+        config = json.loads((Path(result.path) / "params.json").read_text())
+    cfg = flat_config(config)
+    metrics = result.metrics or {}
+    history = json.loads(metrics.get("history_json", "[]"))
+    summary = summarize(history)
+    failed = result.error is not None
+    return {
+        "name": cfg["name"], "kind": cfg["kind"], "cell": cfg["cell"], "sih": bool(cfg["sih"]),
+        "layers": list(cfg["layers"]), "num_layers": int(cfg["num_layers"]),
+        "status": "failed" if failed else "ok", "error": _short_error(result.error) if failed else None,
+        "val_acc": summary["val_acc"], "val_loss": summary["val_loss"], "epochs_to_95": summary["epochs_to_95"],
+        "clips_per_sec": summary["clips_per_sec"], "recurrent_params": metrics.get("recurrent_params"),
+        "mlflow_run_id": metrics.get("mlflow_run_id") or run_ids.get(cfg["name"]),
+        "gate_stats": json.loads(metrics["gate_stats_json"]) if metrics.get("gate_stats_json") else None,
+        "history": history, "epochs_run": len(history), "best_epoch": summary["best_epoch"],
+        "config": {k: v for k, v in cfg.items() if k not in ("tracking_uri", "parent_run_id", "experiment_id")},
+    }
+
+
+def _open_parent(uri, experiment_id, exp_dir: Path, search, info: dict, restoring: bool) -> str:
+    """The parent run: reused from the driver state of a restored search, else created."""
+    state_file = exp_dir / DRIVER_STATE
+    if restoring and state_file.exists():
+        run_id = json.loads(state_file.read_text()).get("parent_run_id")
+        if run_id and tracking.run_status(uri, run_id) is not None:
+            tracking.client(uri).update_run(run_id, status="RUNNING")
+            return run_id
+    run_id = tracking.start_run(uri, experiment_id, exp_dir.name,
+                                params={"search": search.model_dump(), **{k: info[k] for k in
+                                        ("backbone", "modality", "trunk_boundary", "num_trials")}},
+                                tags={"kind": "search"}, stage="search")
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"parent_run_id": run_id, "experiment_id": experiment_id}))
+    return run_id
+
+
+def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, candidates: list, boundary: str,
+               space: Optional[list] = None, base_dir: str | os.PathLike | None = None,
+               verbose: int = 1) -> tuple[list[dict], dict]:
+    """Run (or restore) the search; returns (trial rows in space order, search info)."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from pipeline import ray_cluster
+
+    t0 = time.perf_counter()
+    base_dir = Path(base_dir or os.getcwd())
+    uri, source = tracking.resolve_tracking_uri(mlflow_params.tracking_uri, base_dir)
+    tracking.check_reachable(uri, source)
+    space = space if space is not None else build_space(search, candidates)
+    started = ray_cluster.connect(search.address)
+    try:
+        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        use_gpu = search.gpus_per_trial > 0 and has_gpu
+        if search.gpus_per_trial > 0 and not has_gpu:
+            log.warning("search.gpus_per_trial=%s but the Ray cluster has no GPU: trials run on CPU",
+                        search.gpus_per_trial)
+        storage = Path(search.storage_path)
+        storage = (storage if storage.is_absolute() else base_dir / storage).resolve()
+        meta = backbone_ckpt.get("meta", {})
+        name = f"search-{search.modality}-" + fingerprint(search, uri, mlflow_params.experiment, backbone_ckpt,
+                                                          splits, space)
+        exp_dir = storage / name
+        info = {"experiment_id": tracking.ensure_experiment(uri, mlflow_params.experiment), "tracking_uri": uri,
+                "backbone": backbone_ckpt["config"]["name"], "modality": search.modality,
+                "candidates": list(candidates), "trunk_boundary": boundary, "num_trials": len(space),
+                "storage_path": str(storage), "experiment_dir": str(exp_dir), "class_names": meta.get("class_names")}
+        restoring = tune.Tuner.can_restore(exp_dir) and (exp_dir / DRIVER_STATE).exists()
+        parent = _open_parent(uri, info["experiment_id"], exp_dir, search, info, restoring)
+        common = {k: getattr(search, k) for k in COMMON_KEYS}
+        param_space = {
+            "arch": tune.grid_search(space), **common,
+            "cpus_per_trial": search.cpus_per_trial, "use_gpu": use_gpu,
+            "gate_stats_every_epoch": search.scheduler == "asha", "tracking_uri": uri,
+            "experiment_id": info["experiment_id"], "parent_run_id": parent,
+        }
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, data={"backbone": {"config": backbone_ckpt["config"],
+                                                                 "state_dict": backbone_ckpt["state_dict"]},
+                                                    "train": splits["train"], "val": splits["val"]}),
+            {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial if use_gpu else 0},
+        )
+        if restoring:
+            log.warning("restoring the search from %s (finished trials are kept)", exp_dir)
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, param_space=param_space)
+        else:
+            scheduler = (ASHAScheduler(max_t=search.epochs, grace_period=max(1, search.epochs // 4),
+                                       reduction_factor=2) if search.scheduler == "asha" else None)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    metric="val_acc" if scheduler else None, mode="max" if scheduler else None,
+                    scheduler=scheduler, max_concurrent_trials=search.max_concurrent or None, reuse_actors=True,
+                    trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=str(storage), verbose=verbose,
+                    failure_config=tune.FailureConfig(max_failures=search.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            )
+        grid = tuner.fit()
+        children = {r.data.tags.get(tracking.TRIAL_TAG): r.info.run_id
+                    for r in tracking.child_runs(uri, info["experiment_id"], parent)}
+        order = {a["name"]: i for i, a in enumerate(space)}
+        rows = sorted((_row(result, children) for result in grid), key=lambda r: order.get(r["name"], 1 << 30))
+        _finish_runs(uri, parent, rows)
+        info.update({"parent_run_id": parent, "restored": restoring, "wall_seconds": time.perf_counter() - t0,
+                     "num_ok": sum(r["status"] == "ok" for r in rows),
+                     "num_failed": sum(r["status"] == "failed" for r in rows)})
+        return rows, info
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _finish_runs(uri: str, parent: str, rows: list[dict]) -> None:
+    """Close child runs Ray stopped early (ASHA) or killed, log the search summary, close the parent."""
+    for row in rows:
+        rid = row["mlflow_run_id"]
+        if rid and tracking.run_status(uri, rid) == "RUNNING":
+            tracking.end_run(uri, rid, "FAILED" if row["status"] == "failed" else "KILLED")
+    ok = [r for r in rows if r["status"] == "ok" and r["val_acc"] is not None]
+    summary = {"num_ok": len(ok), "num_failed": len(rows) - len(ok)}
+    if ok:
+        summary["best_val_acc"] = max(r["val_acc"] for r in ok)
+    tracking.log_metrics(uri, parent, summary)
+    tracking.log_json(uri, parent, [{k: r[k] for k in ROW_KEYS} for r in rows], "trials_summary.json")
+    tracking.end_run(uri, parent, "FINISHED")
+
+
+def trials_csv(rows: list[dict]) -> str:
+    """The trial table as CSV (one line per trial, the scalar keys of trials.json)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(ROW_KEYS) + ["epochs_run"], extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "layers": "+".join(row["layers"])})
+    return buf.getvalue()
+
+
+def write_outputs(out_dir: str | os.PathLike, rows: list[dict], info: dict) -> None:
+    """search/trials.json, trials.csv, search.json, written together atomically (one folder rename)."""
+    from pipeline.atomic import atomic_path
+
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        (tmp / "trials.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
+        (tmp / "trials.csv").write_text(trials_csv(rows))
+        (tmp / "search.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A contract-format checkpoint (`config`, `state_dict`, `meta`) from disk."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no pretrained model; run the pretrain stage first") from None

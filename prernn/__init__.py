@@ -1,0 +1,27 @@
+"""prernn: make trained CNN layers recurrent (PreRNN, PreRNN-SIH) for visual sequence learning.
+
+Imports torch only. Each module's docstring names the patent equations it implements.
+
+    import prernn, torch
+    cnn = prernn.create_backbone("vgg_mini", num_classes=10, input_size=32)    # or load_pretrained(...)
+    model = prernn.convert(cnn, ["fc6"], "lstm", sih=True)                    # PreRNN-SIH, Eqs. (10)-(11)
+    logits = model(torch.randn(2, 8, 3, 32, 32))                              # (B, T, K)
+    stats = prernn.gate_statistics(model, torch.randn(2, 8, 3, 32, 32))
+    keep = prernn.is_saturated(stats["fc6"])                                  # claim 12
+"""
+from . import backbones as _backbones  # noqa: F401  (fills the registry)
+from .backbones import Backbone
+from .cells import CELLS, GATE_NAMES, GRU_RESETS, HH_INITS
+from .layers import ConvRecurrent, FCRecurrent
+from .pretrained import load_pretrained
+from .registry import create_backbone, list_backbones, register_backbone
+from .counting import count_recurrent_parameters
+from .sequence import SequenceModel, build_from_config, candidate_layers, convert, traditional, trunk_boundary
+from .stats import gate_statistics, is_saturated
+
+__all__ = [
+    "Backbone", "SequenceModel", "FCRecurrent", "ConvRecurrent", "CELLS", "GATE_NAMES", "GRU_RESETS", "HH_INITS",
+    "create_backbone", "list_backbones", "register_backbone", "load_pretrained", "candidate_layers",
+    "trunk_boundary", "convert", "traditional", "build_from_config", "count_recurrent_parameters",
+    "gate_statistics", "is_saturated",
+]

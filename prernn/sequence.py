@@ -1,0 +1,235 @@
+"""SequenceModel and the conversion entry points (claim 1: replace non-recurrent layers by recurrent ones).
+
+``convert``: the chosen candidate layers of a trained Backbone become PreRNN layers (``prernn.layers``);
+stages below the first converted layer run per frame, converted layers run over time, stages above
+run per time step. ``traditional``: the prior-art baselines of FIG. 1C/1D, a randomly initialised RNN of
+1 or 2 layers on top of the last feature layer, then a new classifier.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .backbones import Backbone, FCStage
+from .cells import CELLS, GRU_RESETS, HH_INITS, check_choice
+from .layers import ConvRecurrent, FCRecurrent
+from .registry import create_backbone
+
+
+def _backbone(model) -> Backbone:
+    if not isinstance(model, Backbone):
+        raise ValueError(f"expected a prernn Backbone (from create_backbone), got {type(model).__name__}")
+    return model
+
+
+def candidate_layers(model) -> list[str]:
+    """Names of the layers that can be made recurrent, in forward order.
+
+    VGG/C3D: ["fc6", "fc7"]; ResNet: the last residual block (with its global average pooling).
+    """
+    if isinstance(model, SequenceModel):
+        return list(model.config["candidates"])
+    return list(_backbone(model).candidates)
+
+
+def trunk_boundary(model) -> str:
+    """The lowest candidate stage; everything before it is the frozen per-frame trunk (cacheable)."""
+    if isinstance(model, SequenceModel):
+        return model.config["trunk_boundary"]
+    return _backbone(model).candidates[0]
+
+
+class SequenceModel(nn.Module):
+    """Ordered named stages over clips; some are recurrent.
+
+    forward(clips (B, T, C, H, W) [3D: (B, T, C, L, H, W)], start=None) -> (B, T, K). With ``start`` the input
+    is the features entering that stage, (B, T, *F). ``step(frame, state)`` runs one time step.
+    """
+
+    def __init__(self, stages, recurrent, config, *, is_3d: bool = False, new_stages=()):
+        super().__init__()
+        self.stages = nn.ModuleDict(stages)
+        self._recurrent = [n for n in self.stages if n in set(recurrent)]
+        self._new_stages = list(new_stages)
+        self.config = config
+        self.is_3d = bool(is_3d)
+
+    def recurrent_layers(self) -> dict[str, nn.Module]:
+        """{name: recurrent layer} in forward order; each maps (B, T, *F) -> (B, T, H) from a zero state."""
+        return {n: self.stages[n] for n in self._recurrent}
+
+    def _names_from(self, start):
+        names = list(self.stages)
+        if start is None:
+            return names
+        if start not in self.stages:
+            raise ValueError(f"unknown start stage {start!r}; expected one of {names}")
+        return names[names.index(start):]
+
+    def forward(self, clips: torch.Tensor, start: str | None = None) -> torch.Tensor:
+        B, T = clips.shape[:2]
+        x = clips
+        for name in self._names_from(start):
+            m = self.stages[name]
+            if name in self._recurrent:
+                x = m(x)  # (B, T, *F) -> (B, T, H)
+            else:
+                x = m(x.flatten(0, 1)).unflatten(0, (B, T))  # per frame
+        return x
+
+    def forward_reference(self, clips: torch.Tensor, start: str | None = None, record: bool = False):
+        """Like ``forward`` but recurrent layers use the step-by-step path; returns (out, {layer: {gate: (B,T,H)}})."""
+        B, T = clips.shape[:2]
+        x, gates = clips, {}
+        for name in self._names_from(start):
+            m = self.stages[name]
+            if name in self._recurrent:
+                x, g = m.forward_reference(x, record)
+                gates[name] = g
+            else:
+                x = m(x.flatten(0, 1)).unflatten(0, (B, T))
+        return x, gates
+
+    def step(self, frame: torch.Tensor, state=None, start: str | None = None):
+        """One time step: frame (B, C, H, W) [3D: (B, C, L, H, W)] -> (out (B, K), state dict)."""
+        state = dict(state or {})
+        x = frame
+        for name in self._names_from(start):
+            m = self.stages[name]
+            if name in self._recurrent:
+                x, state[name] = m.step(x, state.get(name))
+            else:
+                x = m(x)
+        return x, state
+
+    def new_parameters(self):
+        """Parameters trained from scratch: hidden-to-hidden weights (traditional: the RNN and new classifier)."""
+        seen = set()
+        for n in self._recurrent:
+            for p in self.stages[n].new_parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield p
+        for n in self._new_stages:
+            for p in self.stages[n].parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield p
+
+    def inherited_parameters(self):
+        """Parameters carried over from the trained CNN (to be fine-tuned)."""
+        new = {id(p) for p in self.new_parameters()}
+        for p in self.parameters():
+            if id(p) not in new:
+                yield p
+
+
+def _ordered_layers(bb: Backbone, layers) -> list[str]:
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers or [])
+    if not layers:
+        raise ValueError(f"layers must be a non-empty subset of {bb.candidates}")
+    bad = [l for l in layers if l not in bb.candidates]
+    if bad:
+        raise ValueError(f"layer(s) {bad} cannot be made recurrent; expected a subset of {bb.candidates}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"duplicate layers in {layers}")
+    return [n for n in bb.stages if n in layers]
+
+
+def convert(model, layers, cell: str, sih: bool = False, *, hh_init: str = "orthogonal",
+            gru_reset: str = "before") -> SequenceModel:
+    """Replace ``layers`` of a trained Backbone by PreRNN layers (``model`` is not modified).
+
+    Fully connected layers: Eq. (5) VRNN (the layer's own activation as H, its dropout kept), Eqs. (7)-(9)
+    gate-dependent LSTM/GRU (every gate starts from a copy of W_xy, b), Eqs. (10)-(12) SIH (one shared
+    v_t = W_xy x_t + b). Convolutional (last ResNet block): Eq. (6) and the conv cases of Eqs. (7), (10).
+    Hidden-to-hidden weights start random (``hh_init``) with zero biases.
+    """
+    bb = _backbone(model)
+    check_choice("cell", cell, CELLS)
+    check_choice("hh_init", hh_init, HH_INITS)
+    check_choice("gru_reset", gru_reset, GRU_RESETS)
+    if sih and cell == "vrnn":
+        raise ValueError("sih=True needs a gated cell; expected cell in ['lstm', 'gru'] (VRNN has no gates)")
+    order = _ordered_layers(bb, layers)
+    kw = dict(sih=bool(sih), gru_reset=gru_reset, hh_init=hh_init)
+    stages, skip = [], set()
+    for name, stage in bb.stages.items():
+        if name in skip:
+            continue
+        if name not in order:
+            stages.append((name, copy.deepcopy(stage)))
+        elif isinstance(stage, FCStage):
+            act = stage.activation or "tanh"
+            p = stage.dropout.p if isinstance(stage.dropout, nn.Dropout) else 0.0
+            stages.append((name, FCRecurrent.from_linear(stage.linear, cell, activation=act, dropout=p, **kw)))
+        else:
+            stages.append((name, ConvRecurrent(stage, cell, **kw)))
+            if name in bb.absorbs:
+                skip.add(bb.absorbs[name])
+    config = {"kind": "prernn", "backbone": copy.deepcopy(bb.config), "layers": order, "cell": cell,
+              "sih": bool(sih), "hh_init": hh_init, "gru_reset": gru_reset,
+              "candidates": list(bb.candidates), "trunk_boundary": bb.candidates[0]}
+    return SequenceModel(stages, order, config, is_3d=bb.is_3d)
+
+
+def traditional(model, cell: str, num_layers: int = 1, hidden_size: int | None = None, *,
+                hh_init: str = "orthogonal", gru_reset: str = "before") -> SequenceModel:
+    """Prior-art baseline (FIG. 1C/1D): trained CNN up to its last feature layer (VGG/C3D: fc7 output,
+    ResNet: pooled features) per frame, then ``num_layers`` (1 or 2) randomly initialised RNN layers
+    "rnn1", "rnn2" (Eqs. 1-3; input weights torch-style uniform, W_hh ``hh_init``, VRNN uses tanh), then a new
+    classifier. ``hidden_size`` None = width of the last feature layer.
+    """
+    bb = _backbone(model)
+    check_choice("cell", cell, CELLS)
+    check_choice("hh_init", hh_init, HH_INITS)
+    check_choice("gru_reset", gru_reset, GRU_RESETS)
+    if num_layers not in (1, 2):
+        raise ValueError(f"num_layers must be 1 or 2, got {num_layers!r}")
+    H = int(hidden_size) if hidden_size is not None else bb.feature_dim
+    if H < 1:
+        raise ValueError(f"hidden_size must be >= 1, got {hidden_size!r}")
+    stages = []
+    for name, stage in bb.stages.items():
+        stages.append((name, copy.deepcopy(stage)))
+        if name == bb.feature_layer:
+            break
+    rnn, d = [], bb.feature_dim
+    for i in range(1, num_layers + 1):
+        rnn.append(f"rnn{i}")
+        stages.append((f"rnn{i}", FCRecurrent(d, H, cell, activation="tanh", gru_reset=gru_reset,
+                                              hh_init=hh_init, inherited=False)))
+        d = H
+    stages.append(("classifier", FCStage(H, bb.num_classes, None, 0.0)))
+    config = {"kind": "traditional", "backbone": copy.deepcopy(bb.config), "layers": [], "cell": cell,
+              "sih": False, "num_layers": int(num_layers), "hidden_size": H, "hh_init": hh_init,
+              "gru_reset": gru_reset, "candidates": list(bb.candidates), "trunk_boundary": bb.candidates[0]}
+    return SequenceModel(stages, rnn, config, is_3d=bb.is_3d, new_stages=["classifier"])
+
+
+def build_from_config(config: dict):
+    """Rebuild a Backbone or SequenceModel (random weights) from its ``.config``; then ``load_state_dict``."""
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict, got {type(config).__name__}")
+    if "kind" not in config:
+        missing = [k for k in ("name", "num_classes") if k not in config]
+        if missing:
+            raise ValueError(f"backbone config is missing keys {missing}; got keys {sorted(config)}")
+        return create_backbone(config["name"], config["num_classes"], config.get("in_channels", 3),
+                               **config.get("kwargs", {}))
+    bb = build_from_config(config["backbone"])
+    kind = config["kind"]
+    if kind == "prernn":
+        return convert(bb, config["layers"], config["cell"], config.get("sih", False),
+                       hh_init=config.get("hh_init", "orthogonal"), gru_reset=config.get("gru_reset", "before"))
+    if kind == "traditional":
+        return traditional(bb, config["cell"], config.get("num_layers", 1), config.get("hidden_size"),
+                           hh_init=config.get("hh_init", "orthogonal"), gru_reset=config.get("gru_reset", "before"))
+    if kind == "frames":  # the trained CNN applied per frame, no recurrent layer (pipeline's frame baseline)
+        return SequenceModel([(n, copy.deepcopy(s)) for n, s in bb.stages.items()], [], copy.deepcopy(config),
+                             is_3d=bb.is_3d)
+    raise ValueError(f"unknown config kind {kind!r}; expected one of ['prernn', 'traditional', 'frames']")

@@ -1,0 +1,110 @@
+"""DVC stage `evaluate`: the selected configuration against the best traditional RNN, on the test split.
+
+In: `reports/selection.json` (select stage), `models/pretrained/<modality>.pt`, the clips, `search/search.json`
+(MLflow parent run), params sections `evaluate` (+ `search` for training defaults).
+Out (atomic): `models/final.pt` (one stream: {"config", "state_dict", "meta"}; several: {"streams": {modality:
+{"config", "state_dict"}}, "meta"}; meta = class_names, normalization, extract, modalities, fusion, selected),
+`metrics.json` (fused and per-stream test accuracy, baseline, gain, per-class accuracy), `reports/confusion.csv`
+(actual,predicted per test clip, fused selected model), `reports/history.csv` (per epoch: fused test_acc,
+baseline_test_acc, per-stream columns), `reports/evaluation.json` (confusion matrices, train configs).
+MLflow: a child run "evaluate" of the search's parent run with the model registered as `evaluate.register_name`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from pipeline.atomic import atomic_path, write_json, write_text
+from pipeline.params import load_params
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _read_json(path: Path, what: str, required: bool = True) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        if required:
+            sys.exit(f"evaluate: {path} is missing; {what}")
+        return {}
+    except json.JSONDecodeError as err:
+        sys.exit(f"evaluate: {path} is not valid JSON: {err}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--clips", default="data/clips")
+    ap.add_argument("--pretrained", default="models/pretrained")
+    ap.add_argument("--selection", default="reports/selection.json")
+    ap.add_argument("--search", default="search", help="the search stage's folder (search.json: MLflow parent run)")
+    ap.add_argument("--out", default="models/final.pt")
+    ap.add_argument("--metrics", default="metrics.json")
+    ap.add_argument("--plots", default="reports", help="folder for confusion.csv, history.csv, evaluation.json")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from pipeline.evaluation import FUSION, FusedModel, final_checkpoint, run_evaluation, summary
+    from pipeline.train import pick_device
+
+    params = load_params(args.params)
+    p = params.evaluate
+    selection = _read_json(Path(args.selection), "run the select stage first (dvc repro select)")
+    if not selection.get("selected"):
+        sys.exit(f"evaluate: {args.selection}: no configuration was selected (no PreRNN trial succeeded); "
+                 "see its trials' reasons")
+    choices = {"selected": selection["selected"], "baseline": selection.get("baseline")}
+    result = run_evaluation(args.clips, args.pretrained, choices, modalities=list(p.modalities), epochs=p.epochs,
+                            search_params=params.search, device=pick_device(True),
+                            cache_trunk=params.search.cache_trunk)
+    metrics, report, history, confusion = summary(result, choices, list(p.modalities))
+
+    clip_meta = result["meta"]
+    meta = {"class_names": result["class_names"],
+            "normalization": {m: clip_meta["prernn.normalization"][m] for m in p.modalities},
+            "extract": clip_meta.get("prernn.extract"), "modalities": list(p.modalities),
+            "fusion": FUSION if len(p.modalities) > 1 else None, "selected": choices["selected"]["name"],
+            "layers": choices["selected"]["layers"], "reverted_layers": choices["selected"].get("reverted_layers", [])}
+    models = {m: result["streams"][m]["selected"]["model"] for m in p.modalities}
+    with atomic_path(args.out) as tmp:
+        torch.save(final_checkpoint(models, meta), tmp)
+    plots = Path(args.plots)
+    write_text(plots / "confusion.csv", _csv(confusion))
+    write_text(plots / "history.csv", _csv(history))
+
+    search_meta = _read_json(Path(args.search) / "search.json", "", required=False)
+    mlflow_info = None
+    if search_meta.get("parent_run_id"):
+        from pipeline.mlflow_model import log_final_model, log_reports
+
+        channels = {m: int(models[m].config["backbone"].get("in_channels", 3)) for m in p.modalities}
+        fused = FusedModel(models, channels)
+        example = torch.cat([result["examples"][m] for m in p.modalities], dim=2)  # (2, T, sum C, H, W)
+        flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+        flat.update({f"{m}_{k}": v for m, s in metrics["streams"].items() for k, v in s.items() if v is not None})
+        mlflow_info = log_final_model(
+            search_meta, fused, register_name=p.register_name, model_meta=meta, example=example, metrics=flat,
+            params={"evaluate": p.model_dump(), "selected": choices["selected"]["name"]},
+            files=[plots / "confusion.csv", plots / "history.csv"], final_path=args.out)
+        log_reports(search_meta, [plots / "confusion.csv", plots / "history.csv"], artifact_path="evaluate",
+                    metrics={f"final_{k}": v for k, v in flat.items()})
+    report["mlflow"] = mlflow_info
+    write_json(plots / "evaluation.json", report)
+    write_json(args.metrics, metrics)
+    base = f", baseline {metrics['baseline']} {metrics['baseline_test_acc']:.3f}" if metrics["baseline"] else ""
+    print(f"evaluate: {metrics['selected']} test_acc {metrics['test_acc']:.3f}{base}")
+
+
+if __name__ == "__main__":
+    main()

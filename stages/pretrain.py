@@ -1,0 +1,95 @@
+"""DVC stage `pretrain`: the trained CNN each stream starts from ([0039]: a CNN trained on frames).
+
+In: `--clips` (extract stage), params sections `pretrain` and `extract`. Per modality in
+`pretrain.modalities`: train `pretrain.backbone` on the frames of the train split (snippets for a
+3D backbone), or start from the user's `pretrain.weights` and fine-tune them (`pretrain.finetune`)
+or keep them; evaluate frame accuracy on val. The weights of the best val epoch are kept.
+Out (under --out, one atomic folder): `{modality}.pt` ({"config", "state_dict", "meta"}: class_names,
+normalization, extract params, modality, metrics) and `pretrain.json` (per-modality metrics).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+
+def pretrain_modality(p, extract, clips_dir: Path, modality: str) -> tuple[dict, dict]:
+    """Train (or load) one stream's backbone; returns (checkpoint dict, metrics)."""
+    import prernn
+    from pipeline.dataset import FrameDataset
+    from pipeline.train import Trainer, seed_everything
+
+    seed_everything(p.seed)
+    kwargs = {"input_size": extract.size} if p.backbone == "vgg_mini" else {}
+    snippet = 4 if p.backbone == "c3d_mini" else None
+    train = FrameDataset(clips_dir, "train", modality, snippet=snippet)
+    val = FrameDataset(clips_dir, "val", modality, snippet=snippet)
+    in_channels = train[0][0].shape[0]
+    model = prernn.create_backbone(p.backbone, train.num_classes, in_channels=in_channels, **kwargs)
+    if p.weights:
+        try:
+            prernn.load_pretrained(model, p.weights, strict_classifier=False)
+        except ValueError as err:
+            sys.exit(f"pretrain: pretrain.weights: {p.weights!r}: {err}")
+    epochs = p.epochs if (p.weights is None or p.finetune) else 0
+    trainer = Trainer(model, lr_inherited=p.lr, lr_new=p.lr, weight_decay=p.weight_decay,
+                      batch_size=p.batch_size, seed=p.seed)
+    best, best_state = None, copy.deepcopy(model.state_dict())
+    for _ in range(epochs):
+        row = trainer.fit_epoch(train, val)
+        print(f"pretrain {modality}: epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.3f} "
+              f"val_acc {row['val_acc']:.3f} ({row['clips_per_sec']:.0f} frames/s)")
+        if best is None or row["val_acc"] > best["val_acc"]:
+            best, best_state = row, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    final = trainer.evaluate(val, batch_size=256)
+    metrics = {"backbone": p.backbone, "frames_train": len(train), "frames_val": len(val),
+               "epochs": epochs, "best_epoch": best["epoch"] if best else 0,
+               "val_frame_acc": final["acc"], "val_loss": final["loss"],
+               "weights": p.weights, "finetuned": bool(epochs), "history": trainer.history}
+    meta = {"class_names": train.class_names, "normalization": train.meta["prernn.normalization"][modality],
+            "extract": train.meta.get("prernn.extract"), "modality": modality, "snippet": snippet,
+            "pretrain": p.model_dump(), "metrics": {k: v for k, v in metrics.items() if k != "history"}}
+    ckpt = {"config": model.config, "state_dict": model.state_dict(), "meta": meta}
+    return ckpt, metrics
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--clips", default="data/clips", help="the extract stage's Arrow clip folder")
+    ap.add_argument("--out", default="models/pretrained", help="folder for {modality}.pt and pretrain.json")
+    args = ap.parse_args(argv)
+
+    import json
+
+    import torch
+
+    from pipeline.atomic import atomic_path
+    from pipeline.params import ParamsError, load_params
+
+    try:
+        params = load_params(args.params)
+    except ParamsError as err:
+        sys.exit(f"pretrain: {err}")
+    p = params.pretrain
+    if p.weights and not Path(p.weights).is_file():
+        sys.exit(f"pretrain: pretrain.weights: {p.weights!r}: no such file")
+    results = {}
+    with atomic_path(args.out) as tmp:
+        tmp.mkdir(parents=True)
+        for modality in p.modalities:
+            try:
+                ckpt, metrics = pretrain_modality(p, params.extract, Path(args.clips), modality)
+            except (FileNotFoundError, ValueError) as err:
+                sys.exit(f"pretrain: {modality}: {err}")
+            torch.save(ckpt, tmp / f"{modality}.pt")
+            results[modality] = metrics
+            print(f"pretrain {modality}: val frame accuracy {metrics['val_frame_acc']:.3f} -> {args.out}/{modality}.pt")
+        (tmp / "pretrain.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

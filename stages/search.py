@@ -1,0 +1,79 @@
+"""DVC stage `search`: one Ray Tune trial per configuration (PreRNN conversions + traditional baselines).
+
+In: `--clips` (extract stage), `--pretrained` (pretrain stage: `{modality}.pt`), params sections
+`search` and `mlflow`. The frozen trunk is run once per clip (`search.cache_trunk`), trials train the
+layers above it. Out (under --out, one atomic folder): `trials.json`, `trials.csv`, `search.json`
+(contract keys). Ray trial results and checkpoints: `search.storage_path`; MLflow: one parent run,
+one child run per trial.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--clips", default="data/clips", help="the extract stage's Arrow clip folder")
+    ap.add_argument("--pretrained", default="models/pretrained", help="the pretrain stage's folder")
+    ap.add_argument("--out", default="search", help="folder for trials.json, trials.csv, search.json")
+    ap.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="search: %(message)s")
+
+    import prernn
+    from pipeline.dataset import ClipDataset
+    from pipeline.features import prepare_splits
+    from pipeline.params import ParamsError, load_params
+    from pipeline.ray_cluster import ClusterUnavailable
+    from pipeline.space import SpaceError, build_space
+    from pipeline.tracking import TrackingUnavailable
+    from pipeline.train import seed_everything
+    from pipeline.tuner import load_checkpoint, run_search, write_outputs
+
+    try:
+        params = load_params(args.params)
+    except ParamsError as err:
+        sys.exit(f"search: {err}")
+    search = params.search
+    ckpt_path = Path(args.pretrained) / f"{search.modality}.pt"
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except FileNotFoundError as err:
+        sys.exit(f"search: {err}")
+    backbone = prernn.build_from_config(ckpt["config"])
+    backbone.load_state_dict(ckpt["state_dict"])
+    candidates, boundary = prernn.candidate_layers(backbone), prernn.trunk_boundary(backbone)
+    try:
+        space = build_space(search, candidates)
+    except SpaceError as err:
+        sys.exit(f"search: {args.params}: {err}")
+
+    seed_everything(search.seed)
+    snippet = backbone.config["kwargs"].get("snippet") if backbone.is_3d else None
+    datasets = {split: ClipDataset(args.clips, split, search.modality, snippet=snippet) for split in ("train", "val")}
+    splits = prepare_splits(backbone, datasets, boundary, cache_trunk=search.cache_trunk)
+    print(f"search: {len(space)} trials on {search.modality} ({ckpt['config']['name']}, candidates {candidates}, "
+          f"{'cached trunk below ' + boundary if search.cache_trunk else 'whole net fine-tuned'}; "
+          f"train {len(splits['train'])} / val {len(splits['val'])} clips)")
+    try:
+        rows, info = run_search(search, params.mlflow, ckpt, splits, candidates=candidates, boundary=boundary,
+                                space=space, base_dir=Path.cwd(), verbose=0 if args.quiet else 1)
+    except (TrackingUnavailable, ClusterUnavailable) as err:
+        sys.exit(f"search: {err}")
+    info["cache_trunk"] = search.cache_trunk
+    write_outputs(args.out, rows, info)
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(f"search: {len(rows) - len(failed)} ok, {len(failed)} failed in {info['wall_seconds']:.1f} s -> {args.out}/; "
+          f"MLflow parent run {info['parent_run_id']} ({info['tracking_uri']})")
+    for r in failed:
+        print(f"search: trial {r['name']} failed: {r['error']}")
+    if rows and len(failed) == len(rows):
+        sys.exit(f"search: every trial failed (see {args.out}/trials.json and the MLflow runs)")
+
+
+if __name__ == "__main__":
+    main()

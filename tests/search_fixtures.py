@@ -1,0 +1,50 @@
+"""Tiny data for the search-side tests: Arrow clip files in the contract schema and a small backbone."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.clipstore import ClipWriter
+
+CLASSES = ["a", "b", "c"]
+
+
+def toy_clip(label: int, rng: np.random.Generator, frames: int = 4, size: int = 16) -> np.ndarray:
+    """uint8 (T, H, W, 3): a bright square in the quadrant of `label`, moving a little, on noise."""
+    clip = rng.integers(0, 60, size=(frames, size, size, 3), dtype=np.uint8)
+    half = size // 2
+    r0, c0 = [(0, 0), (0, half), (half, 0), (half, half)][label % 4]
+    for t in range(frames):
+        s = t % 2
+        clip[t, r0 + s:r0 + half - 2 + s, c0:c0 + half - 2, label % 3] = 250
+    return clip
+
+
+def make_clips(out_dir: Path, per_split=None, frames: int = 4, size: int = 16, seed: int = 0,
+               classes=CLASSES) -> Path:
+    """Write train/val/test Arrow files of toy rgb clips; returns the folder."""
+    per_split = per_split or {"train": 4, "val": 2, "test": 2}  # clips per class
+    rng = np.random.default_rng(seed)
+    writer = ClipWriter(Path(out_dir), ["rgb"], frames, size, shard_bytes=1 << 30)
+    for split, n in per_split.items():
+        for k in range(len(classes)):
+            for i in range(n):
+                writer.add(split, {"rgb": toy_clip(k, rng, frames, size)}, k, f"{split}-{k}-{i}", f"v/{split}-{k}-{i}.avi")
+    meta = {"prernn.class_names": list(classes), "prernn.extract": {"frames": frames, "size": size},
+            "prernn.normalization": {"rgb": {"mean": [0.2] * 3, "std": [0.3] * 3}}, "prernn.modalities": ["rgb"]}
+    writer.finish(meta)
+    return Path(out_dir)
+
+
+def toy_tensors(n_per_class: int = 6, classes: int = 3, frames: int = 4, size: int = 16, seed: int = 0):
+    """(x float32 (N, T, 3, H, W) normalised, y int64 (N,)) of toy clips."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for k in range(classes):
+        for _ in range(n_per_class):
+            xs.append(toy_clip(k, rng, frames, size))
+            ys.append(k)
+    x = torch.from_numpy(np.stack(xs)).float().div(255).sub(0.2).div(0.3).permute(0, 1, 4, 2, 3).contiguous()
+    return x, torch.tensor(ys)

@@ -1,0 +1,96 @@
+"""ClipDataset / FrameDataset over extracted Arrow clips: shapes, dtypes, labels, normalisation, workers."""
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.dataset import ClipDataset, FrameDataset
+from pipeline.extraction import extract_manifest
+from pipeline.params import DataParams, ExtractParams, SyntheticParams
+from pipeline.sources import ingest
+
+CLASSES = ["swipe_left", "swipe_right", "push"]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ds")
+    data = DataParams(synthetic=SyntheticParams(classes=CLASSES, clips_per_class=5, frames=8, size=16))
+    rows, names = ingest(data, tmp / "ingest")
+    params = ExtractParams(frames=4, size=16, modalities=["rgb", "flow", "depth"], shard_mb=1)
+    report = extract_manifest(rows, names, params, tmp / "clips", workers=1, progress=False)
+    assert report["kept"] == 15
+    return tmp / "clips", rows
+
+
+@pytest.mark.parametrize("modality,channels", [("rgb", 3), ("flow", 3), ("depth", 1)])
+def test_clip_items_shapes_dtypes_labels(clips, modality, channels):
+    folder, rows = clips
+    ds = ClipDataset(folder, "train", modality)
+    train = [r for r in rows if r["split"] == "train"]
+    assert len(ds) == len(train) and ds.labels.dtype == np.int64
+    assert ds.labels.tolist() == [r["label"] for r in train]
+    assert ds.class_names == CLASSES and ds.num_classes == 3
+    x, y = ds[0]
+    assert x.dtype == torch.float32 and x.shape == (4, channels, 16, 16) and y == train[0]["label"]
+    assert set(ds.meta) == {"prernn.class_names", "prernn.extract", "prernn.normalization", "prernn.modalities"}
+    assert ds.meta["prernn.extract"]["frames"] == 4
+
+
+def test_normalisation_uses_stored_train_constants(clips):
+    folder, _ = clips
+    ds = ClipDataset(folder, "train", "rgb")
+    raw = np.stack([ds._clip(i) for i in range(len(ds))]).astype(np.float64) / 255  # (N, T, H, W, 3)
+    norm = ds.meta["prernn.normalization"]["rgb"]
+    np.testing.assert_allclose(raw.reshape(-1, 3).mean(0), norm["mean"], atol=1e-5)
+    np.testing.assert_allclose(raw.reshape(-1, 3).std(0), norm["std"], atol=1e-5)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])  # (N, T, C, H, W)
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 0.02
+
+
+def test_zero_copy_views_of_the_mapped_file(clips):
+    folder, _ = clips
+    ds = ClipDataset(folder, "val", "flow")
+    view = ds._clip(0)
+    assert view.dtype == np.uint8 and not view.flags.owndata and not view.flags.writeable
+
+
+def test_snippets_and_split_lists(clips):
+    folder, rows = clips
+    ds = ClipDataset(folder, ["train", "val"], "rgb", snippet=3)
+    assert len(ds) == sum(r["split"] in ("train", "val") for r in rows)
+    x, _ = ds[1]
+    assert x.shape == (4, 3, 3, 16, 16)  # (T, C, L, H, W)
+    plain = ClipDataset(folder, ["train", "val"], "rgb")[1][0]  # (T, C, H, W)
+    torch.testing.assert_close(x[0, :, 0], plain[0])  # snippet 0 = first frame repeated
+    torch.testing.assert_close(x[0, :, 2], plain[0])
+    torch.testing.assert_close(x[3].permute(1, 0, 2, 3), plain[1:4])  # snippet 3 = frames 1..3
+
+
+def test_frame_dataset(clips):
+    folder, _ = clips
+    clips_ds = ClipDataset(folder, "test", "depth")
+    frames = FrameDataset(folder, "test", "depth")
+    assert len(frames) == 4 * len(clips_ds)
+    x, y = frames[5]
+    assert x.shape == (1, 16, 16) and y == int(clips_ds.labels[1])
+    torch.testing.assert_close(x, clips_ds[1][0][1])
+    xs, _ = FrameDataset(folder, "test", "depth", snippet=2)[5]
+    assert xs.shape == (1, 2, 16, 16)
+    torch.testing.assert_close(xs[:, 1], x)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_dataloader_with_workers_gives_the_same_batches(clips):
+    folder, _ = clips
+    ds = ClipDataset(folder, "train", "flow")
+    direct = torch.stack([ds[i][0] for i in range(len(ds))])
+    loader = DataLoader(ds, batch_size=4, num_workers=2, shuffle=False)
+    got = torch.cat([x for x, _ in loader])
+    torch.testing.assert_close(got, direct)
+
+
+def test_missing_modality_is_named(clips):
+    folder, _ = clips
+    with pytest.raises(ValueError, match="modality 'thermal' not extracted"):
+        ClipDataset(folder, "train", "thermal")

@@ -1,0 +1,168 @@
+"""stages.evaluate end to end on tiny crafted clips (rgb + flow) and a tiny pretrained vgg_mini per stream."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import prernn
+from pipeline.clipstore import ClipWriter
+from pipeline.evaluation import load_final
+from stages import evaluate
+
+CLASSES = ["left", "right"]
+T, SIZE = 3, 16
+
+
+def _clips(root):
+    rng = np.random.default_rng(0)
+    w = ClipWriter(root, ["rgb", "flow"], T, SIZE, shard_bytes=1 << 20)
+    for split, n in (("train", 6), ("val", 2), ("test", 4)):
+        for i in range(n):
+            label = i % 2
+            base = 40 + 160 * label  # a class-dependent brightness, so the stream can learn it
+            clip = {m: np.clip(rng.normal(base, 20, (T, SIZE, SIZE, 3)), 0, 255).astype(np.uint8) for m in ("rgb", "flow")}
+            w.add(split, clip, label, f"{split}{i}", f"{split}{i}.avi")
+    norm = {m: {"mean": [0.5] * 3, "std": [0.3] * 3} for m in ("rgb", "flow")}
+    w.finish({"prernn.class_names": CLASSES, "prernn.extract": {"frames": T, "size": SIZE},
+              "prernn.normalization": norm, "prernn.modalities": ["rgb", "flow"]})
+
+
+def _pretrained(root):
+    root.mkdir()
+    for i, m in enumerate(("rgb", "flow")):
+        torch.manual_seed(i)
+        bb = prernn.create_backbone("vgg_mini", len(CLASSES), input_size=SIZE, width=16)
+        torch.save({"config": bb.config, "state_dict": bb.state_dict(), "meta": {}}, root / f"{m}.pt")
+
+
+def _selected(layers, reverted, kind="prernn", cell="lstm", sih=False, num_layers=1, name="prernn-lstm-fc6+fc7"):
+    return {"name": name, "trial": name, "kind": kind, "cell": cell, "sih": sih, "layers": layers,
+            "searched_layers": layers + reverted, "reverted_layers": reverted, "num_layers": num_layers,
+            "score": 0.5, "fallback": False, "reason": "test",
+            "config": {"batch_size": 4, "lr_inherited": 1e-3, "lr_new": 3e-3, "weight_decay": 0.0,
+                       "hh_init": "orthogonal", "seed": 0}}
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    _clips(tmp_path / "clips")
+    _pretrained(tmp_path / "pretrained")
+    params = {"extract": {"modalities": ["rgb", "flow"], "size": SIZE, "frames": T},
+              "pretrain": {"backbone": "vgg_mini", "modalities": ["rgb", "flow"]},
+              "search": {"batch_size": 4},
+              "evaluate": {"epochs": 2, "modalities": ["rgb", "flow"], "register_name": "test-final"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def _run(tmp, selection, search_json=None):
+    (tmp / "selection.json").write_text(json.dumps(selection))
+    (tmp / "search").mkdir(exist_ok=True)
+    if search_json is not None:
+        (tmp / "search" / "search.json").write_text(json.dumps(search_json))
+    evaluate.main(["--params", str(tmp / "params.yaml"), "--clips", str(tmp / "clips"),
+                   "--pretrained", str(tmp / "pretrained"), "--selection", str(tmp / "selection.json"),
+                   "--search", str(tmp / "search"), "--out", str(tmp / "models" / "final.pt"),
+                   "--metrics", str(tmp / "metrics.json"), "--plots", str(tmp / "reports")])
+
+
+def test_two_streams_fused_with_baseline(workdir):
+    torch.set_num_threads(1)
+    sel = {"selected": _selected(["fc6"], ["fc7"]),
+           "baseline": _selected([], [], kind="traditional", cell="gru", name="traditional-gru-1")}
+    _run(workdir, sel)
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert set(metrics["streams"]) == {"rgb", "flow"} and metrics["n_test"] == 4
+    for key in ("test_acc", "baseline_test_acc", "gain"):
+        assert isinstance(metrics[key], float)
+    assert metrics["gain"] == pytest.approx(metrics["test_acc"] - metrics["baseline_test_acc"])
+    assert set(metrics["per_class_acc"]) == set(CLASSES)
+    rows = list(csv.DictReader((workdir / "reports" / "confusion.csv").open()))
+    assert len(rows) == 4 and {r["actual"] for r in rows} == set(CLASSES)
+    hist = list(csv.DictReader((workdir / "reports" / "history.csv").open()))
+    assert [int(r["epoch"]) for r in hist] == [1, 2]
+    assert {"test_acc", "baseline_test_acc", "rgb_test_acc", "flow_baseline_test_acc"} <= set(hist[0])
+    assert float(hist[-1]["test_acc"]) == pytest.approx(metrics["test_acc"])
+    report = json.loads((workdir / "reports" / "evaluation.json").read_text())
+    assert np.array(report["fused"]["selected"]["confusion"]).sum() == 4
+    models, meta = load_final(workdir / "models" / "final.pt")
+    assert set(models) == {"rgb", "flow"} and meta["class_names"] == CLASSES and meta["modalities"] == ["rgb", "flow"]
+    assert list(models["rgb"].recurrent_layers()) == ["fc6"]  # fc7 reverted to feedforward
+    assert set(meta["normalization"]) == {"rgb", "flow"} and meta["fusion"]
+
+
+def test_all_reverted_is_the_plain_backbone_and_single_stream(workdir):
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["evaluate"].update(modalities=["rgb"], epochs=1)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    _run(workdir, {"selected": _selected([], ["fc6"]), "baseline": None})
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["baseline"] is None and metrics["baseline_test_acc"] is None
+    ckpt = torch.load(workdir / "models" / "final.pt", weights_only=True)
+    assert ckpt["config"]["kind"] == "frames" and ckpt["meta"]["modalities"] == ["rgb"]
+    models, _ = load_final(workdir / "models" / "final.pt")
+    assert models["rgb"].recurrent_layers() == {}
+    x = torch.zeros(1, T, 3, SIZE, SIZE)
+    assert models["rgb"](x).shape == (1, T, len(CLASSES))
+
+
+def test_no_selection_stops_with_a_clear_message(workdir):
+    with pytest.raises(SystemExit, match="no configuration was selected"):
+        _run(workdir, {"selected": None, "baseline": None})
+
+
+def test_select_then_evaluate_log_to_the_parent_run_and_register(workdir, monkeypatch):
+    """select + evaluate with MLflow: reports on the search's parent run, the final model registered."""
+    mlflow = pytest.importorskip("mlflow")
+    from pipeline import tracking
+    from report_fixtures import layer, trial
+    from stages import select
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "prernn-test")
+    parent = tracking.start_run(uri, exp, "search")
+    trials = [trial("prernn-lstm-fc6", layers=["fc6"], val_acc=0.7, stats={"fc6": layer("lstm", 2, 8)}),
+              trial("prernn-lstm-fc6+fc7", layers=["fc6", "fc7"], val_acc=0.9,
+                    stats={"fc6": layer("lstm", 2, 8), "fc7": layer("lstm", 8, 2)}),
+              trial("traditional-lstm-1", kind="traditional", num_layers=1, val_acc=0.6,
+                    stats={"rnn1": layer("lstm", 8, 2)})]
+    for t in trials:
+        t["config"].update({"batch_size": 4, "lr_inherited": 1e-3, "lr_new": 3e-3, "weight_decay": 0.0,
+                            "hh_init": "orthogonal", "seed": 0})
+    search_json = {"parent_run_id": parent, "experiment_id": exp, "tracking_uri": uri, "backbone": "vgg_mini",
+                   "modality": "rgb", "candidates": ["fc6", "fc7"], "trunk_boundary": "fc6"}
+    (workdir / "search").mkdir()
+    (workdir / "search" / "trials.json").write_text(json.dumps(trials))
+    (workdir / "search" / "search.json").write_text(json.dumps(search_json))
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["evaluate"].update(modalities=["rgb"], epochs=1)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    select.main(["--params", str(workdir / "params.yaml"), "--search", str(workdir / "search"),
+                 "--out", str(workdir / "reports")])
+    selection = json.loads((workdir / "reports" / "selection.json").read_text())
+    assert selection["selected"]["name"] == "prernn-lstm-fc6"
+    assert (workdir / "reports" / "plots" / "saturation_lstm_fc7.png").stat().st_size > 0
+
+    evaluate.main(["--params", str(workdir / "params.yaml"), "--clips", str(workdir / "clips"),
+                   "--pretrained", str(workdir / "pretrained"), "--selection", str(workdir / "reports" / "selection.json"),
+                   "--search", str(workdir / "search"), "--out", str(workdir / "models" / "final.pt"),
+                   "--metrics", str(workdir / "metrics.json"), "--plots", str(workdir / "reports")])
+    client = tracking.client(uri)
+    names = {a.path for a in client.list_artifacts(parent, "select")} | {a.path for a in client.list_artifacts(parent, "evaluate")}
+    assert {"select/table1.md", "select/selection.json", "select/plots", "evaluate/confusion.csv"} <= names
+    assert client.get_run(parent).data.tags["prernn.selected"] == "prernn-lstm-fc6"
+    report = json.loads((workdir / "reports" / "evaluation.json").read_text())
+    assert report["mlflow"] and report["mlflow"]["registered"] == "test-final"
+    assert report["mlflow"]["format"] in ("pt2", "pickle")
+    versions = client.search_model_versions("name='test-final'")
+    assert len(versions) == 1
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model(f"models:/test-final/{versions[0].version}")
+    probs = model(torch.zeros(2, T, 3, SIZE, SIZE))
+    assert probs.shape == (2, len(CLASSES)) and torch.allclose(probs.sum(-1), torch.ones(2), atol=1e-5)
+    info = mlflow.models.get_model_info(f"models:/test-final/{versions[0].version}")
+    assert info.metadata["class_names"] == CLASSES

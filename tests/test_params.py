@@ -1,0 +1,67 @@
+"""pipeline.params: the schema accepts the shipped params.yaml and names every bad key, value and combination."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.params import ParamsError, load_params, validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shipped() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_shipped_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.data.source == "synthetic"
+    assert params.search.modality in params.pretrain.modalities
+
+
+def _errors(raw: dict) -> str:
+    with pytest.raises(ParamsError) as info:
+        validate_params(raw)
+    return str(info.value)
+
+
+def test_unknown_key_is_named():
+    raw = _shipped()
+    raw["search"]["celss"] = ["lstm"]
+    assert "search.celss: unknown key" in _errors(raw)
+
+
+def test_wrong_type_and_value_name_key_value_and_allowed():
+    raw = _shipped()
+    raw["search"]["cells"] = ["lstm", "transformer"]
+    raw["extract"]["frames"] = "eight"
+    message = _errors(raw)
+    assert "search.cells.1: 'transformer'" in message and "'vrnn', 'lstm' or 'gru'" in message
+    assert "extract.frames: 'eight'" in message
+    assert len(message.splitlines()) == 3  # header + one line per problem
+
+
+def test_unknown_backbone_lists_the_registry():
+    raw = _shipped()
+    raw["pretrain"]["backbone"] = "alexnet"
+    message = _errors(raw)
+    assert "pretrain.backbone: 'alexnet'" in message and "vgg_mini" in message
+
+
+def test_modality_used_downstream_must_be_extracted():
+    raw = _shipped()
+    raw["extract"]["modalities"] = ["rgb"]
+    assert "extract.modalities" in _errors(raw)
+
+
+def test_folder_source_needs_a_root():
+    raw = _shipped()
+    raw["data"]["source"] = "folder"
+    assert "data.root" in _errors(raw)
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("search: [unclosed\n")
+    with pytest.raises(ParamsError, match=str(path)):
+        load_params(path)

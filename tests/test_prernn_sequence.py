@@ -1,0 +1,215 @@
+"""convert / traditional / SequenceModel / build_from_config / count_recurrent_parameters."""
+import json
+
+import pytest
+import torch
+
+import prernn
+
+MINI = {"vgg_mini": ((3, 16, 16), {"input_size": 16}), "resnet_mini": ((3, 16, 16), {}),
+        "c3d_mini": ((3, 4, 16, 16), {})}
+VARIANTS = [("vrnn", False), ("lstm", False), ("lstm", True), ("gru", False), ("gru", True)]
+
+
+def _clip(name, B=2, T=3):
+    return torch.randn(B, T, *MINI[name][0])
+
+
+def _layer_sets(bb):
+    c = bb.candidates
+    return [[x] for x in c] + ([c] if len(c) > 1 else [])
+
+
+def _models(bb):
+    for cell, sih in VARIANTS:
+        for layers in _layer_sets(bb):
+            yield f"{cell}-{sih}-{'+'.join(layers)}", prernn.convert(bb, layers, cell, sih)
+    for cell, _ in VARIANTS[::2]:
+        yield f"trad-{cell}", prernn.traditional(bb, cell, 2)
+
+
+@pytest.mark.parametrize("name", ["vgg_mini", "resnet_mini", "c3d_mini", "vgg16", "resnet18"])
+def test_every_backbone_cell_variant_shapes(name):
+    torch.manual_seed(0)
+    if name in MINI:
+        bb = prernn.create_backbone(name, 4, **MINI[name][1]).eval()
+        for tag, m in _models(bb):
+            m.eval()
+            clips = _clip(name)
+            with torch.no_grad():
+                out = m(clips)
+                outs, state = [], None
+                for t in range(clips.shape[1]):
+                    o, state = m.step(clips[:, t], state)
+                    outs.append(o)
+            assert out.shape == (2, 3, 4), tag
+            assert torch.isfinite(out).all(), tag
+            assert torch.allclose(torch.stack(outs, 1), out, atol=1e-5), tag  # step over a clip == forward
+    else:  # the real layouts: shapes only, on the meta device (no 500 MB allocation)
+        with torch.device("meta"):
+            bb = prernn.create_backbone(name, 10)
+            for tag, m in _models(bb):
+                out = m(torch.empty(1, 2, 3, 224, 224))
+                assert tuple(out.shape) == (1, 2, 10), tag
+
+
+def test_layer_placement_and_start_features():
+    torch.manual_seed(1)
+    bb = prernn.create_backbone("vgg_mini", 4, input_size=16).eval()
+    m = prernn.convert(bb, ["fc7"], "lstm").eval()
+    assert list(m.recurrent_layers()) == ["fc7"]
+    assert list(m.stages) == list(bb.stages)
+    clips = _clip("vgg_mini")
+    boundary = prernn.trunk_boundary(m)
+    assert boundary == "fc6"
+    with torch.no_grad():
+        feats = bb.forward_stages(clips.flatten(0, 1), stop=boundary).unflatten(0, (2, 3))  # (B, T, 64, 2, 2)
+        assert torch.allclose(m(feats, start=boundary), m(clips), atol=1e-6)
+        # below the converted layer runs per frame: fc6 of the converted model == the original fc6
+        m2 = prernn.convert(bb, ["fc7"], "vrnn").eval()
+        y = m2(feats, start="fc6")
+        # at t = 0 from a zero state the whole VRNN model equals the original CNN on frame 0
+        assert torch.allclose(y[:, 0], bb(clips[:, 0]), atol=1e-5)
+    with pytest.raises(ValueError, match="fc6"):
+        m(feats, start="fc9")
+    r = prernn.convert(prernn.create_backbone("resnet_mini", 4), ["layer3_1"], "gru")
+    assert "pool" not in r.stages and list(r.recurrent_layers()) == ["layer3_1"]
+
+
+def test_stacked_fc6_fc7_and_traditional_names():
+    bb = prernn.create_backbone("c3d_mini", 4)
+    m = prernn.convert(bb, ["fc7", "fc6"], "gru", True)
+    assert list(m.recurrent_layers()) == ["fc6", "fc7"] and m.config["layers"] == ["fc6", "fc7"]
+    t = prernn.traditional(bb, "lstm", 2, hidden_size=32)
+    assert list(t.recurrent_layers()) == ["rnn1", "rnn2"]
+    assert "classifier" in t.stages and t.stages["classifier"].linear.weight.shape == (4, 32)
+    assert prernn.traditional(bb, "gru").recurrent_layers()["rnn1"].hidden_size == 128  # width of fc7
+
+
+def test_bad_arguments_name_allowed_values():
+    bb = prernn.create_backbone("vgg_mini", 3)
+    with pytest.raises(ValueError, match=r"\['fc6', 'fc7'\]"):
+        prernn.convert(bb, ["conv2"], "lstm")
+    with pytest.raises(ValueError, match=r"\['fc6', 'fc7'\]"):
+        prernn.convert(bb, [], "lstm")
+    with pytest.raises(ValueError, match="lstm"):
+        prernn.convert(bb, ["fc6"], "vrnn", sih=True)
+    with pytest.raises(ValueError, match=r"\['vrnn', 'lstm', 'gru'\]"):
+        prernn.convert(bb, ["fc6"], "transformer")
+    with pytest.raises(ValueError, match="before"):
+        prernn.convert(bb, ["fc6"], "gru", gru_reset="middle")
+    with pytest.raises(ValueError, match="num_layers"):
+        prernn.traditional(bb, "lstm", 3)
+    with pytest.raises(ValueError, match="Backbone"):
+        prernn.convert(torch.nn.Linear(2, 2), ["fc6"], "lstm")
+
+
+def test_convert_does_not_modify_model_and_copies_weights():
+    torch.manual_seed(2)
+    bb = prernn.create_backbone("vgg_mini", 3)
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    m = prernn.convert(bb, ["fc6", "fc7"], "lstm")
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)
+    for k, v in bb.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_inherited_and_new_parameters_split():
+    bb = prernn.create_backbone("vgg_mini", 3)
+    m = prernn.convert(bb, ["fc7"], "lstm")
+    new = {id(p) for p in m.new_parameters()}
+    inh = {id(p) for p in m.inherited_parameters()}
+    rl = m.recurrent_layers()["fc7"]
+    assert new == {id(rl.recurrence.weight_hh), id(rl.recurrence.bias_hh)}
+    assert id(rl.weight_ih) in inh and not (new & inh)
+    assert len(new) + len(inh) == len(list(m.parameters()))
+    t = prernn.traditional(bb, "gru")
+    tnew = {id(p) for p in t.new_parameters()}
+    assert id(t.stages["classifier"].linear.weight) in tnew and id(t.stages["rnn1"].weight_ih) in tnew
+    assert id(t.stages["fc7"].linear.weight) not in tnew
+
+
+def test_dropout_of_replaced_layer_kept_and_eval_deterministic():
+    torch.manual_seed(3)
+    bb = prernn.create_backbone("vgg_mini", 3, input_size=16)
+    m = prernn.convert(bb, ["fc6"], "vrnn")
+    assert m.recurrent_layers()["fc6"].dropout.p == 0.5
+    x = _clip("vgg_mini")
+    m.train()
+    assert not torch.allclose(m(x), m(x))
+    m.eval()
+    assert torch.equal(m(x), m(x))
+
+
+def test_build_from_config_round_trip(tmp_path):
+    torch.manual_seed(4)
+    bb = prernn.create_backbone("resnet_mini", 3).eval()
+    for model in (bb, prernn.convert(bb, ["layer3_1"], "lstm", True, hh_init="xavier"),
+                  prernn.traditional(bb, "gru", 2, hidden_size=16),
+                  prernn.convert(prernn.create_backbone("vgg_mini", 3), ["fc6", "fc7"], "gru", gru_reset="after")):
+        model.eval()
+        path = tmp_path / "m.pt"
+        torch.save({"config": model.config, "state_dict": model.state_dict(), "meta": {}}, path)
+        ck = torch.load(path, weights_only=True)
+        cfg = json.loads(json.dumps(ck["config"]))
+        rebuilt = prernn.build_from_config(cfg)
+        rebuilt.load_state_dict(ck["state_dict"])
+        rebuilt.eval()
+        x = torch.randn(2, 3, 3, 16, 16) if not isinstance(model, prernn.Backbone) else torch.randn(2, 3, 16, 16)
+        with torch.no_grad():
+            assert torch.equal(rebuilt(x), model(x))
+        assert rebuilt.config == model.config
+    with pytest.raises(ValueError, match="kind"):
+        prernn.build_from_config({"kind": "other", "backbone": bb.config})
+    frames = prernn.build_from_config({"kind": "frames", "backbone": bb.config, "layers": []})
+    frames.load_state_dict(bb.state_dict())
+    clip = torch.randn(2, 3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(frames.eval()(clip)[:, 1], bb(clip[:, 1]), atol=1e-6)
+    assert prernn.count_recurrent_parameters(frames) == 0 and frames.recurrent_layers() == {}
+
+
+H, D = 4096, 25088  # VGG16 fc6 25088 -> 4096, fc7 4096 -> 4096
+
+
+@pytest.mark.parametrize("cell,sih,layers,expected", [
+    ("vrnn", False, ["fc6"], H * H + H),
+    ("lstm", True, ["fc6"], 4 * H * H + 4 * H),
+    ("lstm", False, ["fc6"], 4 * H * H + 4 * H + 3 * (H * D + H)),
+    ("gru", True, ["fc7"], 3 * H * H + 3 * H),
+    ("gru", False, ["fc7"], 3 * H * H + 3 * H + 2 * (H * H + H)),
+    ("lstm", False, ["fc6", "fc7"], 2 * (4 * H * H + 4 * H) + 3 * (H * D + H) + 3 * (H * H + H)),
+    ("lstm", True, ["fc6", "fc7"], 2 * (4 * H * H + 4 * H)),
+])
+def test_count_recurrent_parameters_vgg16(cell, sih, layers, expected):
+    with torch.device("meta"):
+        bb = prernn.create_backbone("vgg16", 101)
+        m = prernn.convert(bb, layers, cell, sih)
+    assert prernn.count_recurrent_parameters(m) == expected
+    assert prernn.count_recurrent_parameters(bb) == 0
+
+
+def test_sih_saves_about_82_percent_and_traditional_counts():
+    with torch.device("meta"):
+        bb = prernn.create_backbone("vgg16", 101)
+        gd = prernn.count_recurrent_parameters(prernn.convert(bb, ["fc6"], "lstm"))
+        sih = prernn.count_recurrent_parameters(prernn.convert(bb, ["fc6"], "lstm", True))
+        trad1 = prernn.count_recurrent_parameters(prernn.traditional(bb, "lstm", 1))
+        trad2 = prernn.count_recurrent_parameters(prernn.traditional(bb, "gru", 2, hidden_size=512))
+    assert 0.81 < 1 - sih / gd < 0.83  # [0068]: "reduces the recurrent parameters by up to 82%"
+    assert trad1 == 4 * H * H + 4 * H * H + 8 * H  # W_ih + W_hh + b_ih + b_hh (new classifier not counted)
+    h = 512
+    assert trad2 == (3 * h * H + 3 * h * h + 6 * h) + (3 * h * h + 3 * h * h + 6 * h)
+
+
+def test_count_conv_gate_dependent_copies():
+    bb = prernn.create_backbone("resnet_mini", 3)
+    C = 64
+    conv_copy = C * C * 9 + 2 * C  # conv2 weight + bn2 weight/bias
+    for cell, G in (("lstm", 4), ("gru", 3)):
+        gd = prernn.count_recurrent_parameters(prernn.convert(bb, ["layer3_1"], cell))
+        sih = prernn.count_recurrent_parameters(prernn.convert(bb, ["layer3_1"], cell, True))
+        assert sih == G * C * C + G * C
+        assert gd == sih + (G - 1) * conv_copy

@@ -1,0 +1,99 @@
+"""stages.pretrain + stages.search end to end on tiny Arrow clips; fail-fast errors of the search stage."""
+import json
+import socket
+import time
+
+import pytest
+import torch
+import yaml
+
+from tests.search_fixtures import CLASSES, make_clips
+
+TRIAL_KEYS = {"name", "kind", "cell", "sih", "layers", "num_layers", "status", "error", "val_acc", "val_loss",
+              "epochs_to_95", "clips_per_sec", "recurrent_params", "mlflow_run_id", "gate_stats", "history", "config"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Tiny clips, a params.yaml with a 2-trial search, and the pretrain stage's output."""
+    from stages import pretrain
+
+    root = tmp_path_factory.mktemp("stage")
+    make_clips(root / "clips")
+    params = {
+        "extract": {"modalities": ["rgb"], "size": 16, "frames": 4},
+        "pretrain": {"modalities": ["rgb"], "epochs": 2, "batch_size": 16},
+        "search": {"modality": "rgb", "cells": ["gru"], "sih": [False], "layers": [["fc7"]], "baselines": [1],
+                   "epochs": 2, "batch_size": 4, "storage_path": str(root / "ray")},
+        "evaluate": {"modalities": ["rgb"]},
+        "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "stage-test"},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    pretrain.main(["--params", str(root / "params.yaml"), "--clips", str(root / "clips"),
+                   "--out", str(root / "pretrained")])
+    return root
+
+
+def _search_args(root, out="search"):
+    return ["--params", str(root / "params.yaml"), "--clips", str(root / "clips"),
+            "--pretrained", str(root / "pretrained"), "--out", str(root / out), "--quiet"]
+
+
+def test_pretrain_writes_checkpoint_in_contract_format(workdir):
+    import prernn
+
+    ckpt = torch.load(workdir / "pretrained" / "rgb.pt", weights_only=True)
+    model = prernn.build_from_config(ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    assert ckpt["config"]["name"] == "vgg_mini" and ckpt["config"]["kwargs"]["input_size"] == 16
+    meta = ckpt["meta"]
+    assert meta["class_names"] == CLASSES and meta["modality"] == "rgb"
+    assert set(meta["normalization"]) == {"mean", "std"} and meta["extract"]["size"] == 16
+    report = json.loads((workdir / "pretrained" / "pretrain.json").read_text())
+    assert set(report) == {"rgb"} and 0 <= report["rgb"]["val_frame_acc"] <= 1
+    assert len(report["rgb"]["history"]) == 2
+
+
+def test_search_stage_writes_trials_and_nested_mlflow_runs(workdir, monkeypatch):
+    from pipeline import tracking
+    from stages import search
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    search.main(_search_args(workdir))
+    trials = json.loads((workdir / "search" / "trials.json").read_text())
+    assert [t["name"] for t in trials] == ["prernn-gru-fc7", "traditional-gru-1"]
+    assert all(TRIAL_KEYS <= set(t) and t["status"] == "ok" for t in trials)
+    info = json.loads((workdir / "search" / "search.json").read_text())
+    assert info["tracking_uri"] == uri and info["trunk_boundary"] == "fc6" and info["candidates"] == ["fc6", "fc7"]
+    assert (workdir / "search" / "trials.csv").read_text().splitlines()[0].startswith("name,kind,cell,sih,layers")
+    children = tracking.child_runs(uri, info["experiment_id"], info["parent_run_id"])
+    assert sorted(r.info.run_id for r in children) == sorted(t["mlflow_run_id"] for t in trials)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_search_stage_fails_fast_on_unreachable_ray_address(workdir, monkeypatch, capsys):
+    from stages import search
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{_closed_port()}")
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit, match=r"RAY_ADDRESS=.*names no running Ray cluster"):
+        search.main(_search_args(workdir, "search_bad"))
+    assert time.perf_counter() - t0 < 20  # features + probe, not Ray's minute of retries
+    assert not (workdir / "search_bad").exists()
+
+
+def test_search_stage_fails_fast_on_unreachable_mlflow_server(workdir, monkeypatch):
+    from stages import search
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(SystemExit, match=r"MLflow tracking server .* \(from MLFLOW_TRACKING_URI\) did not answer"):
+        search.main(_search_args(workdir, "search_bad"))

@@ -1,0 +1,53 @@
+"""pipeline.space: the size of the configuration space and its errors."""
+import pytest
+
+from pipeline.params import SearchParams
+from pipeline.space import SpaceError, build_space, layer_combinations
+
+VGG = ["fc6", "fc7"]
+
+
+def test_default_vgg_space_has_21_trials_with_unique_names():
+    space = build_space(SearchParams(), VGG)
+    assert len(space) == 3 * 3 + 2 * 3 + 3 * 2 == 21
+    assert len({a["name"] for a in space}) == 21
+    assert not any(a["cell"] == "vrnn" and a["sih"] for a in space)
+    kinds = [a["kind"] for a in space]
+    assert kinds.count("traditional") == 6
+    assert {"prernn-lstm-sih-fc6+fc7", "prernn-vrnn-fc7", "traditional-gru-2"} <= {a["name"] for a in space}
+    for a in space:
+        assert a["num_layers"] == (len(a["layers"]) if a["kind"] == "prernn" else a["num_layers"])
+        assert a["layers"] == [n for n in VGG if n in a["layers"]]  # forward order
+
+
+def test_layer_combinations_default_and_explicit_order():
+    assert layer_combinations(VGG) == [["fc6"], ["fc7"], ["fc6", "fc7"]]
+    assert layer_combinations(["layer3_1"]) == [["layer3_1"]]
+    assert layer_combinations(VGG, [["fc7", "fc6"]]) == [["fc6", "fc7"]]
+
+
+def test_params_narrow_and_widen_the_space():
+    narrow = build_space(SearchParams(cells=["gru"], sih=[True], layers=[["fc7"]], baselines=[]), VGG)
+    assert [a["name"] for a in narrow] == ["prernn-gru-sih-fc7"]
+    only_baselines = build_space(SearchParams(cells=["lstm"], sih=[False], layers=[["fc6"]], baselines=[1, 2]), VGG)
+    assert [a["name"] for a in only_baselines] == ["prernn-lstm-fc6", "traditional-lstm-1", "traditional-lstm-2"]
+    wider = build_space(SearchParams(), ["fc5", "fc6", "fc7"])
+    assert len(wider) == 3 * 7 + 2 * 7 + 6
+
+
+@pytest.mark.parametrize("kw, key", [
+    ({"layers": [["fc8"]]}, "search.layers"),
+    ({"layers": [[]]}, "search.layers"),
+    ({"layers": []}, "search.layers"),
+    ({"layers": [["fc6"], ["fc6"]]}, "search.layers"),
+    ({"sih": [True]}, "search.sih"),
+    ({"baselines": [1, 1]}, "search."),
+])
+def test_invalid_spaces_name_the_key(kw, key):
+    with pytest.raises(SpaceError, match=key.replace(".", r"\.")):
+        build_space(SearchParams(**kw), VGG)
+
+
+def test_unknown_layer_error_lists_the_candidates():
+    with pytest.raises(SpaceError, match=r"fc8.*allowed: \['fc6', 'fc7'\]"):
+        build_space(SearchParams(layers=[["fc6", "fc8"]]), VGG)

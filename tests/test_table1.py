@@ -1,0 +1,56 @@
+"""pipeline.table1: the patent's Table 1 laid out from a crafted trials list."""
+import csv
+import io
+
+from pipeline.selection import select_configuration
+from pipeline.table1 import build_table, to_csv, to_markdown
+from report_fixtures import layer, space, trial
+
+TITLES = ["Traditional 1 layer", "Traditional 2 layers", "PreRNN fc6", "PreRNN fc7", "PreRNN fc6/fc7",
+          "PreRNN-SIH fc6", "PreRNN-SIH fc7", "PreRNN-SIH fc6/fc7"]
+
+
+def _csv(trials, **kw):
+    table = build_table(trials, candidates=["fc6", "fc7"], **kw)
+    return list(csv.DictReader(io.StringIO(to_csv(table)))), table
+
+
+def test_every_cell_of_the_space_and_dashes_elsewhere():
+    trials = space()
+    rows, table = _csv(trials)
+    assert [c.title for c in table.columns] == TITLES
+    acc = {r["cell"]: r for r in rows if r["quantity"] == "val_acc"}
+    assert list(acc) == ["vrnn", "lstm", "gru"]
+    by = {t["name"]: t for t in trials}
+    assert float(acc["lstm"]["PreRNN fc6/fc7"]) == by["prernn-lstm-fc6+fc7"]["val_acc"]
+    assert float(acc["gru"]["PreRNN-SIH fc7"]) == by["prernn-gru-sih-fc7"]["val_acc"]
+    assert float(acc["vrnn"]["Traditional 2 layers"]) == by["traditional-vrnn-2"]["val_acc"]
+    for title in TITLES[5:]:
+        assert acc["vrnn"][title] == "-"                      # SIH x VRNN does not apply
+    assert all(v != "-" for r in ("lstm", "gru") for k, v in acc[r].items() if k not in ("quantity", "cell"))
+    params = {r["cell"]: r for r in rows if r["quantity"] == "recurrent_params"}
+    assert int(params["lstm"]["PreRNN-SIH fc6"]) < int(params["lstm"]["PreRNN fc6"])
+
+
+def test_failed_and_missing_cells():
+    trials = [trial("prernn-lstm-fc6", layers=["fc6"], stats={"fc6": layer("lstm", 2, 8)}),
+              trial("prernn-lstm-fc7", layers=["fc7"], status="failed", error="boom"),
+              trial("traditional-gru-1", kind="traditional", cell="gru", num_layers=1)]
+    rows, table = _csv(trials)
+    acc = {r["cell"]: r for r in rows if r["quantity"] == "val_acc"}
+    assert acc["lstm"]["PreRNN fc7"] == "failed"
+    assert acc["lstm"]["Traditional 1 layer"] == "-"          # not in the space
+    assert acc["gru"]["Traditional 1 layer"] == "0.5"
+    assert "PreRNN fc6/fc7" not in acc["lstm"]                # a combination the space lacks has no column
+    assert acc["vrnn"]["PreRNN fc6"] == "-"
+
+
+def test_markdown_marks_selected_and_reverted_and_shows_sih_saving():
+    trials = space()
+    sel = select_configuration(trials)
+    md = to_markdown(build_table(trials, selection=sel, candidates=["fc6", "fc7"]), title="rgb")
+    assert md.count("**") == 2 + 2 * 1                         # the legend's **bold** and one selected cell
+    assert "†" in md.split("## Recurrent")[0].split("| cell")[1]
+    assert "(-75%)" in md                                      # SIH 2000 vs 8000 recurrent parameters
+    lstm_line = next(l for l in md.splitlines() if l.startswith("| LSTM"))
+    assert lstm_line.count("|") == len(TITLES) + 2

@@ -1,0 +1,72 @@
+"""pipeline.tracking (MLflow) and pipeline.ray_cluster: URIs, fail-fast checks, nested runs."""
+import socket
+import time
+
+import pytest
+
+from pipeline import ray_cluster, tracking
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed once the socket is
+
+
+def test_tracking_uri_env_wins_and_sqlite_paths_become_absolute(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri, source = tracking.resolve_tracking_uri("sqlite:///runs/m.db", tmp_path)
+    assert (uri, source) == (f"sqlite:///{tmp_path.resolve()}/runs/m.db", "mlflow.tracking_uri")
+    assert tracking.resolve_tracking_uri("sqlite:////abs/m.db", tmp_path)[0] == "sqlite:////abs/m.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example.invalid:5000")
+    assert tracking.resolve_tracking_uri("sqlite:///m.db") == ("http://example.invalid:5000", "MLFLOW_TRACKING_URI")
+
+
+def test_unreachable_http_tracking_uri_fails_fast_with_advice():
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    t0 = time.perf_counter()
+    with pytest.raises(tracking.TrackingUnavailable, match=r"did not answer.*MLFLOW_TRACKING_URI") as err:
+        tracking.check_reachable(uri, "MLFLOW_TRACKING_URI", timeout=2)
+    assert time.perf_counter() - t0 < 5
+    assert uri in str(err.value) and "mlflow server" in str(err.value)
+    tracking.check_reachable("sqlite:///x.db")  # nothing to check for a local store
+
+
+def test_unreachable_ray_address_fails_fast_naming_the_source(monkeypatch):
+    address = f"127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    assert ray_cluster.resolve_address("10.0.0.1:6379") == (address, "RAY_ADDRESS")
+    t0 = time.perf_counter()
+    with pytest.raises(ray_cluster.ClusterUnavailable, match=r"RAY_ADDRESS=.*names no running Ray cluster.*ray start --head"):
+        ray_cluster.connect()
+    assert time.perf_counter() - t0 < 5
+    monkeypatch.delenv("RAY_ADDRESS")
+    with pytest.raises(ray_cluster.ClusterUnavailable, match=r"search\.address="):
+        ray_cluster.probe(address, "search.address", timeout=2)
+    with pytest.raises(ray_cluster.ClusterUnavailable, match="expected host:port"):
+        ray_cluster.probe("nonsense", "search.address")
+
+
+def test_parent_and_nested_child_runs_in_sqlite(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = tracking.ensure_experiment(uri, "t")
+    assert tracking.ensure_experiment(uri, "t") == exp
+    parent = tracking.start_run(uri, exp, "search", params={"search": {"cells": ["gru"], "epochs": 2}}, stage="search")
+    child = tracking.start_run(uri, exp, "trial-a", parent_run_id=parent, params={"lr": 0.1},
+                               tags={tracking.TRIAL_TAG: "trial-a", tracking.TRIAL_ID_TAG: "abc"}, stage="search")
+    tracking.log_metrics(uri, child, {"val_acc": 0.5, "name": "skipped", "ok": True}, step=1)
+    tracking.log_metrics(uri, child, {"val_acc": 0.75}, step=2)
+    tracking.log_json(uri, child, {"fc6": {"cell": "gru"}}, "gate_stats.json")
+    tracking.end_run(uri, child)
+    c = tracking.client(uri)
+    run = c.get_run(child)
+    assert run.data.tags[tracking.PARENT_TAG] == parent and run.data.tags["dvc_stage"] == "search"
+    assert "git_commit" in run.data.tags and run.data.params["lr"] == "0.1"
+    assert [m.value for m in c.get_metric_history(child, "val_acc")] == [0.5, 0.75]
+    assert [a.path for a in c.list_artifacts(child)] == ["gate_stats.json"]
+    assert run.info.status == "FINISHED"
+    assert c.get_run(parent).data.params["search.cells"] == '["gru"]'
+    assert [r.info.run_id for r in tracking.child_runs(uri, exp, parent)] == [child]
+    assert tracking.find_child_run(uri, exp, parent, "abc") == child
+    assert tracking.find_child_run(uri, exp, parent, "other") is None
+    assert run.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())
