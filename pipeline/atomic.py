@@ -7,10 +7,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Remove the temporaries an earlier, killed write of `target` left beside it (SIGKILL skips the cleanup).
+
+    Only names of the exact form `.{target.name}.<8 random chars>.tmp` (tempfile.mkdtemp's) are removed, so
+    another target's temporaries are never touched. One writer per target is assumed (DVC locks the outputs).
+    """
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp$")
+    stale = [p for p in target.parent.iterdir() if pattern.match(p.name)] if target.parent.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
 @contextlib.contextmanager
@@ -21,6 +35,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     staged = tmp / target.name
     try:

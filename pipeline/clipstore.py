@@ -22,9 +22,15 @@ META_KEYS = ("prernn.class_names", "prernn.extract", "prernn.normalization", "pr
 BATCH_ROWS = 16
 
 
-def clip_schema(modalities: list[str], frames: int, size: int, meta: dict | None = None) -> pa.Schema:
-    """The Arrow schema of a clip file; `meta` values are stored as JSON under their keys."""
+def clip_schema(modalities: list[str], frames: int, size: int, meta: dict | None = None,
+                landmarks: int | None = None) -> pa.Schema:
+    """The Arrow schema of a clip file; `meta` values are stored as JSON under their keys.
+
+    `landmarks` K (task: regression) adds a `landmarks` fixed_shape_tensor float32 (T, K, 2) column.
+    """
     fields = [pa.field(m, pa.fixed_shape_tensor(pa.uint8(), (frames, size, size, CHANNELS[m]))) for m in modalities]
+    if landmarks:
+        fields.append(pa.field("landmarks", pa.fixed_shape_tensor(pa.float32(), (frames, int(landmarks), 2))))
     fields += [pa.field("label", pa.int64()), pa.field("video_id", pa.string()), pa.field("path", pa.string())]
     md = {k: json.dumps(v) for k, v in (meta or {}).items()}
     return pa.schema(fields, metadata=md or None)
@@ -62,11 +68,12 @@ class ClipWriter:
     """Stream clips into `out_dir/{split}-{shard:03d}.arrow`; call finish(meta) once at the end."""
 
     def __init__(self, out_dir: Path, modalities: list[str], frames: int, size: int, shard_bytes: int,
-                 splits=("train", "val", "test")):
+                 splits=("train", "val", "test"), landmarks: int | None = None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.modalities, self.frames, self.size = list(modalities), frames, size
-        self.schema = clip_schema(self.modalities, frames, size)
+        self.landmarks = landmarks  # K, or None: no landmarks column (clip dicts then carry "landmarks" (T, K, 2))
+        self.schema = clip_schema(self.modalities, frames, size, landmarks=landmarks)
         self.shard_bytes = shard_bytes
         self.splits = list(splits)
         self._state = {s: {"shard": 0, "bytes": 0, "writer": None, "rows": []} for s in self.splits}
@@ -86,6 +93,10 @@ class ClipWriter:
             cols.append(pa.ExtensionArray.from_storage(
                 self.schema.field(m).type,
                 pa.FixedShapeTensorArray.from_numpy_ndarray(arr).storage))
+        if self.landmarks:
+            arr = np.stack([np.asarray(r["landmarks"], np.float32) for r in st["rows"]])  # (n, T, K, 2)
+            cols.append(pa.ExtensionArray.from_storage(
+                self.schema.field("landmarks").type, pa.FixedShapeTensorArray.from_numpy_ndarray(arr).storage))
         cols += [pa.array([r["label"] for r in st["rows"]], pa.int64()),
                  pa.array([r["video_id"] for r in st["rows"]], pa.string()),
                  pa.array([r["path"] for r in st["rows"]], pa.string())]

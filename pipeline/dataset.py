@@ -5,6 +5,9 @@
 start], label int), normalised as (x/255 - mean) / std with the per-channel constants of the
 train split stored in the files' `prernn.normalization` metadata.
 `FrameDataset`: every frame of every clip -> ((C, H, W) [or (C, L, H, W)], label).
+Regression clips (a `landmarks` column, metadata `prernn.task: regression`): the target is the clip's
+landmarks, float32 (T, K, 2) in [0, 1] coordinates (a frame's (K, 2) in FrameDataset), instead of the label;
+`.task` is "regression" and `.num_classes` the 2K outputs of the regression head.
 
 The files are opened lazily, once per process (a DataLoader worker re-opens them after fork), as
 memory maps; `.to_numpy_ndarray()` on a fixed_shape_tensor chunk is a view of the mapped file.
@@ -22,9 +25,20 @@ from torch.utils.data import Dataset
 from pipeline.clipstore import read_meta, split_files
 
 
-def normalise(x: np.ndarray, mean, std) -> torch.Tensor:
-    """(..., H, W, C) uint8 -> float32 tensor, (x/255 - mean) / std per channel (also used by `prernn predict`)."""
-    return torch.from_numpy((x.astype(np.float32) * (1 / 255.0) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))
+def normalise(x: np.ndarray, mean, std, *, channels_first: bool = False) -> torch.Tensor:
+    """(..., H, W, C) uint8 -> float32 tensor, (x/255 - mean) / std per channel (also used by `prernn predict`).
+
+    Computed as x * (1 / (255 std)) - mean / std in two passes into one new array (bench.data);
+    ``channels_first``: the result is laid out (..., C, H, W) (contiguous) instead.
+    """
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    scale, shift = np.float32(1 / 255.0) / std, -mean / std  # (C,)
+    if channels_first:
+        x, scale, shift = np.moveaxis(x, -1, -3), scale[:, None, None], shift[:, None, None]
+    out = np.empty(x.shape, np.float32)
+    np.multiply(x, scale, out=out)
+    out += shift
+    return torch.from_numpy(out)
 
 
 class ClipDataset(Dataset):
@@ -46,15 +60,20 @@ class ClipDataset(Dataset):
         norm = self.meta["prernn.normalization"][modality]
         self._mean = np.asarray(norm["mean"], np.float32)
         self._std = np.asarray(norm["std"], np.float32)
-        labels, index = [], []  # index: (file, chunk, row) per clip
+        self.task = self.meta.get("prernn.task", "classification")
+        labels, index, points = [], [], []  # index: (file, chunk, row) per clip
         for fi, f in enumerate(self.files):
             with pa.memory_map(str(f)) as src:
                 reader = pa.ipc.open_file(src)
                 for b in range(reader.num_record_batches):
-                    lab = reader.get_batch(b).column("label").to_numpy()
+                    batch = reader.get_batch(b)
+                    lab = batch.column("label").to_numpy()
                     labels.append(lab.copy())
+                    if self.task == "regression":
+                        points.append(batch.column("landmarks").to_numpy_ndarray().astype(np.float32))
                     index += [(fi, b, r) for r in range(len(lab))]
         self.labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+        self.landmarks = (np.concatenate(points) if points else None) if self.task == "regression" else None
         self._index = index
         self._pid, self._views = None, None
         self.shape = None if not index else self._clip(0).shape  # (T, H, W, C)
@@ -86,13 +105,19 @@ class ClipDataset(Dataset):
         return len(self._index)
 
     def __getitem__(self, i: int):
-        x = self._normalise(self._clip(i))  # (T, H, W, C)
-        x = x.permute(0, 3, 1, 2)  # (T, C, H, W)
+        x = normalise(self._clip(i), self._mean, self._std, channels_first=True)  # (T, C, H, W)
         if self.snippet:
             t = torch.arange(x.shape[0])
             idx = (t[:, None] - self.snippet + 1 + torch.arange(self.snippet)[None]).clamp(min=0)  # (T, L)
             x = x[idx].permute(0, 2, 1, 3, 4)  # (T, L, C, H, W) -> (T, C, L, H, W)
-        return x.contiguous(), int(self.labels[i])
+        return x.contiguous(), self.target(i)
+
+    def target(self, i: int, t: int | None = None):
+        """Clip i's label, or in regression its landmarks (T, K, 2) [frame t: (K, 2)] as a float32 tensor."""
+        if self.landmarks is None:
+            return int(self.labels[i])
+        pts = self.landmarks[i] if t is None else self.landmarks[i, t]
+        return torch.from_numpy(np.ascontiguousarray(pts))
 
 
 class FrameDataset(Dataset):
@@ -102,6 +127,7 @@ class FrameDataset(Dataset):
         self.clips = ClipDataset(clips_dir, split, modality, snippet=snippet)
         self.frames = 0 if self.clips.shape is None else self.clips.shape[0]
         self.class_names, self.num_classes = self.clips.class_names, self.clips.num_classes
+        self.task = self.clips.task
         self.meta = self.clips.meta
         self.labels = np.repeat(self.clips.labels, self.frames)
         self.snippet = snippet
@@ -116,5 +142,5 @@ class FrameDataset(Dataset):
             idx = np.clip(np.arange(t - self.snippet + 1, t + 1), 0, None)
             x = self.clips._normalise(raw[idx]).permute(3, 0, 1, 2)  # (L, H, W, C) -> (C, L, H, W)
         else:
-            x = self.clips._normalise(raw[t]).permute(2, 0, 1)  # (C, H, W)
-        return x.contiguous(), int(self.labels[i])
+            x = normalise(raw[t], self.clips._mean, self.clips._std, channels_first=True)  # (C, H, W)
+        return x.contiguous(), self.clips.target(c, t)

@@ -81,21 +81,25 @@ def load_backbone(path: str | Path):
     return model
 
 
-def train_and_test(model, train, test, *, epochs: int, cfg: dict, device, on_epoch=None) -> tuple[list[dict], list]:
+def train_and_test(model, train, test, *, epochs: int, cfg: dict, device, on_epoch=None,
+                   regression: dict | None = None) -> tuple[list[dict], list]:
     """Train `model` on `train` (pipeline.features.SplitTensors) for `epochs`, testing after each epoch.
 
     Returns (history rows {"epoch", "train_loss", "train_acc", "test_loss", "test_acc"}, per-epoch test probs (N, K)).
+    Regression (landmark targets, `regression` params): rows {"epoch", "train_loss", "train_nme", "test_loss",
+    "test_auc", "test_nme", "test_failure_rate"} and per-epoch predicted landmarks (N, T, K, 2).
     """
     from pipeline.train import Trainer, seed_everything
 
     seed_everything(int(cfg["seed"]))
     trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"], weight_decay=cfg["weight_decay"],
-                      batch_size=cfg["batch_size"], seed=int(cfg["seed"]), start=train.start, device=device)
+                      batch_size=cfg["batch_size"], seed=int(cfg["seed"]), start=train.start, device=device,
+                      regression=regression)
     history, probs = [], []
     for _ in range(int(epochs)):
         row = trainer.train_epoch(train.pair())
         res = trainer.evaluate(test.pair())
-        row = {"epoch": trainer.epoch, **row, "test_loss": res["loss"], "test_acc": res["acc"]}
+        row = {"epoch": trainer.epoch, **row, "test_loss": res["loss"], **{f"test_{k}": v for k, v in res["metrics"].items()}}
         history.append(row)
         probs.append(res["probs"])
         if on_epoch:
@@ -128,14 +132,19 @@ class FusedModel(nn.Module):
     the channel axis in `modalities` order) -> (B, K) fused class probabilities (FUSION).
     """
 
-    def __init__(self, streams: dict[str, nn.Module], channels: dict[str, int]):
+    def __init__(self, streams: dict[str, nn.Module], channels: dict[str, int], regression: bool = False):
         super().__init__()
+        self.regression = bool(regression)  # task: regression: -> (B, T, K, 2) landmarks, the mean over streams
         self.modalities = list(streams)
         self.streams = nn.ModuleDict(streams)
         self.channels = [int(channels[m]) for m in self.modalities]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = torch.split(x, self.channels, dim=2)
+        if self.regression:
+            from pipeline.metrics import decode
+
+            return torch.stack([decode(self.streams[m](p)) for m, p in zip(self.modalities, parts)]).mean(0)
         probs = [self.streams[m](p).softmax(-1).mean(1) for m, p in zip(self.modalities, parts)]  # (B, K) each
         return torch.stack(probs).mean(0)
 
@@ -164,7 +173,8 @@ def load_final(path: str | Path) -> tuple[dict[str, nn.Module], dict]:
 
 
 def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list[str], epochs: int,
-                   search_params, device="cpu", cache_trunk: bool = True, log=print) -> dict:
+                   search_params, device="cpu", cache_trunk: bool = True, log=print,
+                   regression: dict | None = None) -> dict:
     """Train and test every choice ({"selected": ..., "baseline": ... | None}) on every stream, then fuse.
 
     Returns {"class_names", "labels" (N,), "meta" (clip metadata: normalization, extract, ...),
@@ -196,6 +206,7 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
         labels = splits["test"].y
         out.setdefault("class_names", train_ds.class_names)
         out.setdefault("meta", train_ds.meta)
+        out.setdefault("task", train_ds.task)
         out["streams"][m] = {}
         out["examples"][m] = torch.stack([test_ds[i][0] for i in range(min(2, len(test_ds)))])  # (2, T, C, H, W)
         for role, choice in choices.items():
@@ -205,7 +216,7 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
             model = model_for(choice, bb, cfg)
             log(f"evaluate: {m} {role} {choice['name']} (recurrent layers: {choice['layers'] or 'none'}), {epochs} epochs")
             history, probs = train_and_test(model, splits["train"], splits["test"], epochs=epochs, cfg=cfg,
-                                            device=device)
+                                            device=device, regression=regression)
             out["streams"][m][role] = {"model": model, "history": history, "probs": probs, "cfg": cfg}
     for role in [r for r, c in choices.items() if c is not None]:
         per_stream = [out["streams"][m][role]["probs"] for m in modalities]

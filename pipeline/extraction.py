@@ -31,16 +31,27 @@ def _extract_one(row: dict):
     """-> ("ok", clip, sums) or ("skip", reason). Runs in a worker."""
     p = _worker_state["params"]
     mods = [m for m in p["modalities"] if m != "depth" or row["depth_path"]]
+    info = {}
     try:
         clip = read_clip(resolve(row["path"]), {**p, "modalities": mods},
                          depth_path=resolve(row["depth_path"]) if row["depth_path"] else None,
                          offset=int(row.get("offset") or 0), total=int(row["frames"]) if Path(resolve(row["path"])).is_dir() else None,
-                         computer=_worker_state["flow"])
+                         computer=_worker_state["flow"], info=info)
+        if p.get("landmarks"):  # task: regression: the sampled frames' landmarks (T, K, 2), normalised
+            from pipeline.landmarks import LandmarkError, clip_landmarks
+
+            try:
+                pts = clip_landmarks(row, p, info["decoded_frames"])
+            except LandmarkError as err:
+                return "skip", str(err)
+            if pts.shape[1] != p["landmarks"]:
+                return "skip", f"{pts.shape[1]} landmarks per frame, the other videos have {p['landmarks']}"
+            clip["landmarks"] = pts
     except VideoError as err:
         return "skip", str(err)
     except Exception as err:  # noqa: BLE001 - any decoder failure is a per-video skip, reported by name
         return "skip", f"{type(err).__name__}: {err}"
-    sums = {m: ChannelStats.sums(a) for m, a in clip.items()} if row["split"] == "train" else {}
+    sums = {m: ChannelStats.sums(a) for m, a in clip.items() if m in CHANNELS} if row["split"] == "train" else {}
     return "ok", clip, sums
 
 
@@ -49,24 +60,41 @@ def resolve_workers(workers: int) -> int:
 
 
 def extract_manifest(rows: list[dict], class_names: list[str], params, out_dir: Path, workers: int = 0,
-                     progress: bool = True) -> dict:
-    """Extract every row of a manifest into out_dir; returns the report (see module docstring)."""
+                     progress: bool = True, task: str = "classification") -> dict:
+    """Extract every row of a manifest into out_dir; returns the report (see module docstring).
+
+    task "regression": every clip also gets its `landmarks` (T, K, 2) (pipeline.landmarks); the class names
+    become the 2K coordinate names of the regression head and the metadata gets `prernn.task`, `prernn.landmarks`.
+    """
     from tqdm import tqdm
 
     p = params.model_dump() if hasattr(params, "model_dump") else dict(params)
     with_depth = "depth" in p["modalities"] and any(r["depth_path"] for r in rows)
     mods = [m for m in p["modalities"] if m != "depth" or with_depth]
-    writer = ClipWriter(out_dir, mods, p["frames"], p["size"], p["shard_mb"] * 2**20)
+    k = None
+    if task == "regression":
+        from pipeline.landmarks import LandmarkError, coordinate_names, num_points
+        from pipeline.sources import SourceError
+
+        try:
+            k = num_points(resolve(rows[0]["path"])) if rows else 0
+        except LandmarkError as err:
+            raise SourceError(f"task regression: {err}") from None
+        class_names = coordinate_names(k)
+        p_work = {**p, "landmarks": k}
+    else:
+        p_work = p
+    writer = ClipWriter(out_dir, mods, p["frames"], p["size"], p["shard_mb"] * 2**20, landmarks=k)
     stats = {m: ChannelStats(CHANNELS[m]) for m in mods}
     skipped, kept, splits = [], 0, {"train": 0, "val": 0, "test": 0}
     n_workers = min(resolve_workers(workers), max(len(rows), 1))
     t0 = time.perf_counter()
     if n_workers == 1:
-        _init_worker(p)
+        _init_worker(p_work)
         results = map(_extract_one, rows)
         pool = None
     else:
-        pool = mp.get_context("fork" if os.name == "posix" else "spawn").Pool(n_workers, _init_worker, (p,))
+        pool = mp.get_context("fork" if os.name == "posix" else "spawn").Pool(n_workers, _init_worker, (p_work,))
         results = pool.imap(_extract_one, rows, chunksize=max(1, min(8, len(rows) // (n_workers * 8))))
     try:
         bar = tqdm(results, total=len(rows), desc="extract", unit="clip", disable=not progress, leave=False)
@@ -94,6 +122,8 @@ def extract_manifest(rows: list[dict], class_names: list[str], params, out_dir: 
     stored = {k: v for k, v in p.items() if k != "workers"}  # the files must not depend on the worker count
     meta = {"prernn.class_names": list(class_names), "prernn.extract": stored,
             "prernn.normalization": {m: s.result() for m, s in stats.items()}, "prernn.modalities": mods}
+    if k:
+        meta.update({"prernn.task": "regression", "prernn.landmarks": {"points": k}})
     files = writer.finish(meta)
     return {"kept": kept, "skipped": skipped, "total": len(rows), "splits": splits, "modalities": mods,
             "files": [f.name for f in files], "workers": n_workers, "seconds": round(seconds, 3),

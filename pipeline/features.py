@@ -1,21 +1,26 @@
 """The cached frozen trunk: the layers below the lowest candidate layer, run once per clip.
 
 Every PreRNN conversion and every traditional baseline shares the stages before
-`prernn.trunk_boundary(backbone)` unchanged ([0042]: only the chosen layers become recurrent), so
+`prernn.trunk_boundary(backbone)` unchanged (only the chosen layers become recurrent, [0054]), so
 the search computes their output once per clip and each trial trains only the layers above.
 
 In: a Backbone and a clip dataset (items: float32 (T, C, H, W) [3D: (T, C, L, H, W)], label).
 Out: `SplitTensors(x, y, start)`: x (N, T, *F) float32 features entering stage `start`
-(or the raw clips with start None when the trunk is not cached), y (N,) int64.
+(or the raw clips with start None when the trunk is not cached), y (N,) int64 (regression: landmarks (N, T, K, 2) float32).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader
+
+
+def _target(y) -> torch.Tensor:
+    """A batch of labels -> int64 (B,); regression landmarks (B, T, K, 2) stay float32."""
+    y = torch.as_tensor(y)
+    return y.float() if y.is_floating_point() else y.long()
 
 
 @dataclass
@@ -39,7 +44,7 @@ def clip_tensors(dataset, batch_size: int = 16) -> SplitTensors:
     xs, ys = [], []
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         xs.append(x.float())
-        ys.append(torch.as_tensor(y).long())
+        ys.append(_target(y))
     return SplitTensors(torch.cat(xs), torch.cat(ys), None)
 
 
@@ -57,7 +62,7 @@ def trunk_features(backbone: torch.nn.Module, dataset, boundary: str, *, batch_s
         frames = clips.reshape(b * t, *clips.shape[2:]).float().to(device)  # (B*T, C, H, W)
         feats = backbone.forward_stages(frames, stop=boundary)  # (B*T, *F)
         xs.append(feats.reshape(b, t, *feats.shape[1:]).cpu())  # (B, T, *F)
-        ys.append(torch.as_tensor(y).long())
+        ys.append(_target(y))
     return SplitTensors(torch.cat(xs), torch.cat(ys), boundary)
 
 
@@ -66,13 +71,3 @@ def prepare_splits(backbone, datasets: dict, boundary: str, cache_trunk: bool = 
     if cache_trunk:
         return {split: trunk_features(backbone, ds, boundary, **kw) for split, ds in datasets.items()}
     return {split: clip_tensors(ds) for split, ds in datasets.items()}
-
-
-def save_splits(splits: dict[str, SplitTensors], path: str | Path) -> None:
-    """Write the splits to one torch file (e.g. to inspect or reuse the cached trunk)."""
-    torch.save({k: {"x": v.x, "y": v.y, "start": v.start} for k, v in splits.items()}, path)
-
-
-def load_splits(path: str | Path) -> dict[str, SplitTensors]:
-    data = torch.load(path, weights_only=True)
-    return {k: SplitTensors(v["x"], v["y"], v["start"]) for k, v in data.items()}

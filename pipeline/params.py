@@ -29,15 +29,41 @@ class SyntheticParams(_Section):
         default=["swipe_left", "swipe_right", "swipe_up", "swipe_down", "rotate_cw", "rotate_ccw", "push", "pull"],
         min_length=2,
     )
-    clips_per_class: int = Field(12, ge=3)
+    clips_per_class: int = Field(30, ge=3)
     frames: int = Field(20, ge=2)
     size: int = Field(48, ge=16, le=512)
     fps: int = Field(15, ge=1)
     seed: int = 0
 
 
+class SyntheticLandmarkParams(_Section):
+    """The built-in landmark set (task: regression): a deformable shape of `points` landmarks (pipeline.landmarks)."""
+
+    points: int = Field(10, ge=3, le=68)
+    clips: int = Field(24, ge=3)
+    frames: int = Field(20, ge=2)
+    size: int = Field(48, ge=16, le=512)
+    fps: int = Field(15, ge=1)
+    noise: float = Field(8.0, ge=0)          # std of the Gaussian pixel noise (0-255 scale)
+    blur: float = Field(0.3, ge=0, le=1)     # probability of a blurred frame
+    occlusion: float = Field(0.3, ge=0, le=1)  # probability that a clip has a moving occluder
+    seed: int = 0
+
+
+class RegressionParams(_Section):
+    """task: regression (claim 4, [0029]): the landmark loss and the Table 1 metrics (pipeline.metrics)."""
+
+    normalize: Literal["auto", "inter_ocular", "bbox"] = "auto"  # auto: inter_ocular for 68 points, else bbox
+    eyes: tuple[int, int] = (36, 45)         # outer eye corners of the 68-point markup
+    threshold: float = Field(0.08, gt=0)     # NME threshold of the CED AUC and the failure rate
+    loss: Literal["smooth_l1", "mse"] = "smooth_l1"
+
+
+LANDMARK_SOURCES = ("synthetic_landmarks", "300vw")
+
+
 class DataParams(_Section):
-    source: Literal["synthetic", "folder", "list"] = "synthetic"
+    source: Literal["synthetic", "folder", "list", "synthetic_landmarks", "300vw"] = "synthetic"
     root: Optional[str] = None
     list_files: list[str] = []
     split_files: dict[Literal["train", "val", "test"], str] = {}
@@ -47,6 +73,7 @@ class DataParams(_Section):
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     seed: int = 0
     synthetic: SyntheticParams = SyntheticParams()
+    landmarks: SyntheticLandmarkParams = SyntheticLandmarkParams()
 
     @field_validator("depth_pattern")
     @classmethod
@@ -57,7 +84,7 @@ class DataParams(_Section):
 
     @model_validator(mode="after")
     def _check_source(self):
-        if self.source in ("folder", "list") and not self.root:
+        if self.source in ("folder", "list", "300vw") and not self.root:
             raise ValueError(f"data.root: null: a data root is required when data.source is {self.source!r}")
         if self.source == "list" and not self.list_files and not self.split_files:
             raise ValueError(
@@ -163,7 +190,7 @@ class MlflowParams(_Section):
 
 
 class Params(_Section):
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "regression"] = "classification"
     data: DataParams = DataParams()
     extract: ExtractParams = ExtractParams()
     pretrain: PretrainParams = PretrainParams()
@@ -171,10 +198,31 @@ class Params(_Section):
     select: SelectParams = SelectParams()
     evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
+    regression: RegressionParams = RegressionParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, raw):
+        """select.metric absent or null: val_acc, or for task: regression the landmark AUC val_auc."""
+        if isinstance(raw, dict):
+            sel = raw.get("select") or {}
+            if isinstance(sel, dict) and sel.get("metric") is None:  # absent or null: the task's default
+                raw = {**raw, "select": {**sel, "metric": "val_auc" if raw.get("task") == "regression" else "val_acc"}}
+        return raw
 
     @model_validator(mode="after")
     def _cross_section(self):
         problems = []
+        landmark_source = self.data.source in LANDMARK_SOURCES
+        if self.task == "regression" and not landmark_source:
+            problems.append(f"data.source: {self.data.source!r}: task regression needs landmark annotations; "
+                            f"allowed: {', '.join(LANDMARK_SOURCES)}")
+        if self.task == "regression" and self.select.metric == "val_acc":
+            problems.append("select.metric: 'val_acc': regression trials have no accuracy; "
+                            "use val_auc (default), val_nme or val_failure_rate (mode: min), or val_loss")
+        if self.task == "classification" and landmark_source:
+            problems.append(f"data.source: {self.data.source!r}: a landmark source has no class labels; "
+                            "set task: regression")
         needed = set(self.pretrain.modalities) | {self.search.modality} | set(self.evaluate.modalities)
         missing = sorted(needed - set(self.extract.modalities))
         if missing:
@@ -187,9 +235,41 @@ class Params(_Section):
             untrained = sorted(set(mods) - trained)
             if untrained:
                 problems.append(f"{key}: {mods}: {untrained} not in pretrain.modalities {list(self.pretrain.modalities)}")
+        problems += _search_space_problems(self.search, self.pretrain.backbone)
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+def backbone_candidates(name: str) -> list[str]:
+    """The candidate layers (prernn.candidate_layers) of backbone `name`, built on the meta device (no memory)."""
+    import torch
+
+    import prernn
+
+    with torch.device("meta"):
+        return prernn.candidate_layers(prernn.create_backbone(name, 2))
+
+
+def _search_space_problems(search: "SearchParams", backbone: str) -> list[str]:
+    """search.layers entries that are not candidates of pretrain.backbone; SIH asked for a cell without gates."""
+    problems = []
+    if search.layers is not None:
+        candidates = backbone_candidates(backbone)
+        for i, entry in enumerate(search.layers):
+            unknown = [name for name in entry if name not in candidates]
+            if unknown:
+                problems.append(f"search.layers.{i}: {list(entry)!r}: {unknown} not candidate layers of "
+                                f"pretrain.backbone {backbone!r}; allowed: {candidates}")
+            elif not entry:
+                problems.append(f"search.layers.{i}: []: an empty layer set; give at least one of {candidates}")
+    if list(search.sih) == [True] and "vrnn" in search.cells:
+        gated = [c for c in search.cells if c != "vrnn"]
+        problems.append(
+            f"search.sih: [True] with search.cells {list(search.cells)}: SIH needs a gated cell (lstm, gru) and vrnn "
+            "has no gates, so no " + ("trial" if not gated and not search.baselines else "vrnn PreRNN trial")
+            + " is possible; add false to search.sih or remove vrnn from search.cells")
+    return problems
 
 
 def _format(err: ValidationError, raw: dict) -> str:

@@ -21,6 +21,10 @@ stage's code (`pipeline.video.read_clip` / `stream_frames`) and the dataset's `n
   exactly the training frames it equals clip mode. Memory is constant: a running sum, the recurrent state, and
   for 3D backbones the last L frames.
 
+Regression models (task: regression, landmark alignment, claim 4): every frame prints its landmarks, K (x, y)
+pairs in [0, 1] coordinates of the resized frame (`{"video", "frame", "landmarks": [[x, y], ...]}`): clip mode
+the T sampled frames (frame = the decoded frame index), stream mode each streamed frame (not averaged over time).
+
 Output: a table, or JSON lines (`--json`): {"video", "frame" (null in clip mode), "class", "probability",
 "top_k": [{"class", "probability"}]}. Bad inputs print one line `prernn predict: <input>: <reason>` on stderr and
 the others are still processed; exit status 1 when any input failed, 2 when the model cannot be used.
@@ -29,6 +33,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pickle
+import re
 import sys
 import tempfile
 from collections import deque
@@ -75,6 +82,7 @@ class Predictor:
         self.models, self.meta, self.source = models, meta, source
         self.modalities = list(models)
         self.class_names = list(meta["class_names"])
+        self.task = meta.get("task", "classification")  # regression: the outputs are 2K landmark coordinates
         self.extract = dict(meta["extract"], modalities=self.modalities)
         self.depth_pattern = tuple(meta.get("depth_pattern") or DEFAULT_DEPTH_PATTERN)
         self.norm = {m: (np.asarray(meta["normalization"][m]["mean"], np.float32),
@@ -93,9 +101,7 @@ class Predictor:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - pickled code, not a torch file, truncated...
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-            raise PredictError(f"{path}: not a prernn model file (torch.load(weights_only=True) refused it: "
-                               f"{first})") from None
+            raise PredictError(f"{path}: not a prernn model file ({_load_reason(err)})") from None
         _check_checkpoint(ckpt, str(path))
         meta = ckpt["meta"]
         streams = ckpt["streams"] if "streams" in ckpt else {meta["modalities"][0]: ckpt}
@@ -166,10 +172,10 @@ class Predictor:
 
     def _frames(self, video, step: int) -> Iterator[dict[str, np.ndarray]]:
         """{modality: (H, W, C) uint8} per streamed frame, through pipeline.video's streaming helper."""
-        from pipeline.video import VideoError, stream_frames
+        from pipeline.video import VideoError, stream_depth, stream_frames
 
         depth_path = self.check_modalities(video)
-        depth = _depth_stream(depth_path, self.extract, step) if depth_path else None
+        depth = stream_depth(depth_path, self.extract, step=step) if depth_path else None
         source = _camera_frames(video, self.extract, step) if isinstance(video, int) else \
             stream_frames(Path(video), self.extract, step=step)
         try:
@@ -191,8 +197,8 @@ class Predictor:
         sums = {m: None for m in self.models}
         windows = {m: deque(maxlen=L) for m, L in self.snippet.items() if L}  # 3D: the last L frames
         n = 0
-        with torch.no_grad():
-            for frames in self._frames(video, step):
+        for frames in self._frames(video, step):
+            with torch.no_grad():  # not around the yield: grad mode must not leak into the caller
                 for m, model in self.models.items():
                     x = self._tensor2d(m, frames[m])  # (C, H, W)
                     if m in windows:
@@ -202,12 +208,21 @@ class Predictor:
                         w.append(x)
                         x = torch.stack(list(w), 1)  # (C, L, H, W)
                     out, states[m] = model.step(x[None], states[m])  # (1, K)
+                    if self.task == "regression":  # this frame's landmarks (K, 2), no running mean
+                        from pipeline.metrics import decode
+
+                        sums[m] = decode(out)[0]
+                        continue
                     p = out.softmax(-1)[0]
                     sums[m] = p if sums[m] is None else sums[m] + p
-                n += 1
-                yield (n - 1) * step, torch.stack([s / n for s in sums.values()]).mean(0).numpy()
-                if max_frames and n >= max_frames:
-                    break
+                if self.task == "regression":
+                    probs = torch.stack(list(sums.values())).mean(0).numpy()  # (K, 2) fused over streams
+                else:
+                    probs = torch.stack([s / (n + 1) for s in sums.values()]).mean(0).numpy()  # fused running mean
+            n += 1
+            yield (n - 1) * step, probs
+            if max_frames and n >= max_frames:
+                break
         if n == 0:
             raise PredictError("no frames")
 
@@ -217,59 +232,62 @@ class Predictor:
         return normalise(frame, *self.norm[m]).permute(2, 0, 1).contiguous()  # (H, W, C) -> (C, H, W)
 
     # ------------------------------------------------------------------------------------------- results
+    def clip_landmarks(self, video, depth_path=None) -> list[tuple[int, np.ndarray]]:
+        """Regression: [(decoded frame index, (K, 2) landmarks)] for the T frames sampled as in training."""
+        from pipeline.metrics import decode
+        from pipeline.video import VideoError, read_clip, sample_indices
+
+        depth = Path(depth_path) if depth_path and "depth" in self.modalities else self.check_modalities(video)
+        info = {}
+        try:
+            clip = read_clip(Path(video), self.extract, depth_path=depth, info=info)
+        except VideoError as err:
+            raise PredictError(str(err)) from None
+        with torch.no_grad():
+            pts = torch.stack([decode(model(self._tensor(m, clip[m])[None]))[0]  # (T, K, 2)
+                               for m, model in self.models.items()]).mean(0).numpy()
+        idx = sample_indices(info["decoded_frames"], self.extract["frames"], self.extract["sampling"],
+                             self.extract["stride"])
+        return [(int(i), p) for i, p in zip(idx, pts)]
+
     def record(self, video: str, frame, probs: np.ndarray, k: int) -> dict:
+        if self.task == "regression":  # probs: (K, 2) landmarks
+            return {"video": video, "frame": frame,
+                    "landmarks": [[round(float(x), 5), round(float(y), 5)] for x, y in np.asarray(probs)]}
         order = np.argsort(-probs, kind="stable")[:max(1, k)]
         return {"video": video, "frame": frame, "class": self.class_names[int(order[0])],
                 "probability": float(probs[order[0]]),
                 "top_k": [{"class": self.class_names[int(i)], "probability": float(probs[i])} for i in order]}
 
 
-def _depth_stream(path: Path, p: dict, step: int) -> Iterator[np.ndarray]:
-    """(S, S, 1) uint8 depth frames of a depth video, as read_clip makes them (grey, then resized)."""
-    import cv2
-
-    from pipeline.video import resize_frame
-
-    cap = cv2.VideoCapture(str(path))
-    i = 0
-    try:
-        while True:
-            ok, f = cap.read()
-            if not ok:
-                return
-            if i % step == 0:
-                g = cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) if f.ndim == 3 else f
-                yield resize_frame(g, p["size"], p["resize"]).reshape(p["size"], p["size"], 1)
-            i += 1
-    finally:
-        cap.release()
+def _load_reason(err: Exception) -> str:
+    """torch.load's long message -> a short reason."""
+    msg = str(err)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+    if found:
+        return (f"it holds pickled code or objects ({found.group(1)}) that torch.load(weights_only=True) refuses; "
+                "nothing of it was run")
+    if "Weights only load failed" in msg or isinstance(err, pickle.UnpicklingError):
+        return "not a PyTorch weights file"
+    return (msg.strip().splitlines() or [type(err).__name__])[0][:160]
 
 
 def _camera_frames(index: int, p: dict, step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Like pipeline.video.stream_frames, for a camera index (which that helper's file check does not accept)."""
+    """pipeline.video.stream_capture over camera `index`."""
     import cv2
 
-    from pipeline.video import FlowComputer, encode_flow, resize_frame
+    from pipeline.video import stream_capture
 
-    cap = cv2.VideoCapture(index)
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # our one line says it
+    try:
+        cap = cv2.VideoCapture(index)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if not cap.isOpened():
         cap.release()
         raise PredictError(f"camera {index} cannot be opened")
-    computer, prev, i = FlowComputer(p["flow_method"], p["dis_preset"]), None, 0
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                return
-            if i % step == 0:
-                rgb = cv2.cvtColor(resize_frame(frame, p["size"], p["resize"]), cv2.COLOR_BGR2RGB)
-                grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-                flow = np.zeros(grey.shape + (2,), np.float32) if prev is None else computer(prev, grey)
-                prev = grey
-                yield rgb, encode_flow(flow, p["flow_bound"])
-            i += 1
-    finally:
-        cap.release()
+    yield from stream_capture(cap, p, step=step)
 
 
 # ----------------------------------------------------------------------------------------------- MODEL, INPUT
@@ -338,10 +356,14 @@ def expand_inputs(items: list[str], depth_pattern=DEFAULT_DEPTH_PATTERN) -> list
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def _fmt_row(r: dict, with_frame: bool) -> str:
+def _fmt_row(r: dict, layout: tuple[int, bool, int]) -> str:
+    width, with_frame, cw = layout
+    if "landmarks" in r:
+        frame = f"{'-' if r['frame'] is None else r['frame']:>7} "
+        return f"{r['video']:<{width}} {frame}" + " ".join(f"{x:.3f},{y:.3f}" for x, y in r["landmarks"])
     top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"])
-    frame = f"{r['frame']:>7} " if with_frame else ""
-    return f"{r['video']:<40} {frame}{r['class']:<16} {r['probability']:>6.3f}  {top}"
+    frame = f"{'-' if r['frame'] is None else r['frame']:>7} " if with_frame else ""
+    return f"{r['video']:<{width}} {frame}{r['class']:<{cw}} {r['probability']:>6.3f}  {top}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -355,9 +377,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
     stream = args.stream
     inputs = expand_inputs(args.inputs, predictor.depth_pattern)
+    names = [f"camera:{i}" if isinstance(i, int) else str(i) for i in inputs if not isinstance(i, tuple)]
+    layout = (max([5] + [len(n) for n in names]), stream or any(isinstance(i, int) for i in inputs),
+              max([5] + [len(c) for c in predictor.class_names]))
     if not args.json:
-        head = f"{'video':<40} {'frame':>7} " if stream or any(isinstance(i, int) for i in inputs) else f"{'video':<40} "
-        print(f"{head}{'class':<16} {'prob':>6}  top-{args.top_k}")
+        frame = f"{'frame':>7} " if layout[1] else ""
+        if predictor.task == "regression":
+            print(f"{'video':<{layout[0]}} {'frame':>7} landmarks x,y (0-1 of the frame)", flush=True)
+        else:
+            print(f"{'video':<{layout[0]}} {frame}{'class':<{layout[2]}} {'prob':>6}  top-{args.top_k}", flush=True)
+    try:
+        return _predict_all(predictor, inputs, args, layout)
+    except BrokenPipeError:  # `prernn predict ... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+
+
+def _predict_all(predictor: Predictor, inputs: list, args, layout) -> int:
+    err, stream = sys.stderr, args.stream
     failed = 0
     for item in inputs:
         if isinstance(item, tuple):
@@ -368,12 +405,18 @@ def run(args: argparse.Namespace) -> int:
         try:
             if stream or isinstance(item, int):
                 for frame, probs in predictor.stream(item, args.step, args.max_frames):
-                    _emit(predictor.record(name, frame, probs, args.top_k), args.json, True)
+                    _emit(predictor.record(name, frame, probs, args.top_k), args.json, layout)
             else:
-                _emit(predictor.record(name, None, predictor.clip_probs(item), args.top_k), args.json, False)
+                if predictor.task == "regression":
+                    for frame, pts in predictor.clip_landmarks(item):
+                        _emit(predictor.record(name, frame, pts, args.top_k), args.json, layout)
+                else:
+                    _emit(predictor.record(name, None, predictor.clip_probs(item), args.top_k), args.json, layout)
         except PredictError as e:
             print(f"prernn predict: {name}: {e}", file=err)
             failed += 1
+        except BrokenPipeError:
+            raise
         except KeyboardInterrupt:
             print(f"prernn predict: {name}: interrupted", file=err)
             return 130
@@ -383,8 +426,8 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _emit(record: dict, as_json: bool, with_frame: bool) -> None:
-    print(json.dumps(record) if as_json else _fmt_row(record, with_frame), flush=True)
+def _emit(record: dict, as_json: bool, layout) -> None:
+    print(json.dumps(record) if as_json else _fmt_row(record, layout), flush=True)
 
 
 def add_predict_parser(subparsers) -> argparse.ArgumentParser:

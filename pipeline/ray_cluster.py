@@ -60,7 +60,8 @@ def connect(param_address: Optional[str] = None, *, num_cpus: Optional[int] = No
     """Make sure Ray is initialised; returns True when this call started it (so the caller shuts it down).
 
     Local: `num_cpus` defaults to the machine's cores. Joining: the code of `prernn` and `pipeline`
-    is shipped to the workers (`runtime_env.py_modules`); paths given to trials must be on shared storage.
+    is shipped to the workers (`runtime_env.py_modules`; the nodes need the pinned requirements installed);
+    paths given to trials (search.storage_path, a sqlite MLflow store) must be on shared storage.
     """
     import ray
 
@@ -69,11 +70,12 @@ def connect(param_address: Optional[str] = None, *, num_cpus: Optional[int] = No
     address, source = resolve_address(param_address)
     # Tune warns on every per-epoch checkpoint of these short trials (pipeline.trainable quiets the workers)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # save the experiment state (which trials finished, their last checkpoints) every second instead of every
+    # >= 10 s, so a killed driver loses at most a second of trial progress when the search is restored
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     common = dict(include_dashboard=False, log_to_driver=log_to_driver, logging_level="warning",
                   configure_logging=True)
     if address is None:
-        env = dict(os.environ)
-        env.pop("RAY_ADDRESS", None)
         pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus,
                  runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **common)

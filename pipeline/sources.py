@@ -239,8 +239,15 @@ def ingest(data, work_dir: Path, final_dir: Path | None = None) -> tuple[list[di
     """
     work_dir, final_dir = Path(work_dir), Path(final_dir or work_dir)
     pattern = tuple(data.depth_pattern)
-    split_from_files = bool(data.split_files) and data.source != "synthetic"
-    if data.source == "synthetic":
+    generated = data.source in ("synthetic", "synthetic_landmarks")  # written under work_dir/videos
+    split_from_files = bool(data.split_files) and data.source in ("folder", "list")
+    if data.source in ("synthetic_landmarks", "300vw"):  # task: regression (pipeline.landmarks)
+        from pipeline.landmarks import CLASS_NAME, scan_300vw, write_synthetic
+
+        root = work_dir / "videos" if generated else Path(os.path.abspath(data.root))
+        entries = write_synthetic(data.landmarks, root) if generated else scan_300vw(root)
+        names = [CLASS_NAME]
+    elif data.source == "synthetic":
         root = work_dir / "videos"
         written = _write_synthetic(data, root)
         names = list(data.synthetic.classes)
@@ -282,7 +289,7 @@ def ingest(data, work_dir: Path, final_dir: Path | None = None) -> tuple[list[di
     def final(p):  # the path as the manifest names it (synthetic: where the atomic rename puts it)
         if p is None:
             return ""
-        if data.source == "synthetic":
+        if generated:
             p = final_dir / Path(p).relative_to(work_dir)
         return display_path(p)
 

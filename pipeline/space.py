@@ -8,9 +8,9 @@ In: the `search` params section and the candidate layers of the trained backbone
     {"name": "traditional-gru-2", "kind": "traditional", "cell": "gru", "sih": False,
      "layers": [], "num_layers": 2, "hidden_size": None}
 
-PreRNN trials ([0041]-[0057]): every cell x {gate-dependent, SIH} x layer combination; SIH (single
-input-to-hidden state, [0052]) needs gates, so it does not apply to the vanilla RNN. Traditional
-baselines ([0060]): an RNN of 1 or 2 layers on top of the last feature layer, per cell.
+PreRNN trials ([0023]-[0028], [0054], [0064]): every cell x {gate-dependent, SIH} x layer combination; SIH (single
+input-to-hidden state, [0052]-[0053]) needs gates, so it does not apply to the vanilla RNN. Traditional
+baselines ([0033]): an RNN of 1 or 2 layers on top of the last feature layer, per cell.
 For a VGG-style backbone (candidates fc6, fc7) the default is 3*3 + 2*3 + 3*2 = 21 trials.
 """
 from __future__ import annotations

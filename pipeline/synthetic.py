@@ -1,6 +1,6 @@
 """The built-in synthetic gesture set: seeded, deterministic, labelled colour + depth videos.
 
-One clip is a `Motion`: a shape moving over a cluttered, static background from a start state
+One clip is a `Motion`: a shape (one per gesture kind, `KIND_SHAPES`) moving over a cluttered, static background from a start state
 (x, y, angle, scale, depth) to an end state. The class is read off the direction of the change
 (`classify`), never off one frame: swipes move the centre, rotations turn the shape, push/pull
 shrink/grow it while its depth value falls/rises. Paired classes are time-reversals of each
@@ -27,7 +27,9 @@ PAIRS = {
     "rotate_cw": ("rotate", False), "rotate_ccw": ("rotate", True),
     "push": ("push", False), "pull": ("push", True),
 }
-SHAPES = ("triangle", "rectangle", "ell", "ellipse", "arrow")
+# Each gesture kind has its own "hand pose", as real gesture groups do: a single frame can tell the
+# kind (what a frame-level CNN can learn in pretraining) but never the direction within a pair.
+KIND_SHAPES = {"swipe_x": "rectangle", "swipe_y": "triangle", "rotate": "ell", "push": "arrow"}
 DEPTH_BACKGROUND = 40  # depth value of the far wall; nearer = brighter
 
 
@@ -66,12 +68,12 @@ def sample_motion(class_name: str, rng: np.random.Generator) -> Motion:
     if class_name not in PAIRS:
         raise ValueError(f"data.synthetic.classes: unknown class {class_name!r}; allowed: {', '.join(PAIRS)}")
     kind, rev = PAIRS[class_name]
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
-    color = tuple(int(c) for c in rng.integers(60, 256, 3))
+    shape = KIND_SHAPES[kind]
+    color = tuple(int(c) for c in rng.integers(110, 256, 3))
     background = tuple(int(c) for c in rng.integers(0, 60, 3))
     x, y = rng.uniform(0.35, 0.65, 2)
     angle = rng.uniform(0, 360)
-    scale = rng.uniform(0.14, 0.2)
+    scale = rng.uniform(0.17, 0.23)
     depth = rng.uniform(150, 200)
     start = [x, y, angle, scale, depth]
     end = list(start)
@@ -115,8 +117,8 @@ def _background(m: Motion, size: int) -> tuple[np.ndarray, np.ndarray]:
     rgb = np.empty((size, size, 3), np.uint8)
     rgb[:] = m.background
     depth = np.full((size, size), DEPTH_BACKGROUND, np.uint8)
-    for _ in range(int(rng.integers(3, 7))):
-        color = tuple(int(c) for c in rng.integers(0, 140, 3))
+    for _ in range(int(rng.integers(2, 6))):
+        color = tuple(int(c) for c in rng.integers(0, 100, 3))
         d = int(rng.integers(50, 110))
         cx, cy = (int(v) for v in rng.integers(0, size, 2))
         r = int(rng.integers(size // 16 + 1, size // 6 + 2))

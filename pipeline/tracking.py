@@ -53,7 +53,8 @@ def check_reachable(uri: str, source: str = "the tracking URI", timeout: float =
         reason = getattr(err, "reason", err)
         raise TrackingUnavailable(
             f"MLflow tracking server {uri} (from {source}) did not answer within {timeout:g} s: {reason}. "
-            "Start it (e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db --host 0.0.0.0 --port 5000`), "
+            "Start it (e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`; "
+            "bind another address only on a trusted network), "
             "fix the address, or unset MLFLOW_TRACKING_URI to log to the local sqlite:///mlflow.db."
         ) from None
 

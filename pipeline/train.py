@@ -4,7 +4,7 @@ Models: a frame model (prernn Backbone, `model(x)`: (N, C, H, W) -> (N, K)) or a
 (prernn SequenceModel, `model(x, start=...)`: (B, T, ...) -> (B, T, K)).
 
 Loss: for a sequence model the cross-entropy is taken at every time step and averaged over T
-(the patent's recurrent layers emit a prediction per frame, [0058]; every step gets a gradient).
+(the sequence model emits a prediction per frame; every step gets a gradient).
 Accuracy: the class with the highest time-averaged softmax probability.
 Optimiser: AdamW with two parameter groups, `lr_inherited` for the weights that came from the
 trained CNN (`model.inherited_parameters()`) and `lr_new` for the new hidden-to-hidden weights
@@ -12,10 +12,16 @@ trained CNN (`model.inherited_parameters()`) and `lr_new` for the new hidden-to-
 Reproducible: every epoch reseeds torch / numpy / random from (seed, epoch) and shuffles with its
 own generator, so a run resumed from an epoch checkpoint continues exactly as an unbroken run.
 A loss that stops being finite raises `NonFiniteLoss` (the trial is then marked failed).
+
+Regression (task: regression, float targets: landmarks (B, [T,] K, 2)): the 2K outputs are decoded to
+landmarks and trained with `regression["loss"]` (pipeline.metrics.landmark_loss, at every time step);
+evaluation reports the landmark metrics (`auc`, `nme`, `failure_rate`: pipeline.metrics) instead of `acc`,
+and the epoch rows carry `val_auc`, `val_nme`, `val_failure_rate`, `train_nme`; `summarize` ranks by `val_auc`.
 """
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from typing import Callable, Optional
@@ -32,6 +38,7 @@ class NonFiniteLoss(FloatingPointError):
 
 def seed_everything(seed: int) -> None:
     """Seed torch, numpy and random; ask torch for deterministic kernels where they exist."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (read at CUDA init)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -93,7 +100,11 @@ class Trainer:
     """
 
     def __init__(self, model: torch.nn.Module, *, lr_inherited: float, lr_new: float, weight_decay: float = 0.0,
-                 batch_size: int = 16, seed: int = 0, start: Optional[str] = None, device="cpu"):
+                 batch_size: int = 16, seed: int = 0, start: Optional[str] = None, device="cpu",
+                 regression: Optional[dict] = None):
+        from pipeline.metrics import spec_of
+
+        self.regression = spec_of(regression)  # used when the targets are landmarks (float)
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.start = start
@@ -112,9 +123,11 @@ class Trainer:
         loader = DataLoader(as_dataset(data), batch_size=self.batch_size, shuffle=True, generator=gen)
         self.model.train()
         total, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
+        regression = False
         for step, (x, y) in enumerate(loader):
-            x, y = x.to(self.device), y.to(self.device).long()
-            loss, probs = clip_loss_and_probs(_forward(self.model, x, self.start), y)
+            regression = y.is_floating_point()
+            x, y = x.to(self.device), (y.to(self.device) if regression else y.to(self.device).long())
+            loss, probs = self._loss(_forward(self.model, x, self.start), y)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"training loss became {loss.item()} at epoch {self.epoch + 1}, batch {step + 1}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -122,36 +135,61 @@ class Trainer:
             self.optimizer.step()
             total += len(y)
             loss_sum += loss.item() * len(y)
-            correct += (probs.argmax(-1) == y).sum().item()
+            if regression:
+                from pipeline.metrics import nme
+
+                correct += float(nme(probs, y, self.regression["normalize"], self.regression["eyes"])
+                                 .reshape(len(y), -1).mean(-1).sum())
+            else:
+                correct += (probs.argmax(-1) == y).sum().item()
         seconds = time.perf_counter() - t0
         self.epoch += 1
-        return {"train_loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1),
+        return {"train_loss": loss_sum / max(total, 1), ("train_nme" if regression else "train_acc"): correct / max(total, 1),
                 "clips_per_sec": total / seconds if seconds > 0 else float("nan")}
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, probabilities (B, K)) for labels; (loss, landmarks (B, [T,] K, 2)) for float landmark targets."""
+        if y.is_floating_point():
+            from pipeline.metrics import decode, landmark_loss
+
+            return landmark_loss(out, y, self.regression["loss"]), decode(out.detach())
+        return clip_loss_and_probs(out, y)
 
     @torch.no_grad()
     def evaluate(self, data, batch_size: Optional[int] = None) -> dict:
-        """{"loss", "acc", "probs" (N, K) tensor, "labels" (N,) tensor} over `data` in order."""
+        """{"loss", "acc", "probs" (N, K) tensor, "labels" (N,) tensor, "metrics": {"acc"}} over `data` in order.
+
+        Regression: {"loss", "auc", "nme", "failure_rate", "probs": predicted landmarks (N, [T,] K, 2),
+        "labels": true landmarks, "metrics": {"auc", "nme", "failure_rate"}} (pipeline.metrics).
+        """
         loader = DataLoader(as_dataset(data), batch_size=batch_size or self.batch_size, shuffle=False)
         self.model.eval()
         losses, probs, labels = [], [], []
         for x, y in loader:
-            x, y = x.to(self.device), y.to(self.device).long()
-            loss, p = clip_loss_and_probs(_forward(self.model, x, self.start), y)
+            x, y = x.to(self.device), (y.to(self.device) if y.is_floating_point() else y.to(self.device).long())
+            loss, p = self._loss(_forward(self.model, x, self.start), y)
             losses.append(loss.item() * len(y))
             probs.append(p.cpu())
             labels.append(y.cpu())
         probs_t, labels_t = torch.cat(probs), torch.cat(labels)
         n = len(labels_t)
-        return {"loss": sum(losses) / max(n, 1), "acc": (probs_t.argmax(-1) == labels_t).float().mean().item(),
-                "probs": probs_t, "labels": labels_t}
+        if labels_t.is_floating_point():
+            from pipeline.metrics import regression_metrics
+
+            metrics = regression_metrics(probs_t, labels_t, self.regression)
+            return {"loss": sum(losses) / max(n, 1), **metrics, "probs": probs_t, "labels": labels_t,
+                    "metrics": metrics}
+        acc = (probs_t.argmax(-1) == labels_t).float().mean().item()
+        return {"loss": sum(losses) / max(n, 1), "acc": acc, "probs": probs_t, "labels": labels_t,
+                "metrics": {"acc": acc}}
 
     def fit_epoch(self, train_data, val_data) -> dict:
         """Train one epoch, evaluate on `val_data`; append and return the epoch's metrics."""
         t0 = time.perf_counter()
         metrics = self.train_epoch(train_data)
         val = self.evaluate(val_data)
-        row = {"epoch": self.epoch, **metrics, "val_loss": val["loss"], "val_acc": val["acc"],
-               "epoch_seconds": time.perf_counter() - t0}
+        row = {"epoch": self.epoch, **metrics, "val_loss": val["loss"],
+               **{f"val_{k}": v for k, v in val["metrics"].items()}, "epoch_seconds": time.perf_counter() - t0}
         self.history.append(row)
         return row
 
@@ -189,11 +227,27 @@ def epochs_to_fraction(history: list[dict], key: str = "val_acc", fraction: floa
     return None
 
 
+REGRESSION_KEYS = ("val_auc", "val_nme", "val_failure_rate")
+
+
+def score_key(history: list[dict]) -> str:
+    """The validation score a history is ranked by: val_acc, or val_auc for a regression history."""
+    return "val_auc" if history and "val_acc" not in history[0] and "val_auc" in history[0] else "val_acc"
+
+
 def summarize(history: list[dict]) -> dict:
-    """{"val_acc": best, "val_loss": at the best epoch, "best_epoch", "epochs_to_95", "clips_per_sec": mean}."""
+    """{"val_acc": best, "val_loss": at the best epoch, "best_epoch", "epochs_to_95", "clips_per_sec": mean}.
+
+    A regression history (val_auc rows): best by val_auc; "val_acc" is None and "val_auc", "val_nme",
+    "val_failure_rate" are those of the best epoch.
+    """
     if not history:
         return {"val_acc": None, "val_loss": None, "best_epoch": None, "epochs_to_95": None, "clips_per_sec": None}
-    best = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))
+    key = score_key(history)
+    best = max(history, key=lambda r: (r[key], -r["val_loss"]))
     rates = [r["clips_per_sec"] for r in history if math.isfinite(r.get("clips_per_sec", float("nan")))]
-    return {"val_acc": best["val_acc"], "val_loss": best["val_loss"], "best_epoch": best["epoch"],
-            "epochs_to_95": epochs_to_fraction(history), "clips_per_sec": sum(rates) / len(rates) if rates else None}
+    out = {"val_acc": best.get("val_acc"), "val_loss": best["val_loss"], "best_epoch": best["epoch"],
+           "epochs_to_95": epochs_to_fraction(history, key), "clips_per_sec": sum(rates) / len(rates) if rates else None}
+    if key == "val_auc":
+        out.update({k: best.get(k) for k in REGRESSION_KEYS})
+    return out

@@ -3,14 +3,16 @@
 `train_trial(config, data)` is a plain function of the trial config (Ray's function API):
   config: {"arch": <a pipeline.space arch dict>, "epochs", "batch_size", "lr_inherited", "lr_new",
            "weight_decay", "hh_init", "seed", "cpus_per_trial", "use_gpu", "tracking_uri",
-           "experiment_id", "parent_run_id", "gate_stats_every_epoch", optional "_fault": "nan" (tests)}
+           "experiment_id", "parent_run_id", "gate_stats_every_epoch", optional "_fault": "nan" | "raise" | "raise_once" (tests)}
   data (via tune.with_parameters, i.e. the Ray object store): {"backbone": {"config", "state_dict"},
            "train": SplitTensors, "val": SplitTensors} (cached trunk features or raw clips).
 Each epoch it reports the epoch's metrics (`val_acc`, `val_loss`, ...), the history so far
 (`history_json`), `recurrent_params` and the MLflow child run id, with a checkpoint from which a
 restarted trial continues. The last epoch (every epoch with `gate_stats_every_epoch`, for ASHA,
 which may stop a trial early) adds the gate statistics of each recurrent layer on the val clips
-(`gate_stats_json`, [0059]-[0062]). A loss that is not finite raises, so Ray marks the trial failed.
+(`gate_stats_json`: the saturation of [0055]-[0062] that the selection of [0065] uses); the last
+epoch also reports `best_val_acc`, `epochs_to_95` and `mean_clips_per_sec`. A loss that is not
+finite raises, so Ray marks the trial failed (and the other trials go on).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 
 from pipeline import tracking
-from pipeline.train import Trainer, pick_device, seed_everything
+from pipeline.train import REGRESSION_KEYS, Trainer, pick_device, seed_everything, summarize
 
 CHECKPOINT_FILE = "trial.pt"
 COMMON_KEYS = ("epochs", "batch_size", "lr_inherited", "lr_new", "weight_decay", "hh_init", "seed")
@@ -55,15 +57,51 @@ def load_backbone(ckpt: dict) -> torch.nn.Module:
     return model
 
 
+FAULTS = ("nan", "raise", "raise_once")
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the `_fault: raise` / `raise_once` test hook."""
+
+
 def _inject_fault(model, fault) -> None:
-    """Test hook: `_fault: nan` poisons one new weight so the first loss is NaN."""
+    """Test hook: `_fault: nan` poisons one new weight so the first loss is NaN (`raise`, `raise_once`: see
+    `_raise_fault`)."""
     if fault in (None, ""):
         return
+    if fault not in FAULTS:
+        raise ValueError(f"trial config _fault: {fault!r}: expected one of {list(FAULTS)}")
     if fault != "nan":
-        raise ValueError(f"trial config _fault: {fault!r}: only 'nan' is supported")
+        return
     params = list(model.new_parameters()) or list(model.parameters())
     with torch.no_grad():
         params[0].fill_(float("nan"))
+
+
+def _raise_fault(fault, epoch: int, resumed: bool) -> None:
+    """Test hook, called after each epoch's report: `raise` fails every attempt before its first report;
+    `raise_once` fails once, right after epoch 1 was reported and checkpointed (a retry continues from it)."""
+    if fault == "raise" and epoch == 0:
+        raise InjectedFault("injected fault (_fault: raise) before the first epoch")
+    if fault == "raise_once" and epoch == 1 and not resumed:
+        raise InjectedFault("injected fault (_fault: raise_once) after epoch 1")
+
+
+def _node() -> dict:
+    """Where this trial runs: the Ray node id and IP (the cluster tests check that both nodes ran trials)."""
+    import ray
+
+    try:
+        return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    except Exception:  # noqa: BLE001 - not inside a Ray worker (unit tests)
+        return {"node_id": None, "node_ip": None}
+
+
+def _count_attempt(uri: str, run_id: str) -> int:
+    """Log and return this attempt's number on the child run (metric `attempts`: 1 + max_failures at most)."""
+    attempt = int(tracking.client(uri).get_run(run_id).data.metrics.get("attempts", 0)) + 1
+    tracking.log_metrics(uri, run_id, {"attempts": attempt})
+    return attempt
 
 
 def _gate_stats(model, val, device) -> dict:
@@ -72,6 +110,20 @@ def _gate_stats(model, val, device) -> dict:
     model.eval()
     with torch.no_grad():
         return prernn.gate_statistics(model, val.x.to(device), start=val.start)
+
+
+def _open_child_run(cfg: dict, state: dict, trial_id: str) -> str:
+    """The trial's MLflow child run: from its checkpoint, else the run of an earlier attempt, else a new one."""
+    uri = cfg["tracking_uri"]
+    run_id = state.get("mlflow_run_id") or tracking.find_child_run(uri, cfg["experiment_id"], cfg["parent_run_id"],
+                                                                   trial_id)
+    if run_id:
+        tracking.client(uri).update_run(run_id, status="RUNNING")
+        return run_id
+    return tracking.start_run(uri, cfg["experiment_id"], cfg["name"], parent_run_id=cfg["parent_run_id"],
+                              params={k: v for k, v in cfg.items() if k != "tracking_uri"},
+                              tags={tracking.TRIAL_TAG: cfg["name"], tracking.TRIAL_ID_TAG: trial_id,
+                                    "kind": cfg["kind"]}, stage="search")
 
 
 def train_trial(config: dict, data: dict) -> None:
@@ -84,42 +136,47 @@ def train_trial(config: dict, data: dict) -> None:
     torch.set_num_threads(max(1, int(cfg.get("cpus_per_trial", 1))))
     seed_everything(int(cfg["seed"]))
     device = pick_device(bool(cfg.get("use_gpu")))
-    model = build_model(load_backbone(data["backbone"]), cfg)
-    _inject_fault(model, cfg.get("_fault"))
-    train, val = data["train"], data["val"]
-    trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"],
-                      weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"], seed=int(cfg["seed"]),
-                      start=train.start, device=device)
-    recurrent_params = int(prernn.count_recurrent_parameters(model))
-    uri, run_id = cfg["tracking_uri"], None
-
+    state = {}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a restarted trial: continue from its last epoch and MLflow run
         with checkpoint.as_directory() as ckpt_dir:
             state = torch.load(Path(ckpt_dir) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-        trainer.load_state_dict(state["trainer"])
-        run_id = state.get("mlflow_run_id")
-        if run_id:
-            tracking.client(uri).update_run(run_id, status="RUNNING")
-    trial_id = tune.get_context().get_trial_id() or cfg["name"]
-    if run_id is None:  # a retry that failed before its first checkpoint reuses its run
-        run_id = tracking.find_child_run(uri, cfg["experiment_id"], cfg["parent_run_id"], trial_id)
-        if run_id:
-            tracking.client(uri).update_run(run_id, status="RUNNING")
-    if run_id is None:
-        run_id = tracking.start_run(uri, cfg["experiment_id"], cfg["name"], parent_run_id=cfg["parent_run_id"],
-                                    params={k: v for k, v in cfg.items() if k not in ("tracking_uri",)},
-                                    tags={tracking.TRIAL_TAG: cfg["name"], tracking.TRIAL_ID_TAG: trial_id,
-                                          "kind": cfg["kind"]}, stage="search")
-        tracking.log_metrics(uri, run_id, {"recurrent_params": recurrent_params})
-
+    uri = cfg["tracking_uri"]
+    run_id = _open_child_run(cfg, state, tune.get_context().get_trial_id() or cfg["name"])
     epochs = int(cfg["epochs"])
+    node = _node()
     try:
-        while trainer.epoch < epochs:
-            row = trainer.fit_epoch(train.pair(), val.pair())
-            tracking.log_metrics(uri, run_id, row, step=row["epoch"])
+        _count_attempt(uri, run_id)
+        tracking.set_tags(uri, run_id, {f"ray.{k}": v for k, v in node.items()})
+        model = build_model(load_backbone(data["backbone"]), cfg)
+        _inject_fault(model, cfg.get("_fault"))
+        train, val = data["train"], data["val"]
+        trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"],
+                          weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"], seed=int(cfg["seed"]),
+                          start=train.start, device=device, regression=cfg.get("regression"))
+        if state:
+            trainer.load_state_dict(state["trainer"])
+        recurrent_params = int(prernn.count_recurrent_parameters(model))
+        tracking.log_metrics(uri, run_id, {"recurrent_params": recurrent_params})
+        resumed = bool(state)
+        # finished before a killed driver recorded it: report the last epoch again (nothing is retrained)
+        replay = resumed and trainer.epoch >= epochs and bool(trainer.history)
+        while trainer.epoch < epochs or replay:
+            if replay:
+                row, replay = trainer.history[-1], False
+            else:
+                _raise_fault(cfg.get("_fault"), trainer.epoch, resumed)
+                row = trainer.fit_epoch(train.pair(), val.pair())
+                tracking.log_metrics(uri, run_id, row, step=row["epoch"])
             metrics = {**row, "name": cfg["name"], "mlflow_run_id": run_id, "recurrent_params": recurrent_params,
-                       "history_json": json.dumps(trainer.history)}
+                       "history_json": json.dumps(trainer.history), **node}
+            if trainer.epoch == epochs:
+                summary = summarize(trainer.history)
+                final = {"best_val_acc": summary["val_acc"], "best_val_loss": summary["val_loss"],
+                         "epochs_to_95": summary["epochs_to_95"], "mean_clips_per_sec": summary["clips_per_sec"],
+                         **{f"best_{k}": summary[k] for k in REGRESSION_KEYS if k in summary}}
+                metrics.update(final)
+                tracking.log_metrics(uri, run_id, {k: v for k, v in final.items() if v is not None}, step=epochs)
             if trainer.epoch == epochs or cfg.get("gate_stats_every_epoch"):
                 stats = _gate_stats(model, val, device)
                 metrics["gate_stats_json"] = json.dumps(stats)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -22,7 +23,7 @@ import torch
 from pipeline import tracking
 from pipeline.space import build_space
 from pipeline.trainable import COMMON_KEYS, flat_config, train_trial
-from pipeline.train import summarize
+from pipeline.train import REGRESSION_KEYS, summarize
 
 log = logging.getLogger(__name__)
 DRIVER_STATE = "prernn_search.json"
@@ -68,11 +69,16 @@ def _short_error(error) -> str:
     return text[:1000]
 
 
-def _row(result, run_ids: dict) -> dict:
+class SearchInterrupted(RuntimeError):
+    """Ray Tune stopped before every trial finished (Ctrl-C, SIGTERM); rerunning resumes the search."""
+
+
+def _row(result, run_ids: dict, archs: dict, common: dict) -> dict:
     """One trials.json row from a Ray Result."""
     config = result.config
-    if config is None:  # a restored trial that failed before its first report: Ray kept only params.json
-        config = json.loads((Path(result.path) / "params.json").read_text())
+    if config is None:  # a restored trial that failed before its first report: Ray keeps no config for it
+        name = Path(result.path).name.rsplit("_", 2)[0]  # trial_dirname: <name>_<trial_id (xxxxx_NNNNN)>
+        config = {**common, "arch": archs[name]}
     cfg = flat_config(config)
     metrics = result.metrics or {}
     history = json.loads(metrics.get("history_json", "[]"))
@@ -83,10 +89,13 @@ def _row(result, run_ids: dict) -> dict:
         "layers": list(cfg["layers"]), "num_layers": int(cfg["num_layers"]),
         "status": "failed" if failed else "ok", "error": _short_error(result.error) if failed else None,
         "val_acc": summary["val_acc"], "val_loss": summary["val_loss"], "epochs_to_95": summary["epochs_to_95"],
+        **{k: summary[k] for k in REGRESSION_KEYS if k in summary},  # task: regression (val_auc, ...)
         "clips_per_sec": summary["clips_per_sec"], "recurrent_params": metrics.get("recurrent_params"),
         "mlflow_run_id": metrics.get("mlflow_run_id") or run_ids.get(cfg["name"]),
         "gate_stats": json.loads(metrics["gate_stats_json"]) if metrics.get("gate_stats_json") else None,
+        "node_id": metrics.get("node_id"), "node_ip": metrics.get("node_ip"),
         "history": history, "epochs_run": len(history), "best_epoch": summary["best_epoch"],
+        "stopped_early": not failed and len(history) < int(cfg["epochs"]),
         "config": {k: v for k, v in cfg.items() if k not in ("tracking_uri", "parent_run_id", "experiment_id")},
     }
 
@@ -108,10 +117,37 @@ def _open_parent(uri, experiment_id, exp_dir: Path, search, info: dict, restorin
     return run_id
 
 
+def check_resources(search) -> None:
+    """ParamsError unless one node of the running Ray cluster has search.gpus_per_trial GPUs and
+    search.cpus_per_trial CPUs (a trial never spans nodes); checked before any trial starts."""
+    import ray
+
+    from pipeline.params import ParamsError
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    total = {k: sum(n.get(k, 0) for n in nodes) for k in ("GPU", "CPU")}
+    most = {k: max((n.get(k, 0) for n in nodes), default=0) for k in ("GPU", "CPU")}
+    problems = []
+    for key, res, value in (("search.gpus_per_trial", "GPU", search.gpus_per_trial),
+                            ("search.cpus_per_trial", "CPU", search.cpus_per_trial)):
+        if value > most[res]:
+            problems.append(f"{key}: {value:g}: more than the Ray cluster has: {total[res]:g} {res}s in all, "
+                            f"at most {most[res]:g} on one node ({len(nodes)} nodes); allowed: at most {most[res]:g} "
+                            "(a trial runs on one node)")
+    if problems:
+        raise ParamsError("\n".join(problems))
+
+
 def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, candidates: list, boundary: str,
                space: Optional[list] = None, base_dir: str | os.PathLike | None = None,
-               verbose: int = 1) -> tuple[list[dict], dict]:
-    """Run (or restore) the search; returns (trial rows in space order, search info)."""
+               verbose: int = 1, fresh: bool = False, regression: Optional[dict] = None) -> tuple[list[dict], dict]:
+    """Run (or restore) the search; returns (trial rows in space order, search info).
+
+    `regression`: the `regression` params (task: regression) every trial's Trainer uses for its landmark
+    loss and metrics; trials then report and are ranked by `val_auc`.
+
+    `fresh`: discard a previous experiment with the same fingerprint instead of restoring it.
+    """
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -125,17 +161,16 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
     space = space if space is not None else build_space(search, candidates)
     started = ray_cluster.connect(search.address)
     try:
-        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        use_gpu = search.gpus_per_trial > 0 and has_gpu
-        if search.gpus_per_trial > 0 and not has_gpu:
-            log.warning("search.gpus_per_trial=%s but the Ray cluster has no GPU: trials run on CPU",
-                        search.gpus_per_trial)
+        check_resources(search)
+        use_gpu = search.gpus_per_trial > 0
         storage = Path(search.storage_path)
         storage = (storage if storage.is_absolute() else base_dir / storage).resolve()
         meta = backbone_ckpt.get("meta", {})
         name = f"search-{search.modality}-" + fingerprint(search, uri, mlflow_params.experiment, backbone_ckpt,
-                                                          splits, space)
+                                                          splits, space + ([{"regression": regression}] if regression else []))
         exp_dir = storage / name
+        if fresh and exp_dir.exists():
+            shutil.rmtree(exp_dir)
         info = {"experiment_id": tracking.ensure_experiment(uri, mlflow_params.experiment), "tracking_uri": uri,
                 "backbone": backbone_ckpt["config"]["name"], "modality": search.modality,
                 "candidates": list(candidates), "trunk_boundary": boundary, "num_trials": len(space),
@@ -148,6 +183,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
             "cpus_per_trial": search.cpus_per_trial, "use_gpu": use_gpu,
             "gate_stats_every_epoch": search.scheduler == "asha", "tracking_uri": uri,
             "experiment_id": info["experiment_id"], "parent_run_id": parent,
+            **({"regression": dict(regression)} if regression else {}),
         }
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, data={"backbone": {"config": backbone_ckpt["config"],
@@ -165,7 +201,8 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
                 trainable,
                 param_space=param_space,
                 tune_config=tune.TuneConfig(
-                    metric="val_acc" if scheduler else None, mode="max" if scheduler else None,
+                    metric=("val_auc" if regression else "val_acc") if scheduler else None,
+                    mode="max" if scheduler else None,
                     scheduler=scheduler, max_concurrent_trials=search.max_concurrent or None, reuse_actors=True,
                     trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
@@ -174,10 +211,18 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
             )
         grid = tuner.fit()
+        unfinished = len(grid) - grid.num_terminated - grid.num_errors
+        if unfinished:
+            tracking.end_run(uri, parent, "KILLED")
+            raise SearchInterrupted(
+                f"the search stopped with {unfinished} of {len(grid)} trials unfinished; rerun the stage with the "
+                f"same params to resume them from {exp_dir}")
         children = {r.data.tags.get(tracking.TRIAL_TAG): r.info.run_id
                     for r in tracking.child_runs(uri, info["experiment_id"], parent)}
         order = {a["name"]: i for i, a in enumerate(space)}
-        rows = sorted((_row(result, children) for result in grid), key=lambda r: order.get(r["name"], 1 << 30))
+        archs = {a["name"]: a for a in space}
+        rows = sorted((_row(result, children, archs, param_space) for result in grid),
+                      key=lambda r: order.get(r["name"], 1 << 30))
         _finish_runs(uri, parent, rows)
         info.update({"parent_run_id": parent, "restored": restoring, "wall_seconds": time.perf_counter() - t0,
                      "num_ok": sum(r["status"] == "ok" for r in rows),
@@ -194,10 +239,11 @@ def _finish_runs(uri: str, parent: str, rows: list[dict]) -> None:
         rid = row["mlflow_run_id"]
         if rid and tracking.run_status(uri, rid) == "RUNNING":
             tracking.end_run(uri, rid, "FAILED" if row["status"] == "failed" else "KILLED")
-    ok = [r for r in rows if r["status"] == "ok" and r["val_acc"] is not None]
+    key = "val_auc" if any(r.get("val_auc") is not None for r in rows) else "val_acc"  # regression: val_auc
+    ok = [r for r in rows if r["status"] == "ok" and r[key] is not None]
     summary = {"num_ok": len(ok), "num_failed": len(rows) - len(ok)}
     if ok:
-        summary["best_val_acc"] = max(r["val_acc"] for r in ok)
+        summary[f"best_{key}"] = max(r[key] for r in ok)
     tracking.log_metrics(uri, parent, summary)
     tracking.log_json(uri, parent, [{k: r[k] for k in ROW_KEYS} for r in rows], "trials_summary.json")
     tracking.end_run(uri, parent, "FINISHED")
@@ -209,7 +255,8 @@ def trials_csv(rows: list[dict]) -> str:
     import io
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(ROW_KEYS) + ["epochs_run"], extrasaction="ignore")
+    extra = [k for k in REGRESSION_KEYS if any(k in r for r in rows)]  # task: regression
+    writer = csv.DictWriter(buf, fieldnames=list(ROW_KEYS) + extra + ["epochs_run"], extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "layers": "+".join(row["layers"])})
@@ -233,3 +280,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no pretrained model; run the pretrain stage first") from None
+    except Exception as err:  # noqa: BLE001 - pickled code or objects (weights_only refuses them), not a torch file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a plain-tensor checkpoint; torch.load(weights_only=True) refused it, so "
+                         f"nothing in it ran ({reason}). Rerun the pretrain stage to rewrite it") from None

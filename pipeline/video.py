@@ -220,9 +220,13 @@ def read_clip(path, extract_params, depth_path=None, offset: int = 0, total: int
 
 def stream_frames(path, extract_params, *, step: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (rgb (S,S,3) uint8, flow (S,S,3) uint8) for every `step`-th decoded frame, flow vs the previous one."""
+    yield from stream_capture(_open(Path(path), threads=0), extract_params, step=step)
+
+
+def stream_capture(cap: "cv2.VideoCapture", extract_params, *, step: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`stream_frames` over an open capture (a file or a camera); releases it when done."""
     p = _params(extract_params)
     computer = FlowComputer(p["flow_method"], p["dis_preset"])
-    cap = _open(Path(path), threads=0)
     prev, i = None, 0
     try:
         while True:
@@ -235,6 +239,24 @@ def stream_frames(path, extract_params, *, step: int = 1) -> Iterator[tuple[np.n
                 flow = np.zeros(grey.shape + (2,), np.float32) if prev is None else computer(prev, grey)
                 prev = grey
                 yield rgb, encode_flow(flow, p["flow_bound"])
+            i += 1
+    finally:
+        cap.release()
+
+
+def stream_depth(path, extract_params, *, step: int = 1) -> Iterator[np.ndarray]:
+    """Yield (S, S, 1) uint8 depth frames of a depth video for every `step`-th frame, as `read_clip` makes them."""
+    p = _params(extract_params)
+    cap = _open(Path(path), threads=0)
+    i = 0
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if i % step == 0:
+                grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+                yield resize_frame(grey, p["size"], p["resize"])[..., None]
             i += 1
     finally:
         cap.release()

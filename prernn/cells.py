@@ -7,8 +7,9 @@ cell. Stacked gate order follows torch: LSTM (i, f, c~, o), GRU (r, z, h~).
 
 Two paths: ``step`` (the step-by-step reference, used by ``SequenceModel.step`` and gate statistics)
 and ``run`` / ``run_fused`` (fast: torch's fused ``_VF.lstm`` / ``_VF.rnn_relu`` / ``_VF.rnn_tanh`` kernels with
-the inherited W_ih folded in; for precomputed u / v on CUDA the same kernels with an identity input map, on CPU a
-one-addmm-per-step loop; the Eq. (3) GRU in a TorchScript loop on CUDA). Tests check they agree.
+the inherited W_ih folded in, and ``_VF.gru`` for the gate-dependent reset-after GRU with its z rows negated; for
+precomputed u / v on CUDA the same kernels with an identity input map, on CPU a one-addmm-per-step loop; the Eq. (3)
+GRU in a TorchScript loop on CUDA, on CPU a loop with a hand-written backward). Tests check they agree.
 """
 from __future__ import annotations
 
@@ -100,6 +101,81 @@ def _rnn_loop(u: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, h: torch.
 with warnings.catch_warnings():  # torch.jit.script is deprecated in torch 2.x; used for the GRU loop on CUDA
     warnings.simplefilter("ignore", DeprecationWarning)
     _gru_loop_jit = torch.jit.script(_gru_loop)
+
+
+class _GRUBeforeFn(torch.autograd.Function):
+    """Eq. (3)/(9)/(12) GRU (reset before W_hh) with a hand-written backward through time.
+
+    forward(u (B, T, P), W_hh (3H, H), b_hh (3H), h0 (B, H), sih) -> (B, T, H). One addmm per gate group and
+    step (r, z together; then h~), in-place activations; the backward runs the recurrence in reverse with
+    two small matmuls per step and computes dW_hh / db_hh for all steps in one batched matmul at the end
+    (autograd over the python loop would record ~10 nodes per step and T small weight-gradient matmuls).
+    """
+
+    @staticmethod
+    def forward(ctx, u, w_hh, b_hh, h0, sih: bool):
+        ctx.u_dtype = u.dtype  # under autocast u may be bf16/fp16: run in the weights' dtype, autocast off
+        if u.device.type not in ("cpu", "cuda"):  # e.g. meta tensors (shape checks)
+            return _GRUBeforeFn._forward(ctx, u.to(w_hh.dtype), w_hh, b_hh, h0.to(w_hh.dtype), sih)
+        with torch.autocast(u.device.type, enabled=False):
+            return _GRUBeforeFn._forward(ctx, u.to(w_hh.dtype), w_hh, b_hh, h0.to(w_hh.dtype), sih)
+
+    @staticmethod
+    def _forward(ctx, u, w_hh, b_hh, h0, sih: bool):
+        B, T = u.shape[:2]
+        H = h0.size(1)
+        w_rz, w_n = w_hh[:2 * H], w_hh[2 * H:]
+        if sih:  # v_t shared by the three gates (Eq. 12)
+            a_rz = u.repeat(1, 1, 2) + b_hh[:2 * H]  # (B, T, 2H)
+            a_n = u + b_hh[2 * H:]  # (B, T, H)
+        else:
+            a_rz = u[..., :2 * H] + b_hh[:2 * H]
+            a_n = u[..., 2 * H:] + b_hh[2 * H:]
+        rz = u.new_empty(B, T, 2 * H)
+        rh = u.new_empty(B, T, H)
+        n = u.new_empty(B, T, H)
+        out = u.new_empty(B, T, H)
+        h = h0
+        for t in range(T):
+            g = torch.addmm(a_rz[:, t], h, w_rz.t()).sigmoid_()  # (B, 2H): r, z
+            rz[:, t] = g
+            rh_t = g[:, :H] * h
+            rh[:, t] = rh_t
+            n_t = torch.addmm(a_n[:, t], rh_t, w_n.t()).tanh_()
+            n[:, t] = n_t
+            h = torch.lerp(h, n_t, g[:, H:])  # (1 - z) h + z h~
+            out[:, t] = h
+        ctx.sih = sih
+        ctx.save_for_backward(w_hh, h0, out, rz, rh, n)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        w_hh, h0, out, rz, rh, n = ctx.saved_tensors
+        B, T, H = out.shape
+        w_rz, w_n = w_hh[:2 * H], w_hh[2 * H:]
+        hprev = torch.cat([h0.unsqueeze(1), out[:, :-1]], 1)  # (B, T, H) h_{t-1}
+        d_rz = out.new_empty(B, T, 2 * H)  # gradients of the r, z pre-activations
+        d_n = out.new_empty(B, T, H)  # gradient of the h~ pre-activation
+        dh = torch.zeros_like(h0)
+        grad_out = grad_out.to(out.dtype).contiguous()
+        for t in range(T - 1, -1, -1):
+            dh = dh + grad_out[:, t]
+            hp, r, z, n_t = hprev[:, t], rz[:, t, :H], rz[:, t, H:], n[:, t]
+            da = dh * z * (1 - n_t * n_t)  # (B, H)
+            d_n[:, t] = da
+            drh = da @ w_n  # (B, H)
+            d_rz[:, t, :H] = drh * hp * r * (1 - r)
+            d_rz[:, t, H:] = dh * (n_t - hp) * z * (1 - z)
+            dh = dh * (1 - z) + drh * r + d_rz[:, t] @ w_rz
+        d_rz2, d_n2 = d_rz.reshape(B * T, 2 * H), d_n.reshape(B * T, H)
+        d_w = torch.cat([d_rz2.t() @ hprev.reshape(B * T, H), d_n2.t() @ rh.reshape(B * T, H)], 0)  # (3H, H)
+        d_b = torch.cat([d_rz2.sum(0), d_n2.sum(0)])
+        if ctx.sih:
+            d_u = d_rz[..., :H] + d_rz[..., H:] + d_n
+        else:
+            d_u = torch.cat([d_rz, d_n], 2)
+        return d_u.to(ctx.u_dtype), d_w, d_b, dh, None
 
 
 class Recurrence(nn.Module):
@@ -195,7 +271,7 @@ class Recurrence(nn.Module):
     def run_fused(self, x: torch.Tensor, weight_ih: torch.Tensor, bias_ih: torch.Tensor) -> torch.Tensor:
         """Fused kernel with the input projection folded in: x (B, T, D), W_ih (G*H, D) -> (B, T, H).
 
-        Only for gate-dependent LSTM and VRNN; the kernel computes W_ih x for all time steps at once.
+        Only for gate-dependent LSTM, VRNN and reset-after GRU; the kernel computes W_ih x for all time steps at once.
         """
         B = x.shape[0]
         h0 = x.new_zeros(1, B, self.hidden_size)
@@ -205,18 +281,37 @@ class Recurrence(nn.Module):
         if self.cell == "vrnn":
             fn = torch._VF.rnn_relu if self.activation == "relu" else torch._VF.rnn_tanh
             return fn(x, h0, params, True, 1, 0.0, self.training, False, True)[0]
-        raise ValueError(f"run_fused supports cell in ['lstm', 'vrnn'], got {self.cell!r}")
+        if self.cell == "gru" and self.gru_reset == "after":
+            # torch's GRU is h' = (1 - z') h~ + z' h; with the z rows negated z' = 1 - z, i.e. Eq. (3)'s update
+            sign = self._z_sign(x)  # (3H, 1): +1 (r), -1 (z), +1 (h~)
+            params = [weight_ih * sign, self.weight_hh * sign, bias_ih * sign[:, 0], self.bias_hh * sign[:, 0]]
+            return torch._VF.gru(x, h0, params, True, 1, 0.0, self.training, False, True)[0]
+        raise ValueError(f"run_fused supports cell in ['lstm', 'vrnn'] and gru with gru_reset='after', "
+                         f"got {self.cell!r} (gru_reset={self.gru_reset!r})")
+
+    def _z_sign(self, like: torch.Tensor) -> torch.Tensor:
+        key = ("zsign", like.device, like.dtype)
+        if key not in self._eye:
+            H = self.hidden_size
+            sign = torch.ones(3 * H, 1, device=like.device, dtype=like.dtype)
+            sign[H:2 * H] = -1
+            self._eye[key] = sign
+        return self._eye[key]
 
     def run(self, u: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
         """Fast recurrence over precomputed input-to-hidden states u (B, T, P) from a zero state -> (B, T, H).
 
         CUDA: LSTM/VRNN on torch's fused kernels (cuDNN) with a fixed identity input map (the projection is
         already in u), GRU in a TorchScript loop. CPU: a plain loop with one addmm per step (measured faster
-        on CPU than the identity-map kernels and than TorchScript). ``fused`` forces one or the other (tests).
+        on CPU than the identity-map kernels and than TorchScript); the Eq. (3) GRU (reset before) through
+        ``_GRUBeforeFn`` (hand-written backward, batched weight gradients; bench.layers). ``fused`` forces one
+        or the other (tests).
         """
         fused = u.is_cuda if fused is None else bool(fused)
         h0 = u.new_zeros(u.shape[0], self.hidden_size)
         if self.cell == "gru":
+            if self.gru_reset == "before" and not fused:
+                return _GRUBeforeFn.apply(u, self.weight_hh, self.bias_hh, h0, self.sih)
             fn = _gru_loop_jit if fused else _gru_loop
             return fn(u, self.weight_hh, self.bias_hh, h0, self.sih, self.gru_reset == "after")
         if fused:

@@ -132,7 +132,7 @@ class FCRecurrent(_RecurrentLayer):
         """(B, T, *F) -> (B, T, H) from a zero state (fast path)."""
         x = x.flatten(2)  # (B, T, D)
         rec = self.recurrence
-        if rec.cell == "vrnn" or (rec.cell == "lstm" and not rec.sih):
+        if rec.cell == "vrnn" or (not rec.sih and (rec.cell == "lstm" or rec.gru_reset == "after")):
             out = rec.run_fused(x.contiguous(), self.weight_ih, self.bias_ih)  # W_ih folded into the kernel
         else:
             out = rec.run(F.linear(x, self.weight_ih, self.bias_ih))  # u / v for all steps in one op

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.params import load_params
+from pipeline.params import ParamsError, load_params
 
 
 def _csv(rows: list[dict]) -> str:
@@ -58,7 +58,11 @@ def main(argv=None) -> None:
     from pipeline.evaluation import FUSION, FusedModel, final_checkpoint, run_evaluation, summary
     from pipeline.train import pick_device
 
-    params = load_params(args.params)
+    try:
+        params = load_params(args.params)
+    except ParamsError as err:
+        print(f"evaluate: {err}", file=sys.stderr)
+        sys.exit(2)
     p = params.evaluate
     selection = _read_json(Path(args.selection), "run the select stage first (dvc repro select)")
     if not selection.get("selected"):
@@ -67,8 +71,17 @@ def main(argv=None) -> None:
     choices = {"selected": selection["selected"], "baseline": selection.get("baseline")}
     result = run_evaluation(args.clips, args.pretrained, choices, modalities=list(p.modalities), epochs=p.epochs,
                             search_params=params.search, device=pick_device(True),
-                            cache_trunk=params.search.cache_trunk)
-    metrics, report, history, confusion = summary(result, choices, list(p.modalities))
+                            cache_trunk=params.search.cache_trunk,
+                            regression=params.regression.model_dump() if params.task == "regression" else None)
+    regression = result.get("task") == "regression"
+    if regression:  # landmarks: AUC / NME / failure rate; reports/ced.csv instead of a confusion matrix
+        from pipeline import regression_eval
+
+        metrics, report, history, ced = regression_eval.summary(result, choices, list(p.modalities),
+                                                                params.regression.model_dump())
+        confusion = []
+    else:
+        metrics, report, history, confusion = summary(result, choices, list(p.modalities))
 
     clip_meta = result["meta"]
     meta = {"class_names": result["class_names"],
@@ -76,12 +89,18 @@ def main(argv=None) -> None:
             "extract": clip_meta.get("prernn.extract"), "modalities": list(p.modalities),
             "fusion": FUSION if len(p.modalities) > 1 else None, "selected": choices["selected"]["name"],
             "layers": choices["selected"]["layers"], "reverted_layers": choices["selected"].get("reverted_layers", [])}
+    if regression:
+        meta.update({"task": "regression", "points": len(result["class_names"]) // 2,
+                     "regression": params.regression.model_dump(), "fusion": "mean of the streams' landmarks"
+                     if len(p.modalities) > 1 else None})
     models = {m: result["streams"][m]["selected"]["model"] for m in p.modalities}
     with atomic_path(args.out) as tmp:
         torch.save(final_checkpoint(models, meta), tmp)
     plots = Path(args.plots)
-    write_text(plots / "confusion.csv", _csv(confusion))
+    write_text(plots / "confusion.csv", _csv(confusion) if confusion else "actual,predicted\n")  # regression: empty
     write_text(plots / "history.csv", _csv(history))
+    if regression:
+        write_text(plots / "ced.csv", _csv(ced))
 
     search_meta = _read_json(Path(args.search) / "search.json", "", required=False)
     mlflow_info = None
@@ -89,7 +108,7 @@ def main(argv=None) -> None:
         from pipeline.mlflow_model import log_final_model, log_reports
 
         channels = {m: int(models[m].config["backbone"].get("in_channels", 3)) for m in p.modalities}
-        fused = FusedModel(models, channels)
+        fused = FusedModel(models, channels, regression=regression)
         example = torch.cat([result["examples"][m] for m in p.modalities], dim=2)  # (2, T, sum C, H, W)
         flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
         flat.update({f"{m}_{k}": v for m, s in metrics["streams"].items() for k, v in s.items() if v is not None})
@@ -102,8 +121,10 @@ def main(argv=None) -> None:
     report["mlflow"] = mlflow_info
     write_json(plots / "evaluation.json", report)
     write_json(args.metrics, metrics)
-    base = f", baseline {metrics['baseline']} {metrics['baseline_test_acc']:.3f}" if metrics["baseline"] else ""
-    print(f"evaluate: {metrics['selected']} test_acc {metrics['test_acc']:.3f}{base}")
+    score = "test_auc" if regression else "test_acc"
+    base = f", baseline {metrics['baseline']} {metrics['baseline_' + score]:.3f}" if metrics["baseline"] else ""
+    extra = f" (NME {metrics['test_nme']:.4f}, failure rate {metrics['test_failure_rate']:.3f})" if regression else ""
+    print(f"evaluate: {metrics['selected']} {score} {metrics[score]:.3f}{extra}{base}")
 
 
 if __name__ == "__main__":

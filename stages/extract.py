@@ -25,7 +25,8 @@ def main(argv=None) -> None:
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = ap.parse_args(argv)
     try:
-        params = load_params(args.params).extract
+        all_params = load_params(args.params)
+        params = all_params.extract
     except ParamsError as err:
         print(err, file=sys.stderr)
         sys.exit(2)
@@ -42,7 +43,12 @@ def main(argv=None) -> None:
         class_names = [names.get(i, f"class_{i}") for i in range(max(names) + 1)]
     out = Path(args.out)
     with atomic_path(out) as tmp:
-        report = extract_manifest(rows, class_names, params, tmp, params.workers, progress=not args.no_progress)
+        try:
+            report = extract_manifest(rows, class_names, params, tmp, params.workers, progress=not args.no_progress,
+                                      task=all_params.task)
+        except SourceError as err:
+            print(f"extract: {err}", file=sys.stderr)
+            sys.exit(1)
         problem = failure(report, params)
         if problem:
             write_json(args.report, {**report, "failed": problem})

@@ -1,4 +1,4 @@
-"""DVC stage `pretrain`: the trained CNN each stream starts from ([0039]: a CNN trained on frames).
+"""DVC stage `pretrain`: the trained CNN each stream starts from ([0025]: the CNN is trained first).
 
 In: `--clips` (extract stage), params sections `pretrain` and `extract`. Per modality in
 `pretrain.modalities`: train `pretrain.backbone` on the frames of the train split (snippets for a
@@ -15,8 +15,12 @@ import sys
 from pathlib import Path
 
 
-def pretrain_modality(p, extract, clips_dir: Path, modality: str) -> tuple[dict, dict]:
-    """Train (or load) one stream's backbone; returns (checkpoint dict, metrics)."""
+def pretrain_modality(p, extract, clips_dir: Path, modality: str, regression: dict | None = None) -> tuple[dict, dict]:
+    """Train (or load) one stream's backbone; returns (checkpoint dict, metrics).
+
+    Regression clips (task: regression): the head has 2K outputs, frames regress their landmarks with the
+    `regression` params, the best epoch is the one with the best val AUC (metrics `val_frame_auc`, `val_frame_nme`).
+    """
     import prernn
     from pipeline.dataset import FrameDataset
     from pipeline.train import Trainer, seed_everything
@@ -35,23 +39,27 @@ def pretrain_modality(p, extract, clips_dir: Path, modality: str) -> tuple[dict,
             sys.exit(f"pretrain: pretrain.weights: {p.weights!r}: {err}")
     epochs = p.epochs if (p.weights is None or p.finetune) else 0
     trainer = Trainer(model, lr_inherited=p.lr, lr_new=p.lr, weight_decay=p.weight_decay,
-                      batch_size=p.batch_size, seed=p.seed)
+                      batch_size=p.batch_size, seed=p.seed, regression=regression)
     best, best_state = None, copy.deepcopy(model.state_dict())
+    key = "val_auc" if train.task == "regression" else "val_acc"
     for _ in range(epochs):
         row = trainer.fit_epoch(train, val)
         print(f"pretrain {modality}: epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.3f} "
-              f"val_acc {row['val_acc']:.3f} ({row['clips_per_sec']:.0f} frames/s)")
-        if best is None or row["val_acc"] > best["val_acc"]:
+              f"{key} {row[key]:.3f} ({row['clips_per_sec']:.0f} frames/s)")
+        if best is None or row[key] > best[key]:
             best, best_state = row, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     final = trainer.evaluate(val, batch_size=256)
     metrics = {"backbone": p.backbone, "frames_train": len(train), "frames_val": len(val),
                "epochs": epochs, "best_epoch": best["epoch"] if best else 0,
-               "val_frame_acc": final["acc"], "val_loss": final["loss"],
+               **({"val_frame_auc": final["auc"], "val_frame_nme": final["nme"],
+                   "val_frame_failure_rate": final["failure_rate"]} if train.task == "regression"
+                  else {"val_frame_acc": final["acc"]}), "val_loss": final["loss"],
                "weights": p.weights, "finetuned": bool(epochs), "history": trainer.history}
-    meta = {"class_names": train.class_names, "normalization": train.meta["prernn.normalization"][modality],
+    meta = {"class_names": train.class_names, "normalization": {modality: train.meta["prernn.normalization"][modality]},
             "extract": train.meta.get("prernn.extract"), "modality": modality, "snippet": snippet,
-            "pretrain": p.model_dump(), "metrics": {k: v for k, v in metrics.items() if k != "history"}}
+            "pretrain": p.model_dump(), "metrics": {k: v for k, v in metrics.items() if k != "history"},
+            "task": train.task}
     ckpt = {"config": model.config, "state_dict": model.state_dict(), "meta": meta}
     return ckpt, metrics
 
@@ -73,7 +81,8 @@ def main(argv=None) -> None:
     try:
         params = load_params(args.params)
     except ParamsError as err:
-        sys.exit(f"pretrain: {err}")
+        print(f"pretrain: {err}", file=sys.stderr)
+        sys.exit(2)
     p = params.pretrain
     if p.weights and not Path(p.weights).is_file():
         sys.exit(f"pretrain: pretrain.weights: {p.weights!r}: no such file")
@@ -82,12 +91,16 @@ def main(argv=None) -> None:
         tmp.mkdir(parents=True)
         for modality in p.modalities:
             try:
-                ckpt, metrics = pretrain_modality(p, params.extract, Path(args.clips), modality)
+                ckpt, metrics = pretrain_modality(
+                    p, params.extract, Path(args.clips), modality,
+                    regression=params.regression.model_dump() if params.task == "regression" else None)
             except (FileNotFoundError, ValueError) as err:
                 sys.exit(f"pretrain: {modality}: {err}")
             torch.save(ckpt, tmp / f"{modality}.pt")
             results[modality] = metrics
-            print(f"pretrain {modality}: val frame accuracy {metrics['val_frame_acc']:.3f} -> {args.out}/{modality}.pt")
+            score = (f"val frame AUC {metrics['val_frame_auc']:.3f} (NME {metrics['val_frame_nme']:.4f})"
+                     if "val_frame_auc" in metrics else f"val frame accuracy {metrics['val_frame_acc']:.3f}")
+            print(f"pretrain {modality}: {score} -> {args.out}/{modality}.pt")
         (tmp / "pretrain.json").write_text(json.dumps(results, indent=2) + "\n")
 
 

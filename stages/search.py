@@ -3,8 +3,10 @@
 In: `--clips` (extract stage), `--pretrained` (pretrain stage: `{modality}.pt`), params sections
 `search` and `mlflow`. The frozen trunk is run once per clip (`search.cache_trunk`), trials train the
 layers above it. Out (under --out, one atomic folder): `trials.json`, `trials.csv`, `search.json`
-(contract keys). Ray trial results and checkpoints: `search.storage_path`; MLflow: one parent run,
-one child run per trial.
+(contract keys). Ray trial results and checkpoints: `search.storage_path`/search-<modality>-<fingerprint
+of params and inputs>; rerunning with the same inputs (after a kill) restores that experiment: finished
+trials are kept, unfinished ones continue from their last epoch (`--fresh` retrains all). MLflow: one
+parent run, one child run per trial.
 """
 from __future__ import annotations
 
@@ -14,6 +16,26 @@ import sys
 from pathlib import Path
 
 
+FAULTS_ENV = "PRERNN_TEST_FAULTS"
+
+
+def inject_faults(space: list[dict]) -> list[dict]:
+    """Test hook: PRERNN_TEST_FAULTS='{"<trial name>": "nan" | "raise" | "raise_once"}' sets `_fault` on those trials
+    (pipeline.trainable); unknown trial names are an error so a test cannot silently inject nothing."""
+    import json
+    import os
+
+    raw = os.environ.get(FAULTS_ENV)
+    if not raw:
+        return space
+    faults = json.loads(raw)
+    names = {a["name"] for a in space}
+    unknown = sorted(set(faults) - names)
+    if unknown:
+        sys.exit(f"search: {FAULTS_ENV}: {unknown} are not trials of this search; trials: {sorted(names)}")
+    return [{**a, "_fault": faults[a["name"]]} if a["name"] in faults else a for a in space]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -21,6 +43,8 @@ def main(argv=None) -> None:
     ap.add_argument("--pretrained", default="models/pretrained", help="the pretrain stage's folder")
     ap.add_argument("--out", default="search", help="folder for trials.json, trials.csv, search.json")
     ap.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
+    ap.add_argument("--fresh", action="store_true",
+                    help="retrain every trial instead of restoring an earlier run of the same search from storage_path")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="search: %(message)s")
 
@@ -32,17 +56,18 @@ def main(argv=None) -> None:
     from pipeline.space import SpaceError, build_space
     from pipeline.tracking import TrackingUnavailable
     from pipeline.train import seed_everything
-    from pipeline.tuner import load_checkpoint, run_search, write_outputs
+    from pipeline.tuner import SearchInterrupted, load_checkpoint, run_search, write_outputs
 
     try:
         params = load_params(args.params)
     except ParamsError as err:
-        sys.exit(f"search: {err}")
+        print(f"search: {err}", file=sys.stderr)
+        sys.exit(2)
     search = params.search
     ckpt_path = Path(args.pretrained) / f"{search.modality}.pt"
     try:
         ckpt = load_checkpoint(ckpt_path)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         sys.exit(f"search: {err}")
     backbone = prernn.build_from_config(ckpt["config"])
     backbone.load_state_dict(ckpt["state_dict"])
@@ -50,7 +75,9 @@ def main(argv=None) -> None:
     try:
         space = build_space(search, candidates)
     except SpaceError as err:
-        sys.exit(f"search: {args.params}: {err}")
+        print(f"search: {args.params}: {err}", file=sys.stderr)
+        sys.exit(2)
+    space = inject_faults(space)
 
     seed_everything(search.seed)
     snippet = backbone.config["kwargs"].get("snippet") if backbone.is_3d else None
@@ -61,8 +88,12 @@ def main(argv=None) -> None:
           f"train {len(splits['train'])} / val {len(splits['val'])} clips)")
     try:
         rows, info = run_search(search, params.mlflow, ckpt, splits, candidates=candidates, boundary=boundary,
-                                space=space, base_dir=Path.cwd(), verbose=0 if args.quiet else 1)
-    except (TrackingUnavailable, ClusterUnavailable) as err:
+                                space=space, base_dir=Path.cwd(), verbose=0 if args.quiet else 1, fresh=args.fresh,
+                                regression=params.regression.model_dump() if params.task == "regression" else None)
+    except ParamsError as err:  # a value only the running cluster can refute (search.gpus_per_trial)
+        print(f"search: {args.params}: {err}", file=sys.stderr)
+        sys.exit(2)
+    except (TrackingUnavailable, ClusterUnavailable, SearchInterrupted) as err:
         sys.exit(f"search: {err}")
     info["cache_trunk"] = search.cache_trunk
     write_outputs(args.out, rows, info)

@@ -65,3 +65,39 @@ def test_bad_yaml_names_the_file(tmp_path):
     path.write_text("search: [unclosed\n")
     with pytest.raises(ParamsError, match=str(path)):
         load_params(path)
+
+
+def test_search_layers_must_be_candidates_of_the_chosen_backbone():
+    raw = _shipped()
+    raw["pretrain"]["backbone"] = "resnet_mini"
+    raw["search"]["layers"] = [["fc7"]]
+    message = _errors(raw)
+    assert "search.layers.0: ['fc7']" in message and "'resnet_mini'" in message and "['layer3_1']" in message
+    raw["search"]["layers"] = [["layer3_1"]]
+    assert validate_params(raw).search.layers == [["layer3_1"]]
+
+
+def test_sih_with_only_vrnn_is_refused():
+    raw = _shipped()
+    raw["search"].update({"sih": [True], "cells": ["vrnn"], "baselines": []})
+    message = _errors(raw)
+    assert "search.sih: [True]" in message and "['vrnn']" in message and "no trial is possible" in message
+    assert len(message.splitlines()) == 2
+
+
+STAGES = ["ingest", "extract", "pretrain", "search", "select", "evaluate"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_prints_the_params_error_and_exits_2(stage, tmp_path, capsys):
+    import importlib
+
+    raw = _shipped()
+    raw["search"]["cells"] = ["transformer"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    main = importlib.import_module(f"stages.{stage}").main
+    with pytest.raises(SystemExit) as exc:
+        main(["--params", str(tmp_path / "params.yaml")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "search.cells.0: 'transformer'" in err and str(tmp_path / "params.yaml") in err

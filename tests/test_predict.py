@@ -90,6 +90,22 @@ def test_stream_final_frame_equals_clip_mode(world):
     assert len(list(pred.stream(video, max_frames=2))) == 2
 
 
+def test_stream_equals_clip_mode_for_a_3d_backbone(world, tmp_path):
+    """c3d_mini: stream mode keeps the last L frames (first one repeated), as ClipDataset builds snippets."""
+    torch.manual_seed(4)
+    bb = prernn.create_backbone("c3d_mini", 2, in_channels=3, snippet=3, width=16)
+    meta = ClipDataset(world["clips"], "train", "rgb").meta
+    path = _save(tmp_path / "c3d.pt", {"flow": prernn.convert(bb, ["fc6"], "gru").eval()}, meta)
+    pred = Predictor.from_file(path)
+    video = world["test_paths"][1]
+    ds = ClipDataset(world["clips"], "test", "flow", snippet=3)
+    i = [str(p) for p in world["test_paths"]].index(str(video))
+    with torch.no_grad():
+        ref = pred.models["flow"](ds[i][0][None]).softmax(-1).mean(1)[0].numpy()
+    np.testing.assert_allclose(pred.clip_probs(video), ref, atol=1e-5)
+    np.testing.assert_allclose(list(pred.stream(video))[-1][1], ref, atol=1e-5)
+
+
 def test_depth_model_needs_a_depth_pair(world):
     pred = Predictor.from_file(world["depth"])
     color = next(Path(resolve(r["path"])) for r in world["rows"])
@@ -182,6 +198,9 @@ def test_mlflow_pyfunc_round_trip(world, tmp_path, monkeypatch):
     exp = mlflow.create_experiment("predict-test", artifact_location=str(tmp_path / "artifacts"))
     with mlflow.start_run(experiment_id=exp) as run:
         info = log_predictor(world["final"], registered_model_name="predict-test")
+        mlflow.log_artifact(str(world["final"]), "final")  # as evaluate logs it, beside a PyTorch-flavour model
+        import mlflow.pytorch
+        mlflow.pytorch.log_model(torch.nn.Linear(1, 1), name="torch", serialization_format="pickle")
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/predictor")
     paths = [str(p) for p in world["test_paths"][:2]] + [str(world["tmp"] / "missing.avi")]
     out = model.predict(pd.DataFrame({"path": paths}))
@@ -193,6 +212,17 @@ def test_mlflow_pyfunc_round_trip(world, tmp_path, monkeypatch):
         assert abs(out["probability"][i] - probs.max()) < 1e-5
     assert pd.isna(out["class"][2]) and "no such file" in out["error"][2]
     # prernn predict finds the final.pt inside the logged model, by run URI and by registry version
-    for spec in (f"runs:/{run.info.run_id}/predictor", "models:/predict-test/1", info.model_uri):
+    for spec in (f"runs:/{run.info.run_id}/predictor", "models:/predict-test/1", info.model_uri,
+                 f"runs:/{run.info.run_id}/torch"):  # the last: no final.pt inside, taken from its run
         local = resolve_model(spec, uri, tmp_path / spec.replace("/", "_").replace(":", ""))
         np.testing.assert_allclose(Predictor.from_file(local).clip_probs(paths[0]), pred.clip_probs(paths[0]))
+    # the MLflow CLI on the logged model: a CSV of paths in, predictions out
+    csv = tmp_path / "in.csv"
+    csv.write_text("path\n" + "\n".join(paths[:2]) + "\n")
+    res = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m",
+                          f"runs:/{run.info.run_id}/predictor", "-i", str(csv), "-t", "csv", "--env-manager", "local",
+                          "-o", str(tmp_path / "out.json")], env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads((tmp_path / "out.json").read_text())["predictions"]
+    assert [g["class"] for g in got] == list(out["class"][:2])

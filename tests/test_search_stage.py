@@ -48,10 +48,27 @@ def test_pretrain_writes_checkpoint_in_contract_format(workdir):
     assert ckpt["config"]["name"] == "vgg_mini" and ckpt["config"]["kwargs"]["input_size"] == 16
     meta = ckpt["meta"]
     assert meta["class_names"] == CLASSES and meta["modality"] == "rgb"
-    assert set(meta["normalization"]) == {"mean", "std"} and meta["extract"]["size"] == 16
+    assert set(meta["normalization"]["rgb"]) == {"mean", "std"} and meta["extract"]["size"] == 16
     report = json.loads((workdir / "pretrained" / "pretrain.json").read_text())
     assert set(report) == {"rgb"} and 0 <= report["rgb"]["val_frame_acc"] <= 1
     assert len(report["rgb"]["history"]) == 2
+
+
+def test_pretrain_keeps_user_weights_without_finetuning(workdir, tmp_path):
+    import prernn
+    from stages import pretrain
+
+    user = prernn.create_backbone("vgg_mini", len(CLASSES), input_size=16)
+    torch.save(user.state_dict(), tmp_path / "user.pt")
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["pretrain"].update({"weights": str(tmp_path / "user.pt"), "finetune": False})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    pretrain.main(["--params", str(tmp_path / "params.yaml"), "--clips", str(workdir / "clips"),
+                   "--out", str(tmp_path / "out")])
+    ckpt = torch.load(tmp_path / "out" / "rgb.pt", weights_only=True)
+    assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in user.state_dict().items())
+    report = json.loads((tmp_path / "out" / "pretrain.json").read_text())["rgb"]
+    assert report["epochs"] == 0 and not report["finetuned"] and 0 <= report["val_frame_acc"] <= 1
 
 
 def test_search_stage_writes_trials_and_nested_mlflow_runs(workdir, monkeypatch):

@@ -86,6 +86,13 @@ def test_search_runs_trials_logs_child_runs_and_marks_nan_trial_failed(ray_sessi
     assert [(r["name"], r["status"], r["val_acc"]) for r in again] == [(r["name"], r["status"], r["val_acc"]) for r in rows]
     assert len(tracking.child_runs(uri, info["experiment_id"], info["parent_run_id"])) == 3
 
+    # fresh: retrained from scratch under a new parent run, the same metrics run to run
+    fresh, info3 = run_search(search, mlflow, ckpt, splits, candidates=candidates, boundary=boundary, space=space,
+                              base_dir=tmp_path, verbose=0, fresh=True)
+    assert not info3["restored"] and info3["parent_run_id"] != info["parent_run_id"]
+    key = lambda rs: [(r["name"], r["status"], r["val_acc"], r["val_loss"], r["gate_stats"]) for r in rs]  # noqa: E731
+    assert key(fresh) == key(rows)
+
 
 def test_same_seed_same_trial_metrics_without_cached_trunk(ray_session, inputs, tmp_path):
     """Two trials with the same config (under two names) in one search train to the same metrics."""

@@ -1,0 +1,174 @@
+"""Benchmark of the search: `python -m bench.search [--trials 4] [--epochs 3] [--gpus-per-trial 0.25] [--skip-ray]`.
+
+1. Scheduling efficiency (Ray Tune through ``pipeline.tuner.run_search`` and the pipeline's trainable): a search
+   of N equal trials (the same config repeated under distinct names) vs the same search of that one trial alone,
+   both in this run on one local Ray instance (started once, so neither pays Ray's start-up). Ratio =
+   wall(N trials) / (wall(1 trial) x ceil(N / slots)), slots = concurrent trials the resources allow
+   (CPUs / cpus_per_trial, or GPUs / gpus_per_trial). Target ``search_efficiency <= 1.25``.
+2. Cost of the cached trunk: the default space (21 configurations for a VGG-style backbone: 9 PreRNN gate-dependent /
+   SIH x fc6, fc7, fc6+fc7 conversions + 6 SIH... see pipeline.space) trained one after another on cached trunk
+   features (``prepare_splits(cache_trunk=True)``, the trunk run once, included in the time) vs ONE configuration
+   fine-tuned end to end (``cache_trunk=False``: raw clips, every layer trained), same epochs / data / Trainer.
+   Serial compute time, no Ray (the scheduling part is measured in 1.). Target ``search21_vs_full_finetune < 3``.
+Data: synthetic Arrow clips (``pipeline.clipstore``) read by ``pipeline.dataset.ClipDataset``, vgg_mini at 32 px, T=8.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import prernn
+from bench.data import synthetic_clip
+from pipeline.clipstore import ClipWriter
+from pipeline.dataset import ClipDataset
+from pipeline.features import prepare_splits
+from pipeline.params import MlflowParams, SearchParams
+from pipeline.space import build_space
+from pipeline.train import Trainer, seed_everything
+from pipeline.trainable import build_model
+
+
+def make_split_clips(out: Path, per_split: dict, frames: int, size: int, classes: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    w = ClipWriter(out, ["rgb"], frames, size, 1 << 30, splits=tuple(per_split))
+    for split, n in per_split.items():
+        for i in range(n):
+            w.add(split, {"rgb": synthetic_clip(rng, frames, size)}, i % classes, f"{split}{i}", f"{split}{i}")
+    w.finish({"prernn.class_names": [f"c{k}" for k in range(classes)], "prernn.modalities": ["rgb"],
+              "prernn.extract": {"frames": frames, "size": size},
+              "prernn.normalization": {"rgb": {"mean": [0.4] * 3, "std": [0.25] * 3}}})
+    return out
+
+
+def train_one(backbone, arch: dict, splits: dict, search: SearchParams, device="cpu") -> float:
+    """The trainable's work for one config (build, fit every epoch, gate statistics), outside Ray; seconds."""
+    t0 = time.perf_counter()
+    cfg = {**{k: getattr(search, k) for k in ("epochs", "batch_size", "lr_inherited", "lr_new", "weight_decay",
+                                             "hh_init", "seed")}, **arch}
+    seed_everything(int(cfg["seed"]))
+    model = build_model(copy.deepcopy(backbone), cfg)
+    train, val = splits["train"], splits["val"]
+    trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"], batch_size=cfg["batch_size"],
+                      seed=int(cfg["seed"]), start=train.start, device=device)
+    while trainer.epoch < int(cfg["epochs"]):
+        trainer.fit_epoch(train.pair(), val.pair())
+    prernn.gate_statistics(model, val.x.to(device), start=val.start)
+    return time.perf_counter() - t0
+
+
+def cost_of_cached_search(backbone, datasets: dict, search: SearchParams, full_name: str, device="cpu"):
+    """(seconds of the 21-config search on cached features incl. the trunk pass, seconds of one full fine-tune)."""
+    candidates, boundary = prernn.candidate_layers(backbone), prernn.trunk_boundary(backbone)
+    space = build_space(search, candidates)
+    warm = prepare_splits(backbone, datasets, boundary, cache_trunk=True, device=device)
+    train_one(backbone, space[0], warm, search.model_copy(update={"epochs": 1}), device)  # warm-up, not timed
+    t0 = time.perf_counter()
+    cached = prepare_splits(backbone, datasets, boundary, cache_trunk=True, device=device)
+    trunk_s = time.perf_counter() - t0
+    per = [train_one(backbone, arch, cached, search, device) for arch in space]
+    search_s = trunk_s + sum(per)
+    arch = next(a for a in space if a["name"] == full_name)
+    raw = prepare_splits(backbone, datasets, boundary, cache_trunk=False)
+    full_s = train_one(backbone, arch, raw, search, device)
+    return search_s, full_s, len(space), trunk_s
+
+
+def ray_efficiency(ckpt: dict, splits: dict, arch: dict, search: SearchParams, n: int, slots: int, tmp: Path,
+                   repeat_alone: int = 2) -> tuple[float, float, float]:
+    """(wall of n equal trials, median wall of the single trial, ratio) through pipeline.tuner.run_search."""
+    from pipeline.tuner import run_search
+
+    candidates, boundary = prernn.candidate_layers(ckpt["model"]), prernn.trunk_boundary(ckpt["model"])
+    ck = {"config": ckpt["config"], "state_dict": ckpt["state_dict"], "meta": {"class_names": ckpt["classes"]}}
+    mlflow = MlflowParams(tracking_uri=f"sqlite:///{tmp}/mlflow.db", experiment="bench")
+
+    def run(space, tag):
+        t0 = time.perf_counter()
+        rows, info = run_search(search, mlflow, ck, splits, candidates=candidates, boundary=boundary, space=space,
+                                base_dir=tmp, verbose=0, fresh=True)
+        bad = [r for r in rows if r["status"] != "ok"]
+        if bad:
+            raise RuntimeError(f"bench search {tag}: trial failed: {bad[0]['error']}")
+        compute.append(sum(e.get("epoch_seconds", 0.0) for r in rows for e in r["history"]) / len(rows))
+        return time.perf_counter() - t0
+
+    compute: list[float] = []  # per trial: seconds inside fit_epoch (the rest is Ray / MLflow / checkpoints)
+    equal = [{**arch, "name": f"{arch['name']}-rep{k}"} for k in range(n)]
+    alone = [run([{**arch, "name": f"{arch['name']}-alone{r}"}], "alone") for r in range(1)]
+    many = run(equal, "n")
+    alone += [run([{**arch, "name": f"{arch['name']}-alone{r}"}], "alone") for r in range(1, repeat_alone)]
+    one = float(np.median(alone))
+    print(f"mean seconds per trial inside Trainer.fit_epoch: {np.mean(compute):.2f} (the rest of a trial's wall "
+          f"time is Ray actor start, MLflow runs, per-epoch checkpoints)")
+    return many, one, many / (one * math.ceil(n / slots))
+
+
+def main(argv=None) -> list[tuple[str, float, float, str]]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=4, help="N equal trials for the efficiency part")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--clips", type=int, default=64, help="train clips (val: a quarter)")
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--cpus-per-trial", type=float, default=1)
+    ap.add_argument("--gpus-per-trial", type=float, default=0, help="> 0: trials on the GPU (fractional: several per GPU)")
+    ap.add_argument("--full-config", default="prernn-lstm-fc6", help="the config fine-tuned end to end in part 2")
+    ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--skip-cost", action="store_true")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    device = "cuda" if a.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
+    res = []
+    with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
+        tmp = Path(tmp)
+        clips = make_split_clips(tmp / "clips", {"train": a.clips, "val": max(4, a.clips // 4)}, a.frames, a.size)
+        datasets = {s: ClipDataset(clips, s, "rgb") for s in ("train", "val")}
+        torch.manual_seed(0)
+        backbone = prernn.create_backbone("vgg_mini", datasets["train"].num_classes, input_size=a.size)
+        search = SearchParams(epochs=a.epochs, batch_size=16, cpus_per_trial=a.cpus_per_trial,
+                              gpus_per_trial=a.gpus_per_trial, max_failures=0, storage_path=str(tmp / "ray"))
+        print(f"load average {os.getloadavg()[0]:.2f}; vgg_mini {a.size}px T={a.frames}, {a.clips} train clips, "
+              f"{a.epochs} epochs, device {device}")
+        if not a.skip_ray:
+            import ray
+            ngpu = torch.cuda.device_count() if device == "cuda" else 0
+            ncpu = os.cpu_count() or 1
+            ray.init(num_cpus=ncpu, num_gpus=ngpu, include_dashboard=False, log_to_driver=False,
+                     logging_level="error")
+            try:
+                slots = int(ncpu // a.cpus_per_trial)
+                if a.gpus_per_trial > 0:
+                    slots = min(slots, int(ngpu // a.gpus_per_trial))
+                boundary = prernn.trunk_boundary(backbone)
+                splits = prepare_splits(backbone, datasets, boundary, cache_trunk=True, device=device)
+                arch = next(x for x in build_space(search, prernn.candidate_layers(backbone)) if x["name"] == a.full_config)
+                ck = {"config": backbone.config, "state_dict": backbone.state_dict(), "model": backbone,
+                      "classes": datasets["train"].class_names}
+                many, one, ratio = ray_efficiency(ck, splits, arch, search, a.trials, slots, tmp)
+                print(f"Ray Tune: {a.trials} equal trials ({arch['name']}) {many:.1f} s, one alone {one:.1f} s, "
+                      f"{slots} slots: ideal {one * math.ceil(a.trials / slots):.1f} s")
+                res.append(("search_efficiency", ratio, 1.25, "<="))
+            finally:
+                ray.shutdown()
+        if not a.skip_cost:
+            search_s, full_s, n, trunk_s = cost_of_cached_search(backbone, datasets, search, a.full_config, device)
+            print(f"cached trunk: {n} configs {search_s:.1f} s (trunk pass {trunk_s:.2f} s) vs one full fine-tune of "
+                  f"{a.full_config} (cache_trunk=false) {full_s:.1f} s")
+            res.append(("search21_vs_full_finetune", search_s / full_s, 3.0, "<"))
+    print(f"\nload average {os.getloadavg()[0]:.2f}")
+    for name, x, goal, op in res:
+        ok = x <= goal if op == "<=" else x < goal
+        print(f"target {name}: {x:.2f} (goal {op} {goal}) {'ok' if ok else 'miss'}")
+    return res
+
+
+if __name__ == "__main__":
+    main()

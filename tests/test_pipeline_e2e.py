@@ -1,0 +1,111 @@
+"""The whole pipeline through `dvc repro` in a temporary copy of the project, on a tiny synthetic set.
+
+Checks the acceptance of the search issue end to end: every stage runs, Table 1, the selection, the
+plots, metrics.json, the final model and the MLflow runs exist; a second `dvc repro` reruns nothing;
+`dvc exp run -S` with a narrower search space reruns only the stages that depend on it.
+"""
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "data": {"synthetic": {"classes": ["swipe_left", "swipe_right", "push", "pull"], "clips_per_class": 5,
+                           "frames": 8, "size": 24}},
+    "extract": {"frames": 4, "size": 16, "modalities": ["rgb", "flow"]},
+    "pretrain": {"epochs": 1, "modalities": ["rgb", "flow"]},
+    "search": {"cells": ["lstm"], "layers": [["fc6"]], "sih": [False, True], "baselines": [1], "epochs": 1,
+               "batch_size": 4},
+    "evaluate": {"epochs": 1, "modalities": ["rgb", "flow"], "register_name": "e2e-final"},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def _run(args, cwd, env):
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git + DVC project holding a copy of this one's code and a tiny params.yaml, reproduced once."""
+    root = tmp_path_factory.mktemp("project")
+    for name in ("prernn", "pipeline", "stages"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": ""}
+    env.pop("MLFLOW_TRACKING_URI")
+    env.pop("RAY_ADDRESS")
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        _run(args, root, env)
+    out = _run(["dvc", "repro"], root, env)
+    return root, env, out
+
+
+def test_repro_writes_every_output(project):
+    root, _, out = project
+    for stage in ("ingest", "extract", "pretrain", "search", "select", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    trials = json.loads((root / "search" / "trials.json").read_text())
+    assert sorted(t["name"] for t in trials) == ["prernn-lstm-fc6", "prernn-lstm-sih-fc6", "traditional-lstm-1"]
+    assert all(t["status"] == "ok" for t in trials)
+    table = (root / "reports" / "table1.md").read_text()
+    assert "| LSTM |" in table and "| VRNN |" in table
+    selection = json.loads((root / "reports" / "selection.json").read_text())
+    assert selection["selected"]["name"].startswith("prernn-lstm")
+    assert list((root / "reports" / "plots").glob("saturation_lstm_*.png"))
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_acc"] <= 1.0 and set(metrics["streams"]) == {"rgb", "flow"}
+    assert (root / "models" / "final.pt").stat().st_size > 0
+
+
+def test_mlflow_has_one_parent_and_a_child_per_trial(project):
+    root, _, _ = project
+    with sqlite3.connect(root / "mlflow.db") as db:
+        rows = db.execute(
+            "SELECT r.run_uuid, t.value FROM runs r LEFT JOIN tags t "
+            "ON t.run_uuid = r.run_uuid AND t.key = 'mlflow.parentRunId'").fetchall()
+    search = json.loads((root / "search" / "search.json").read_text())
+    children = [run for run, parent in rows if parent == search["parent_run_id"]]
+    trial_runs = {t["mlflow_run_id"] for t in json.loads((root / "search" / "trials.json").read_text())}
+    assert trial_runs <= set(children)
+    assert search["parent_run_id"] in {run for run, _ in rows}
+
+
+def test_second_repro_reruns_nothing(project):
+    root, env, _ = project
+    out = _run(["dvc", "repro"], root, env)
+    assert "Running stage" not in out
+    assert "up to date" in out
+
+
+def test_exp_run_with_narrower_space_reruns_only_dependants(project):
+    root, env, _ = project
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], root, env)
+    out = _run(["dvc", "exp", "run", "-S", "search.sih=[false]"], root, env)
+    for stage in ("ingest", "extract", "pretrain"):
+        assert f"Running stage '{stage}'" not in out
+    for stage in ("search", "select", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    trials = json.loads((root / "search" / "trials.json").read_text())
+    assert sorted(t["name"] for t in trials) == ["prernn-lstm-fc6", "traditional-lstm-1"]

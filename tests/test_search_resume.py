@@ -1,0 +1,136 @@
+"""An interrupted search resumes: the search stage's driver is SIGKILLed once a trial has finished but not all
+have, and the same command run again finishes the rest (Tuner.restore) without retraining finished trials or
+epochs, under the same MLflow parent run with one child run per trial."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.search_fixtures import make_clips
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    from stages import pretrain
+
+    root = tmp_path_factory.mktemp("resume")
+    make_clips(root / "clips", per_split={"train": 3, "val": 2})
+    params = {
+        "extract": {"modalities": ["rgb"], "size": 16, "frames": 4},
+        "pretrain": {"modalities": ["rgb"], "epochs": 1, "batch_size": 16},
+        "search": {"modality": "rgb", "cells": ["gru"], "sih": [False], "baselines": [1], "epochs": EPOCHS,
+                   "batch_size": 4, "max_concurrent": 1, "storage_path": str(root / "ray")},
+        "evaluate": {"modalities": ["rgb"]},
+        "mlflow": {"tracking_uri": f"sqlite:///{root}/mlflow.db", "experiment": "resume"},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    pretrain.main(["--params", str(root / "params.yaml"), "--clips", str(root / "clips"),
+                   "--out", str(root / "pretrained")])
+    return root
+
+
+def _reports(trial_dir: Path) -> list[tuple[int, str]]:
+    """(epoch, epoch_seconds) of every report of a trial, in order, from its Ray progress file."""
+    path = trial_dir / "progress.csv"
+    if not path.exists():
+        return []
+    with open(path) as fh:
+        return [(int(float(row["epoch"])), row["epoch_seconds"]) for row in csv.DictReader(fh) if row.get("epoch")]
+
+
+def _epochs(trial_dir: Path) -> list[int]:
+    """The epochs a trial trained, in order: a report repeated unchanged (same epoch, same timing) counts once."""
+    out = []
+    for epoch, seconds in dict.fromkeys(_reports(trial_dir)):
+        out.append(epoch)
+    return out
+
+
+def _trial_dirs(root: Path) -> dict[str, Path]:
+    return {p.name.rsplit("_", 2)[0]: p for p in root.glob("ray/search-rgb-*/*_*") if p.is_dir()}
+
+
+def _cmd(root):
+    return [sys.executable, "-m", "stages.search", "--params", str(root / "params.yaml"), "--clips",
+            str(root / "clips"), "--pretrained", str(root / "pretrained"), "--out", str(root / "search"), "--quiet"]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PRERNN_TEST_FAULTS")}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def test_killed_search_resumes_without_repeating_finished_trials(workdir):
+    from pipeline import tracking
+
+    proc = subprocess.Popen(_cmd(workdir), cwd=workdir, env=_env(), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        finished = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            finished = [n for n, d in _trial_dirs(workdir).items() if _epochs(d)[-1:] == [EPOCHS]]
+            if finished:
+                break
+            time.sleep(0.2)
+        assert finished and proc.poll() is None, proc.stdout.read().decode()[-3000:] if proc.poll() is not None else "timeout"
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only; its local Ray fate-shares with it
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of this test's own process group
+        except ProcessLookupError:
+            pass
+    assert not (workdir / "search").exists()  # nothing half-written
+    before = {n: _epochs(d) for n, d in _trial_dirs(workdir).items()}
+    assert 1 <= sum(e[-1:] == [EPOCHS] for e in before.values()) < 4, before
+    state = json.loads(next(workdir.glob("ray/search-rgb-*/prernn_search.json")).read_text())
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    runs_before = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id
+                   for r in tracking.child_runs(uri, state["experiment_id"], state["parent_run_id"])}
+
+    done = subprocess.run(_cmd(workdir), cwd=workdir, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials = json.loads((workdir / "search" / "trials.json").read_text())
+    info = json.loads((workdir / "search" / "search.json").read_text())
+    assert info["restored"] and info["parent_run_id"] == state["parent_run_id"]
+    assert len(trials) == 4 and all(t["status"] == "ok" for t in trials), [t["error"] for t in trials]
+    after = {n: _epochs(d) for n, d in _trial_dirs(workdir).items()}
+    for name in finished:  # finished trials: no epoch trained again
+        assert after[name] == before[name] == list(range(1, EPOCHS + 1)), (name, before[name], after[name])
+    # the others completed; the one killed mid-way restarts from the last checkpoint the driver had recorded
+    # (Ray saves its experiment state every few seconds), so it may train an epoch again
+    for name, epochs in after.items():
+        assert epochs[-EPOCHS:] == list(range(1, EPOCHS + 1)) or epochs[-1] == EPOCHS, (name, epochs)
+    # MLflow: the same parent, one child run per trial name; finished trials keep their runs, epochs logged once
+    children = tracking.child_runs(uri, state["experiment_id"], state["parent_run_id"])
+    names = [c.data.tags[tracking.TRIAL_TAG] for c in children]
+    assert sorted(names) == sorted(t["name"] for t in trials)
+    by_name = {c.data.tags[tracking.TRIAL_TAG]: c for c in children}
+    for name, run_id in runs_before.items():
+        assert by_name[name].info.run_id == run_id
+    for t in trials:  # a trial that finished just before the kill may be re-reported, never retrained
+        assert [h["epoch"] for h in t["history"]] == list(range(1, EPOCHS + 1)) and t["gate_stats"], t["name"]
+    client = tracking.client(uri)
+    for t in trials:
+        assert by_name[t["name"]].info.run_id == t["mlflow_run_id"] and by_name[t["name"]].info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(t["mlflow_run_id"], "val_acc")]
+        if t["name"] in finished:
+            assert sorted(steps) == list(range(1, EPOCHS + 1)), (t["name"], steps)
+        else:
+            assert set(steps) == set(range(1, EPOCHS + 1)), (t["name"], steps)
+    parents = client.search_runs([state["experiment_id"]], filter_string="tags.kind = 'search'")
+    assert len(parents) == 1
