@@ -98,13 +98,19 @@ def default_artifact_location(uri: str) -> Optional[str]:
     return None
 
 
-def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> Optional[str]:
-    """The child run of `parent_run_id` already made for Ray trial `trial_id` (a retried trial), or None."""
-    runs = client(uri).search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_ID_TAG}` = '{trial_id}'",
-        max_results=1)
-    return runs[0].info.run_id if runs else None
+def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str,
+                   name: Optional[str] = None) -> Optional[str]:
+    """The child run of `parent_run_id` already made for Ray trial `trial_id` (a retried trial), else the one made
+    for trial `name` (a search restarted after Ray lost its experiment state), or None: one child run per trial."""
+    for tag, value in ((TRIAL_ID_TAG, trial_id), (TRIAL_TAG, name)):
+        if value is None:
+            continue
+        runs = client(uri).search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{tag}` = '{value}'",
+            max_results=1)
+        if runs:
+            return runs[0].info.run_id
+    return None
 
 
 def _param_items(params: dict, prefix: str = "") -> dict[str, str]:

@@ -7,8 +7,9 @@
   data (via tune.with_parameters, i.e. the Ray object store): {"backbone": {"config", "state_dict"},
            "train": SplitTensors, "val": SplitTensors} (cached trunk features or raw clips).
 Each epoch it reports the epoch's metrics (`val_acc`, `val_loss`, ...), the history so far
-(`history_json`), `recurrent_params` and the MLflow child run id, with a checkpoint from which a
-restarted trial continues. The last epoch (every epoch with `gate_stats_every_epoch`, for ASHA,
+(`history_json`), `recurrent_params`, the MLflow child run id and the Ray node (`node_id`, `node_ip`), with a
+checkpoint from which a restarted trial continues (one that had finished before a killed driver
+recorded it reports its last epoch again, untrained). The last epoch (every epoch with `gate_stats_every_epoch`, for ASHA,
 which may stop a trial early) adds the gate statistics of each recurrent layer on the val clips
 (`gate_stats_json`: the saturation of [0055]-[0062] that the selection of [0065] uses); the last
 epoch also reports `best_val_acc`, `epochs_to_95` and `mean_clips_per_sec`. A loss that is not
@@ -92,7 +93,9 @@ def _node() -> dict:
     import ray
 
     try:
-        return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+        node_id = ray.get_runtime_context().get_node_id()
+        ips = [n.get("NodeManagerAddress") for n in ray.nodes() if n.get("NodeID") == node_id]
+        return {"node_id": node_id, "node_ip": ips[0] if ips else ray.util.get_node_ip_address()}
     except Exception:  # noqa: BLE001 - not inside a Ray worker (unit tests)
         return {"node_id": None, "node_ip": None}
 
@@ -116,7 +119,7 @@ def _open_child_run(cfg: dict, state: dict, trial_id: str) -> str:
     """The trial's MLflow child run: from its checkpoint, else the run of an earlier attempt, else a new one."""
     uri = cfg["tracking_uri"]
     run_id = state.get("mlflow_run_id") or tracking.find_child_run(uri, cfg["experiment_id"], cfg["parent_run_id"],
-                                                                   trial_id)
+                                                                   trial_id, name=cfg["name"])
     if run_id:
         tracking.client(uri).update_run(run_id, status="RUNNING")
         return run_id

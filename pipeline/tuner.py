@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -22,6 +21,7 @@ import torch
 
 from pipeline import tracking
 from pipeline.space import build_space
+from pipeline.storage import StoragePath
 from pipeline.trainable import COMMON_KEYS, flat_config, train_trial
 from pipeline.train import REGRESSION_KEYS, summarize
 
@@ -100,10 +100,11 @@ def _row(result, run_ids: dict, archs: dict, common: dict) -> dict:
     }
 
 
-def _open_parent(uri, experiment_id, exp_dir: Path, search, info: dict, restoring: bool) -> str:
-    """The parent run: reused from the driver state of a restored search, else created."""
+def _open_parent(uri, experiment_id, exp_dir: StoragePath, search, info: dict, restoring: bool) -> str:
+    """The parent run: reused from the driver state of an earlier run of the same search (restored, or killed
+    before Ray saved any experiment state), else created."""
     state_file = exp_dir / DRIVER_STATE
-    if restoring and state_file.exists():
+    if state_file.exists():
         run_id = json.loads(state_file.read_text()).get("parent_run_id")
         if run_id and tracking.run_status(uri, run_id) is not None:
             tracking.client(uri).update_run(run_id, status="RUNNING")
@@ -112,7 +113,6 @@ def _open_parent(uri, experiment_id, exp_dir: Path, search, info: dict, restorin
                                 params={"search": search.model_dump(), **{k: info[k] for k in
                                         ("backbone", "modality", "trunk_boundary", "num_trials")}},
                                 tags={"kind": "search"}, stage="search")
-    exp_dir.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps({"parent_run_id": run_id, "experiment_id": experiment_id}))
     return run_id
 
@@ -163,19 +163,18 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
     try:
         check_resources(search)
         use_gpu = search.gpus_per_trial > 0
-        storage = Path(search.storage_path)
-        storage = (storage if storage.is_absolute() else base_dir / storage).resolve()
+        storage = StoragePath.resolve(search.storage_path, base_dir)  # a shared folder or a pyarrow URI
         meta = backbone_ckpt.get("meta", {})
         name = f"search-{search.modality}-" + fingerprint(search, uri, mlflow_params.experiment, backbone_ckpt,
                                                           splits, space + ([{"regression": regression}] if regression else []))
         exp_dir = storage / name
         if fresh and exp_dir.exists():
-            shutil.rmtree(exp_dir)
+            exp_dir.rmtree()
         info = {"experiment_id": tracking.ensure_experiment(uri, mlflow_params.experiment), "tracking_uri": uri,
                 "backbone": backbone_ckpt["config"]["name"], "modality": search.modality,
                 "candidates": list(candidates), "trunk_boundary": boundary, "num_trials": len(space),
                 "storage_path": str(storage), "experiment_dir": str(exp_dir), "class_names": meta.get("class_names")}
-        restoring = tune.Tuner.can_restore(exp_dir) and (exp_dir / DRIVER_STATE).exists()
+        restoring = tune.Tuner.can_restore(str(exp_dir)) and (exp_dir / DRIVER_STATE).exists()
         parent = _open_parent(uri, info["experiment_id"], exp_dir, search, info, restoring)
         common = {k: getattr(search, k) for k in COMMON_KEYS}
         param_space = {

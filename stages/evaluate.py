@@ -6,7 +6,12 @@ Out (atomic): `models/final.pt` (one stream: {"config", "state_dict", "meta"}; s
 {"config", "state_dict"}}, "meta"}; meta = class_names, normalization, extract, modalities, fusion, selected),
 `metrics.json` (fused and per-stream test accuracy, baseline, gain, per-class accuracy), `reports/confusion.csv`
 (actual,predicted per test clip, fused selected model), `reports/history.csv` (per epoch: fused test_acc,
-baseline_test_acc, per-stream columns), `reports/evaluation.json` (confusion matrices, train configs).
+baseline_test_acc, per-stream columns), `reports/evaluation.json` (confusion matrices, train configs),
+`reports/ced.csv` (role,error,fraction). Task regression: metrics.json holds test_auc / test_nme /
+test_failure_rate (pipeline/regression_eval.py), history.csv test_auc / test_nme per epoch, confusion.csv is the
+header alone and ced.csv the cumulative error distribution of the selected model and the baseline (last epoch).
+ced.csv is written for classification too (the header alone), so dvc.yaml can declare it as an output of every
+run: DVC has no outputs that exist for one params value only, and an undeclared file would be untracked.
 MLflow: a child run "evaluate" of the search's parent run with the model registered as `evaluate.register_name`.
 """
 from __future__ import annotations
@@ -99,8 +104,8 @@ def main(argv=None) -> None:
     plots = Path(args.plots)
     write_text(plots / "confusion.csv", _csv(confusion) if confusion else "actual,predicted\n")  # regression: empty
     write_text(plots / "history.csv", _csv(history))
-    if regression:
-        write_text(plots / "ced.csv", _csv(ced))
+    # always written (a declared DVC plot): regression the CED curve, classification the header alone
+    write_text(plots / "ced.csv", _csv(ced) if regression else "role,error,fraction\n")
 
     search_meta = _read_json(Path(args.search) / "search.json", "", required=False)
     mlflow_info = None
@@ -115,7 +120,8 @@ def main(argv=None) -> None:
         mlflow_info = log_final_model(
             search_meta, fused, register_name=p.register_name, model_meta=meta, example=example, metrics=flat,
             params={"evaluate": p.model_dump(), "selected": choices["selected"]["name"]},
-            files=[plots / "confusion.csv", plots / "history.csv"], final_path=args.out)
+            files=[plots / "confusion.csv", plots / "history.csv"] + ([plots / "ced.csv"] if regression else []),
+            final_path=args.out)
         log_reports(search_meta, [plots / "confusion.csv", plots / "history.csv"], artifact_path="evaluate",
                     metrics={f"final_{k}": v for k, v in flat.items()})
     report["mlflow"] = mlflow_info

@@ -5,17 +5,13 @@ plots, metrics.json, the final model and the MLflow runs exist; a second `dvc re
 `dvc exp run -S` with a narrower search space reruns only the stages that depend on it.
 """
 import json
-import os
-import shutil
 import sqlite3
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.dvc_project import make_project
+from tests.dvc_project import run as _run
+
 pytestmark = pytest.mark.slow
 
 TINY = {
@@ -29,34 +25,11 @@ TINY = {
 }
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def _run(args, cwd, env):
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A git + DVC project holding a copy of this one's code and a tiny params.yaml, reproduced once."""
     root = tmp_path_factory.mktemp("project")
-    for name in ("prernn", "pipeline", "stages"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": ""}
-    env.pop("MLFLOW_TRACKING_URI")
-    env.pop("RAY_ADDRESS")
-    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        _run(args, root, env)
+    env = make_project(root, TINY)
     out = _run(["dvc", "repro"], root, env)
     return root, env, out
 

@@ -112,5 +112,9 @@ def test_search_stage_fails_fast_on_unreachable_mlflow_server(workdir, monkeypat
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    with pytest.raises(SystemExit, match=r"MLflow tracking server .* \(from MLFLOW_TRACKING_URI\) did not answer"):
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit, match=r"MLflow tracking server .* \(from MLFLOW_TRACKING_URI\) did not answer"
+                                         r".*Start it .*--host 127\.0\.0\.1"):
         search.main(_search_args(workdir, "search_bad"))
+    assert time.perf_counter() - t0 < 20  # before Ray starts, not after MLflow's retries
+    assert not (workdir / "search_bad").exists()

@@ -69,4 +69,7 @@ def test_parent_and_nested_child_runs_in_sqlite(tmp_path):
     assert [r.info.run_id for r in tracking.child_runs(uri, exp, parent)] == [child]
     assert tracking.find_child_run(uri, exp, parent, "abc") == child
     assert tracking.find_child_run(uri, exp, parent, "other") is None
+    # a new Ray trial id for the same trial (Ray lost its experiment state): found by the trial's name
+    assert tracking.find_child_run(uri, exp, parent, "other", name="trial-a") == child
+    assert tracking.find_child_run(uri, exp, parent, "other", name="trial-b") is None
     assert run.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())

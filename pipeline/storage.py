@@ -1,0 +1,78 @@
+"""Where the search keeps its Ray results: a local/NFS folder or an object store URI (pyarrow filesystems).
+
+`StoragePath.resolve(search.storage_path, base_dir)`: a plain path (relative to `base_dir`; on a multi-node
+cluster it must be a shared mount such as NFS, at the same path on every node) or a URI that
+`pyarrow.fs.FileSystem.from_uri` understands (`s3://bucket/prefix`, `gs://bucket/prefix`, `hdfs://...`,
+`file:///shared/path`), which Ray Tune then uses for trial checkpoints and the experiment state. The few
+driver-side files (the search's `prernn_search.json`) go through the same filesystem.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+class StoragePath:
+    """A folder on a local path or behind a pyarrow filesystem URI; `str()` is what Ray's storage_path takes."""
+
+    def __init__(self, uri: str, local: Path | None = None):
+        self.uri, self.local = uri, local
+
+    @classmethod
+    def resolve(cls, value: str, base_dir: str | os.PathLike) -> "StoragePath":
+        if "://" in value:
+            return cls(value.rstrip("/"))
+        path = Path(value)
+        return cls("", (path if path.is_absolute() else Path(base_dir) / path).resolve())
+
+    def _fs(self):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(self.uri)
+        return fs, path
+
+    def __truediv__(self, name: str) -> "StoragePath":
+        if self.local is not None:
+            return StoragePath("", self.local / name)
+        return StoragePath(f"{self.uri}/{name}")
+
+    def __str__(self) -> str:
+        return str(self.local) if self.local is not None else self.uri
+
+    @property
+    def name(self) -> str:
+        return self.local.name if self.local is not None else self.uri.rsplit("/", 1)[-1]
+
+    def exists(self) -> bool:
+        if self.local is not None:
+            return self.local.exists()
+        import pyarrow.fs
+
+        fs, path = self._fs()
+        return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+    def read_text(self) -> str:
+        if self.local is not None:
+            return self.local.read_text()
+        fs, path = self._fs()
+        with fs.open_input_stream(path) as fh:
+            return fh.read().decode()
+
+    def write_text(self, text: str) -> None:
+        if self.local is not None:
+            self.local.parent.mkdir(parents=True, exist_ok=True)
+            self.local.write_text(text)
+            return
+        fs, path = self._fs()
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as fh:
+            fh.write(text.encode())
+
+    def rmtree(self) -> None:
+        if self.local is not None:
+            shutil.rmtree(self.local, ignore_errors=True)
+            return
+        if self.exists():
+            fs, path = self._fs()
+            fs.delete_dir(path)
