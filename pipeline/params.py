@@ -6,6 +6,7 @@ problem naming the dotted key, the value given and what is allowed.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -292,6 +293,15 @@ def validate_params(raw: dict) -> Params:
         return Params.model_validate(raw or {})
     except ValidationError as err:
         raise ParamsError("invalid params:\n" + _format(err, raw)) from None
+
+
+def load_stage_params(path: str | Path, stage: str) -> Params:
+    """`load_params` for a stage script: on a ParamsError print it, prefixed by `stage`, and exit 2."""
+    try:
+        return load_params(path)
+    except ParamsError as err:
+        print(f"{stage}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

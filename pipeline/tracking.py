@@ -140,7 +140,7 @@ def start_run(uri: str, experiment_id: str, name: str, *, parent_run_id: Optiona
               params: Optional[dict] = None, tags: Optional[dict] = None, stage: Optional[str] = None) -> str:
     """Create a run (a child of `parent_run_id` if given); log `params` and tags (git commit, DVC stage)."""
     c = client(uri)
-    all_tags = {"mlflow.runName": name, "git_commit": git_commit(), **(tags or {})}
+    all_tags = {"mlflow.runName": name, "mlflow.source.git.commit": git_commit(), **(tags or {})}
     if stage:
         all_tags["dvc_stage"] = stage
     if parent_run_id:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.params import ParamsError, load_params
+from pipeline.params import load_stage_params
 
 
 def _csv(rows: list[dict]) -> str:
@@ -63,11 +63,7 @@ def main(argv=None) -> None:
     from pipeline.evaluation import FUSION, FusedModel, final_checkpoint, run_evaluation, summary
     from pipeline.train import pick_device
 
-    try:
-        params = load_params(args.params)
-    except ParamsError as err:
-        print(f"evaluate: {err}", file=sys.stderr)
-        sys.exit(2)
+    params = load_stage_params(args.params, "evaluate")
     p = params.evaluate
     selection = _read_json(Path(args.selection), "run the select stage first (dvc repro select)")
     if not selection.get("selected"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.extraction import extract_manifest, failure
-from pipeline.params import ParamsError, load_params
+from pipeline.params import load_stage_params
 from pipeline.sources import SourceError, read_manifest
 
 
@@ -24,12 +24,8 @@ def main(argv=None) -> None:
     ap.add_argument("--report", default="reports/extract.json")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = ap.parse_args(argv)
-    try:
-        all_params = load_params(args.params)
-        params = all_params.extract
-    except ParamsError as err:
-        print(err, file=sys.stderr)
-        sys.exit(2)
+    all_params = load_stage_params(args.params, "extract")
+    params = all_params.extract
     try:
         rows = read_manifest(Path(args.manifest))
     except SourceError as err:

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.atomic import atomic_path
-from pipeline.params import ParamsError, load_params
+from pipeline.params import load_stage_params
 from pipeline.sources import SourceError, ingest, write_manifest
 
 
@@ -20,11 +20,7 @@ def main(argv=None) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="data/ingest", help="output folder (manifest.csv, classes.json, videos/)")
     args = ap.parse_args(argv)
-    try:
-        data = load_params(args.params).data
-    except ParamsError as err:
-        print(err, file=sys.stderr)
-        sys.exit(2)
+    data = load_stage_params(args.params, "ingest").data
     out = Path(args.out)
     try:
         with atomic_path(out) as tmp:

@@ -80,13 +80,9 @@ def main(argv=None) -> None:
     import torch
 
     from pipeline.atomic import atomic_path
-    from pipeline.params import ParamsError, load_params
+    from pipeline.params import load_stage_params
 
-    try:
-        params = load_params(args.params)
-    except ParamsError as err:
-        print(f"pretrain: {err}", file=sys.stderr)
-        sys.exit(2)
+    params = load_stage_params(args.params, "pretrain")
     p = params.pretrain
     if p.weights and not Path(p.weights).is_file():
         sys.exit(f"pretrain: pretrain.weights: {p.weights!r}: no such file")

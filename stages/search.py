@@ -51,18 +51,14 @@ def main(argv=None) -> None:
     import prernn
     from pipeline.dataset import ClipDataset
     from pipeline.features import prepare_splits
-    from pipeline.params import ParamsError, load_params
+    from pipeline.params import ParamsError, load_stage_params
     from pipeline.ray_cluster import ClusterUnavailable
     from pipeline.space import SpaceError, build_space
     from pipeline.tracking import TrackingUnavailable
     from pipeline.train import seed_everything
     from pipeline.tuner import SearchInterrupted, load_checkpoint, run_search, write_outputs
 
-    try:
-        params = load_params(args.params)
-    except ParamsError as err:
-        print(f"search: {err}", file=sys.stderr)
-        sys.exit(2)
+    params = load_stage_params(args.params, "search")
     search = params.search
     ckpt_path = Path(args.pretrained) / f"{search.modality}.pt"
     try:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.params import ParamsError, load_params
+from pipeline.params import load_stage_params
 
 
 def read_search(search_dir: Path) -> tuple[list[dict], dict]:
@@ -45,11 +45,7 @@ def main(argv=None) -> None:
     from pipeline.selection import SelectionError, select_configuration
     from pipeline.table1 import build_table, to_csv, to_markdown
 
-    try:
-        p = load_params(args.params).select
-    except ParamsError as err:
-        print(f"select: {err}", file=sys.stderr)
-        sys.exit(2)
+    p = load_stage_params(args.params, "select").select
     trials, meta = read_search(Path(args.search))
     try:
         selection = select_configuration(trials, low=p.low, high=p.high, metric=p.metric, mode=p.mode)

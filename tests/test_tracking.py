@@ -61,7 +61,7 @@ def test_parent_and_nested_child_runs_in_sqlite(tmp_path):
     c = tracking.client(uri)
     run = c.get_run(child)
     assert run.data.tags[tracking.PARENT_TAG] == parent and run.data.tags["dvc_stage"] == "search"
-    assert "git_commit" in run.data.tags and run.data.params["lr"] == "0.1"
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40 and run.data.params["lr"] == "0.1"
     assert [m.value for m in c.get_metric_history(child, "val_acc")] == [0.5, 0.75]
     assert [a.path for a in c.list_artifacts(child)] == ["gate_stats.json"]
     assert run.info.status == "FINISHED"
