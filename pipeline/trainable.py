@@ -7,7 +7,8 @@
   data (via tune.with_parameters, i.e. the Ray object store): {"backbone": {"config", "state_dict"},
            "train": SplitTensors, "val": SplitTensors} (cached trunk features or raw clips).
 Each epoch it reports the epoch's metrics (`val_acc`, `val_loss`, ...), the history so far
-(`history_json`), `recurrent_params`, the MLflow child run id and the Ray node (`node_id`, `node_ip`), with a
+(`history_json`), `recurrent_params`, the MLflow child run id, the Ray node (`node_id`, `node_ip`) and
+`trial_wall_clock` ([time.time() when this attempt's train_trial began, time.time() at this report]), with a
 checkpoint from which a restarted trial continues (one that had finished before a killed driver
 recorded it reports its last epoch again, untrained). The last epoch (every epoch with `gate_stats_every_epoch`, for ASHA,
 which may stop a trial early) adds the gate statistics of each recurrent layer on the val clips
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -131,6 +133,7 @@ def _open_child_run(cfg: dict, state: dict, trial_id: str) -> str:
 
 def train_trial(config: dict, data: dict) -> None:
     """Train one configuration; report metrics + a checkpoint every epoch (see module docstring)."""
+    started = time.time()  # trial_wall_clock[0]
     import prernn
     from ray import tune
 
@@ -184,6 +187,7 @@ def train_trial(config: dict, data: dict) -> None:
                 stats = _gate_stats(model, val, device)
                 metrics["gate_stats_json"] = json.dumps(stats)
                 tracking.log_json(uri, run_id, stats, "gate_stats.json")
+            metrics["trial_wall_clock"] = [started, time.time()]  # the trial's own wall time so far
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({"trainer": trainer.state_dict(), "mlflow_run_id": run_id}, Path(tmp) / CHECKPOINT_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
