@@ -3,7 +3,7 @@
 `train_trial(config, data)` is a plain function of the trial config (Ray's function API):
   config: {"arch": <a pipeline.space arch dict>, "epochs", "batch_size", "lr_inherited", "lr_new",
            "weight_decay", "hh_init", "seed", "cpus_per_trial", "use_gpu", "tracking_uri",
-           "experiment_id", "parent_run_id", "gate_stats_every_epoch", optional "_fault": "nan" | "raise" | "raise_once" (tests)}
+           "experiment_id", "parent_run_id", "gate_stats_every_epoch", optional "_fault": "nan" | "raise" | "raise_once" | "slow" (tests)}
   data (via tune.with_parameters, i.e. the Ray object store): {"backbone": {"config", "state_dict"},
            "train": SplitTensors, "val": SplitTensors} (cached trunk features or raw clips).
 Each epoch it reports the epoch's metrics (`val_acc`, `val_loss`, ...), the history so far
@@ -60,7 +60,8 @@ def load_backbone(ckpt: dict) -> torch.nn.Module:
     return model
 
 
-FAULTS = ("nan", "raise", "raise_once")
+FAULTS = ("nan", "raise", "raise_once", "slow")
+SLOW_EPOCH_S = 2.0  # the `_fault: slow` test hook: seconds added to each epoch
 
 
 class InjectedFault(RuntimeError):
@@ -83,7 +84,10 @@ def _inject_fault(model, fault) -> None:
 
 def _raise_fault(fault, epoch: int, resumed: bool) -> None:
     """Test hook, called after each epoch's report: `raise` fails every attempt before its first report;
-    `raise_once` fails once, right after epoch 1 was reported and checkpointed (a retry continues from it)."""
+    `raise_once` fails once, right after epoch 1 was reported and checkpointed (a retry continues from it);
+    `slow` adds SLOW_EPOCH_S to every epoch (so a test can interrupt a search while that trial runs)."""
+    if fault == "slow":
+        time.sleep(SLOW_EPOCH_S)
     if fault == "raise" and epoch == 0:
         raise InjectedFault("injected fault (_fault: raise) before the first epoch")
     if fault == "raise_once" and epoch == 1 and not resumed:

@@ -207,7 +207,10 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
                 run_config=tune.RunConfig(
                     name=name, storage_path=str(storage), verbose=verbose,
                     failure_config=tune.FailureConfig(max_failures=search.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                    # keep every epoch's checkpoint: with a limit, the driver deletes the previous one as soon
+                    # as a new one lands, and a driver killed before it saves its state leaves a restore that
+                    # points at a deleted checkpoint (seen in tests/test_search_resume.py)
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
             )
         grid = tuner.fit()
         unfinished = len(grid) - grid.num_terminated - grid.num_errors

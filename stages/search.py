@@ -20,7 +20,7 @@ FAULTS_ENV = "PRERNN_TEST_FAULTS"
 
 
 def inject_faults(space: list[dict]) -> list[dict]:
-    """Test hook: PRERNN_TEST_FAULTS='{"<trial name>": "nan" | "raise" | "raise_once"}' sets `_fault` on those trials
+    """Test hook: PRERNN_TEST_FAULTS='{"<trial name>": "nan" | "raise" | "raise_once" | "slow"}' sets `_fault` on those trials
     (pipeline.trainable); unknown trial names are an error so a test cannot silently inject nothing."""
     import json
     import os

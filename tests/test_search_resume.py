@@ -17,6 +17,7 @@ from tests.search_fixtures import make_clips
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
+TRIALS = ("prernn-gru-fc6", "prernn-gru-fc7", "prernn-gru-fc6+fc7", "traditional-gru-1")
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,9 @@ def _cmd(root):
 def _env():
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PRERNN_TEST_FAULTS")}
     env["PYTHONPATH"] = str(REPO)
+    # every trial takes EPOCHS x 2 s (the `slow` hook), so a kill right after the first trial ends finds the next
+    # one mid-way; the same faults in both runs keep the search's fingerprint, so the rerun restores it
+    env["PRERNN_TEST_FAULTS"] = json.dumps({name: "slow" for name in TRIALS})
     return env
 
 
@@ -85,6 +89,7 @@ def test_killed_search_resumes_without_repeating_finished_trials(workdir):
                 break
             time.sleep(0.2)
         assert finished and proc.poll() is None, proc.stdout.read().decode()[-3000:] if proc.poll() is not None else "timeout"
+        time.sleep(2.5)  # the driver saves its experiment state every second (TUNE_GLOBAL_CHECKPOINT_S=1)
         os.kill(proc.pid, signal.SIGKILL)  # the driver only; its local Ray fate-shares with it
         proc.wait(30)
     finally:
