@@ -227,36 +227,33 @@ def stream_capture(cap: "cv2.VideoCapture", extract_params, *, step: int = 1) ->
     """`stream_frames` over an open capture (a file or a camera); releases it when done."""
     p = _params(extract_params)
     computer = FlowComputer(p["flow_method"], p["dis_preset"])
-    prev, i = None, 0
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            if i % step == 0:
-                rgb = cv2.cvtColor(resize_frame(frame, p["size"], p["resize"]), cv2.COLOR_BGR2RGB)
-                grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-                flow = np.zeros(grey.shape + (2,), np.float32) if prev is None else computer(prev, grey)
-                prev = grey
-                yield rgb, encode_flow(flow, p["flow_bound"])
-            i += 1
-    finally:
-        cap.release()
+    prev = None
+    for frame in _every_step(cap, step):
+        rgb = cv2.cvtColor(resize_frame(frame, p["size"], p["resize"]), cv2.COLOR_BGR2RGB)
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        flow = np.zeros(grey.shape + (2,), np.float32) if prev is None else computer(prev, grey)
+        prev = grey
+        yield rgb, encode_flow(flow, p["flow_bound"])
 
 
 def stream_depth(path, extract_params, *, step: int = 1) -> Iterator[np.ndarray]:
     """Yield (S, S, 1) uint8 depth frames of a depth video for every `step`-th frame, as `read_clip` makes them."""
     p = _params(extract_params)
-    cap = _open(Path(path), threads=0)
+    for frame in _every_step(_open(Path(path), threads=0), step):
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        yield resize_frame(grey, p["size"], p["resize"])[..., None]
+
+
+def _every_step(cap: "cv2.VideoCapture", step: int) -> Iterator[np.ndarray]:
+    """Every `step`-th decoded frame of an open capture (H, W, 3) BGR; releases the capture when done."""
     i = 0
     try:
         while True:
             ok, frame = cap.read()
             if not ok:
-                break
+                return
             if i % step == 0:
-                grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
-                yield resize_frame(grey, p["size"], p["resize"])[..., None]
+                yield frame
             i += 1
     finally:
         cap.release()
