@@ -225,6 +225,36 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
     return out
 
 
+CHOICE_KEYS = ("name", "kind", "cell", "sih", "layers", "reverted_layers", "num_layers", "fallback")
+
+
+def report_parts(result: dict, choices: dict, modalities: list[str]) -> dict:
+    """The task-independent part of evaluation.json: the choices trained and each stream's training config."""
+    roles = list(result["fused"])
+    return {"choices": {r: {k: choices[r].get(k) for k in CHOICE_KEYS} for r in roles},
+            "train_config": {m: {r: result["streams"][m][r]["cfg"] for r in roles} for m in modalities}}
+
+
+def history_rows(result: dict, modalities: list[str], fused_columns, stream_keys: tuple[str, ...]) -> list[dict]:
+    """history.csv rows, one per epoch: `fused_columns(fused output at that epoch)` -> {column: value} per role
+    (prefixed `<role>_` but for the selected one), and `stream_keys` of every stream's epoch history
+    (prefixed `<modality>_`, or `<modality>_<role>_`)."""
+    roles = list(result["fused"])
+    rows = []
+    for e in range(len(result["fused"]["selected"])):
+        row = {"epoch": e + 1}
+        for r in roles:
+            prefix = "" if r == "selected" else f"{r}_"
+            row.update({f"{prefix}{k}": v for k, v in fused_columns(result["fused"][r][e]).items()})
+        for m in modalities:
+            for r in roles:
+                h = result["streams"][m][r]["history"][e]
+                prefix = f"{m}_" if r == "selected" else f"{m}_{r}_"
+                row.update({f"{prefix}{k}": h[k] for k in stream_keys})
+        rows.append(row)
+    return rows
+
+
 def summary(result: dict, choices: dict, modalities: list[str]) -> tuple[dict, dict, list[dict], list[dict]]:
     """(metrics.json, evaluation.json, history.csv rows, confusion.csv rows) from `run_evaluation`'s result."""
     names, y = result["class_names"], result["labels"]
@@ -240,24 +270,11 @@ def summary(result: dict, choices: dict, modalities: list[str]) -> tuple[dict, d
                                "baseline_test_acc": s["baseline"]["acc"] if "baseline" in s else None}
                            for m, s in streams.items()},
                "selected": choices["selected"]["name"], "baseline": (choices.get("baseline") or {}).get("name")}
+    parts = report_parts(result, choices, modalities)
     report = {"fusion": FUSION if len(modalities) > 1 else None, "modalities": modalities, "class_names": names,
-              "choices": {r: {k: choices[r][k] for k in ("name", "kind", "cell", "sih", "layers", "reverted_layers",
-                                                         "num_layers", "fallback")} for r in roles},
-              "fused": final, "streams": streams,
-              "train_config": {m: {r: result["streams"][m][r]["cfg"] for r in roles} for m in modalities}}
-    history = []
-    for e in range(len(result["fused"]["selected"])):
-        row = {"epoch": e + 1}
-        for r in roles:
-            prefix = "" if r == "selected" else f"{r}_"
-            row[f"{prefix}test_acc"] = test_metrics(result["fused"][r][e], y, names)["acc"]
-        for m in modalities:
-            for r in roles:
-                h = result["streams"][m][r]["history"][e]
-                prefix = f"{m}_" if r == "selected" else f"{m}_{r}_"
-                row.update({f"{prefix}test_acc": h["test_acc"], f"{prefix}train_loss": h["train_loss"],
-                            f"{prefix}train_acc": h["train_acc"]})
-        history.append(row)
+              "choices": parts["choices"], "fused": final, "streams": streams, "train_config": parts["train_config"]}
+    history = history_rows(result, modalities, lambda out: {"test_acc": test_metrics(out, y, names)["acc"]},
+                           ("test_acc", "train_loss", "train_acc"))
     pred = result["fused"]["selected"][-1].argmax(-1).tolist()
     confusion = [{"actual": names[a], "predicted": names[p]} for a, p in zip(y.tolist(), pred)]
     return metrics, report, history, confusion

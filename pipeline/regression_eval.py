@@ -10,6 +10,7 @@ the choices and the `regression` params. Out: (metrics.json, evaluation.json, hi
 """
 from __future__ import annotations
 
+from pipeline.evaluation import history_rows, report_parts
 from pipeline.metrics import ced_curve, nme, regression_metrics, spec_of
 
 FUSION = "mean of the streams' predicted landmark coordinates"
@@ -34,26 +35,16 @@ def summary(result: dict, choices: dict, modalities: list[str], spec: dict | Non
                                "baseline_test_auc": st["baseline"]["auc"] if "baseline" in st else None}
                            for m, st in streams.items()},
                "selected": choices["selected"]["name"], "baseline": (choices.get("baseline") or {}).get("name")}
+    parts = report_parts(result, choices, modalities)
     report = {"task": "regression", "fusion": FUSION if len(modalities) > 1 else None, "modalities": modalities,
-              "regression": s,
-              "choices": {r: {k: choices[r].get(k) for k in ("name", "kind", "cell", "sih", "layers", "reverted_layers",
-                                                             "num_layers", "fallback")} for r in roles},
-              "fused": final, "streams": streams,
-              "train_config": {m: {r: result["streams"][m][r]["cfg"] for r in roles} for m in modalities}}
-    history = []
-    for e in range(len(result["fused"]["selected"])):
-        row = {"epoch": e + 1}
-        for r in roles:
-            prefix = "" if r == "selected" else f"{r}_"
-            fm = regression_metrics(result["fused"][r][e], y, s)
-            row[f"{prefix}test_auc"], row[f"{prefix}test_nme"] = fm["auc"], fm["nme"]
-        for m in modalities:
-            for r in roles:
-                h = result["streams"][m][r]["history"][e]
-                prefix = f"{m}_" if r == "selected" else f"{m}_{r}_"
-                row.update({f"{prefix}test_auc": h["test_auc"], f"{prefix}train_loss": h["train_loss"],
-                            f"{prefix}train_nme": h["train_nme"]})
-        history.append(row)
+              "regression": s, "choices": parts["choices"], "fused": final, "streams": streams,
+              "train_config": parts["train_config"]}
+
+    def fused_columns(out):
+        fm = regression_metrics(out, y, s)
+        return {"test_auc": fm["auc"], "test_nme": fm["nme"]}
+
+    history = history_rows(result, modalities, fused_columns, ("test_auc", "train_loss", "train_nme"))
     ced = []
     for r in roles:
         errors = nme(result["fused"][r][-1], y, s["normalize"], s["eyes"])

@@ -48,3 +48,31 @@ def toy_tensors(n_per_class: int = 6, classes: int = 3, frames: int = 4, size: i
             ys.append(k)
     x = torch.from_numpy(np.stack(xs)).float().div(255).sub(0.2).div(0.3).permute(0, 1, 4, 2, 3).contiguous()
     return x, torch.tensor(ys)
+
+
+def pretrained_search_project(root: Path, search: dict, experiment: str) -> Path:
+    """A tiny rgb project under `root` ready for the search stage: Arrow clips, params.yaml (rgb, 16 px, T=4,
+    gru cells, `search` overrides on top) and a 1-epoch pretrained vgg_mini; returns `root`."""
+    import yaml
+
+    from stages import pretrain
+
+    make_clips(root / "clips", per_split={"train": 3, "val": 2})
+    params = {
+        "extract": {"modalities": ["rgb"], "size": 16, "frames": 4},
+        "pretrain": {"modalities": ["rgb"], "epochs": 1, "batch_size": 16},
+        "search": {"modality": "rgb", "cells": ["gru"], "sih": [False], "baselines": [1], "batch_size": 4,
+                   "storage_path": str(root / "ray"), **search},
+        "evaluate": {"modalities": ["rgb"]},
+        "mlflow": {"tracking_uri": f"sqlite:///{root}/mlflow.db", "experiment": experiment},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    pretrain.main(["--params", str(root / "params.yaml"), "--clips", str(root / "clips"),
+                   "--out", str(root / "pretrained")])
+    return root
+
+
+def search_args(root: Path, params: str = "params.yaml", out: str = "search") -> list[str]:
+    """The search stage's command-line arguments for a `pretrained_search_project`."""
+    return ["--params", str(root / params), "--clips", str(root / "clips"), "--pretrained",
+            str(root / "pretrained"), "--out", str(root / out), "--quiet"]

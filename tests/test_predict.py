@@ -21,6 +21,7 @@ from pipeline.extraction import extract_manifest
 from pipeline.params import DataParams, ExtractParams, SyntheticParams
 from pipeline.predict import Predictor, PredictError, expand_inputs, resolve_model
 from pipeline.sources import ingest, resolve
+from tests.mlflow_store import use_mlflow_store
 
 ROOT = Path(__file__).resolve().parents[1]
 T, SIZE = 6, 16
@@ -191,17 +192,8 @@ def test_mlflow_pyfunc_round_trip(world, tmp_path, monkeypatch):
 
     from pipeline.pyfunc import log_predictor
 
-    import mlflow.tracking._model_registry.utils as registry_utils
-    import mlflow.tracking._tracking_service.utils as tracking_utils
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)  # restored after the test: set_registry_uri also sets it
-    # not mlflow.set_tracking_uri / set_registry_uri: their globals and MLFLOW_*_URI variables would stay set for
-    # the later tests (test_evaluate_stage's MlflowClient then searched this test's registry); resolve_model sets
-    # them again below, monkeypatch restores both here and the environment after the test
-    monkeypatch.setattr(tracking_utils, "_tracking_uri", uri)
-    monkeypatch.setattr(registry_utils, "_registry_uri", uri)
+    use_mlflow_store(monkeypatch, uri)  # resolve_model below sets the URIs again; restored after the test
     exp = mlflow.create_experiment("predict-test", artifact_location=str(tmp_path / "artifacts"))
     with mlflow.start_run(experiment_id=exp) as run:
         info = log_predictor(world["final"], registered_model_name="predict-test")

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.params import ParamsError, validate_params
 from tests.dvc_project import make_project, run
+from tests.mlflow_store import use_mlflow_store
 
 PARAMS = {
     "task": "regression",
@@ -122,15 +123,7 @@ def test_mlflow_pyfunc_predictor_returns_landmarks(run_dir, monkeypatch):
 
     from pipeline.predict import Predictor
 
-    import mlflow.tracking._model_registry.utils as registry_utils
-    import mlflow.tracking._tracking_service.utils as tracking_utils
-
-    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)  # restored after the test: set_registry_uri also sets it
-    # not mlflow.set_tracking_uri / set_registry_uri: they stay set (and set os.environ) for the later tests
-    monkeypatch.setattr(tracking_utils, "_tracking_uri", uri)
-    monkeypatch.setattr(registry_utils, "_registry_uri", uri)
+    use_mlflow_store(monkeypatch, f"sqlite:///{run_dir / 'mlflow.db'}")
     assert json.loads((run_dir / "reports/evaluation.json").read_text())["mlflow"]["predictor_uri"]
     model = mlflow.pyfunc.load_model("models:/e2e-reg-final-predictor/1")
     rows = [r for r in csv.DictReader((run_dir / "data/ingest/manifest.csv").open()) if r["split"] == "test"]

@@ -9,35 +9,15 @@ import time
 import pytest
 import yaml
 
-from tests.search_fixtures import make_clips
+from tests.search_fixtures import pretrained_search_project, search_args
 
 FAULTS = {"prernn-gru-fc6": "nan", "traditional-gru-1": "raise", "prernn-gru-fc7": "raise_once"}
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    from stages import pretrain
-
-    root = tmp_path_factory.mktemp("faults")
-    make_clips(root / "clips", per_split={"train": 3, "val": 2})
-    params = {
-        "extract": {"modalities": ["rgb"], "size": 16, "frames": 4},
-        "pretrain": {"modalities": ["rgb"], "epochs": 1, "batch_size": 16},
-        # layers null: fc6, fc7, fc6+fc7, plus the 1-layer baseline = 4 trials
-        "search": {"modality": "rgb", "cells": ["gru"], "sih": [False], "baselines": [1], "epochs": 2,
-                   "batch_size": 4, "max_failures": 1, "storage_path": str(root / "ray")},
-        "evaluate": {"modalities": ["rgb"]},
-        "mlflow": {"tracking_uri": f"sqlite:///{root}/mlflow.db", "experiment": "faults"},
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    pretrain.main(["--params", str(root / "params.yaml"), "--clips", str(root / "clips"),
-                   "--out", str(root / "pretrained")])
-    return root
-
-
-def _args(root, params="params.yaml", out="search"):
-    return ["--params", str(root / params), "--clips", str(root / "clips"), "--pretrained", str(root / "pretrained"),
-            "--out", str(root / out), "--quiet"]
+    # layers null: fc6, fc7, fc6+fc7, plus the 1-layer baseline = 4 trials
+    return pretrained_search_project(tmp_path_factory.mktemp("faults"), {"epochs": 2, "max_failures": 1}, "faults")
 
 
 def test_faulty_trials_fail_alone_are_retried_and_show_as_failed(workdir, monkeypatch):
@@ -47,7 +27,7 @@ def test_faulty_trials_fail_alone_are_retried_and_show_as_failed(workdir, monkey
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("PRERNN_TEST_FAULTS", json.dumps(FAULTS))
-    search.main(_args(workdir))
+    search.main(search_args(workdir))
     trials = {t["name"]: t for t in json.loads((workdir / "search" / "trials.json").read_text())}
     assert set(trials) == {"prernn-gru-fc6", "prernn-gru-fc7", "prernn-gru-fc6+fc7", "traditional-gru-1"}
     status = {n: t["status"] for n, t in trials.items()}
@@ -105,7 +85,7 @@ def test_more_gpus_per_trial_than_the_cluster_has_stops_before_any_trial(workdir
     before = len(tracking.client(uri).search_runs([exp.experiment_id])) if exp else 0
     t0 = time.perf_counter()
     with pytest.raises(SystemExit) as exc:
-        search.main(_args(workdir, "gpus.yaml", "search_gpus"))
+        search.main(search_args(workdir, "gpus.yaml", "search_gpus"))
     assert exc.value.code == 2 and time.perf_counter() - t0 < 60
     err = capsys.readouterr().err
     assert "search.gpus_per_trial: 2: more than the Ray cluster has: 0 GPUs" in err, err

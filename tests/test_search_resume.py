@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.search_fixtures import make_clips
+from tests.search_fixtures import pretrained_search_project, search_args
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -22,22 +21,8 @@ TRIALS = ("prernn-gru-fc6", "prernn-gru-fc7", "prernn-gru-fc6+fc7", "traditional
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    from stages import pretrain
-
-    root = tmp_path_factory.mktemp("resume")
-    make_clips(root / "clips", per_split={"train": 3, "val": 2})
-    params = {
-        "extract": {"modalities": ["rgb"], "size": 16, "frames": 4},
-        "pretrain": {"modalities": ["rgb"], "epochs": 1, "batch_size": 16},
-        "search": {"modality": "rgb", "cells": ["gru"], "sih": [False], "baselines": [1], "epochs": EPOCHS,
-                   "batch_size": 4, "max_concurrent": 1, "storage_path": str(root / "ray")},
-        "evaluate": {"modalities": ["rgb"]},
-        "mlflow": {"tracking_uri": f"sqlite:///{root}/mlflow.db", "experiment": "resume"},
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    pretrain.main(["--params", str(root / "params.yaml"), "--clips", str(root / "clips"),
-                   "--out", str(root / "pretrained")])
-    return root
+    return pretrained_search_project(tmp_path_factory.mktemp("resume"), {"epochs": EPOCHS, "max_concurrent": 1},
+                                     "resume")
 
 
 def _reports(trial_dir: Path) -> list[tuple[int, str]]:
@@ -62,8 +47,7 @@ def _trial_dirs(root: Path) -> dict[str, Path]:
 
 
 def _cmd(root):
-    return [sys.executable, "-m", "stages.search", "--params", str(root / "params.yaml"), "--clips",
-            str(root / "clips"), "--pretrained", str(root / "pretrained"), "--out", str(root / "search"), "--quiet"]
+    return [sys.executable, "-m", "stages.search", *search_args(root)]
 
 
 def _env():
