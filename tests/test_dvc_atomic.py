@@ -26,8 +26,7 @@ def _digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture()
 def project(tmp_path):
-    if not DVC.exists():
-        pytest.skip("dvc is not installed beside this python")
+    assert DVC.exists(), f"{DVC}: dvc is a pinned requirement and must be installed beside this python"
     root = tmp_path / "proj"
     root.mkdir()
     for name in ("dvc.yaml", "params.yaml"):

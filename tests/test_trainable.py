@@ -17,7 +17,7 @@ CONTRACT_KEYS = set(ROW_KEYS) | {"gate_stats", "history", "config"}
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray = pytest.importorskip("ray")
+    import ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
     yield ray
     ray.shutdown()
