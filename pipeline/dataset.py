@@ -5,6 +5,12 @@
 start], label int), normalised as (x/255 - mean) / std with the per-channel constants of the
 train split stored in the files' `prernn.normalization` metadata.
 `FrameDataset`: every frame of every clip -> ((C, H, W) [or (C, L, H, W)], label).
+`raw=True` (either dataset): items stay uint8 as stored, channels last ((T, H, W, C), snippets (T, L, H, W, C),
+frames (H, W, C) / (L, H, W, C)), a copy of the mapped bytes and nothing else; `dataset.normalizer()` is the
+`Normalize` module that turns a batch of them into exactly the float items above, on whatever device the batch
+is on (the training loop and the trunk cache apply it after the transfer: `device_normalizer`). This is
+MMAction2's split of the work (uint8 from the loader, a data preprocessor on the device): a loader that
+normalises to float32 per item spends as long on that as on reading the clip (bench.data).
 Regression clips (a `landmarks` column, metadata `prernn.task: regression`): the target is the clip's
 landmarks, float32 (T, K, 2) in [0, 1] coordinates (a frame's (K, 2) in FrameDataset), instead of the label;
 `.task` is "regression" and `.num_classes` the 2K outputs of the regression head.
@@ -41,11 +47,45 @@ def normalise(x: np.ndarray, mean, std, *, channels_first: bool = False) -> torc
     return torch.from_numpy(out)
 
 
+class Normalize(torch.nn.Module):
+    """uint8 channels-last batches -> the normalised float32 channels-first tensors `normalise` makes.
+
+    (..., H, W, C) -> (..., C, H, W); with ``snippet``: (..., L, H, W, C) -> (..., C, L, H, W). The same float32
+    operations in the same order as `normalise` (x * (1 / (255 std)), then + (-mean / std)): equal bit for bit.
+    """
+
+    def __init__(self, mean, std, *, snippet: bool = False):
+        super().__init__()
+        mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        self.register_buffer("scale", torch.tensor(1 / 255.0, dtype=torch.float32) / std, persistent=False)  # (C,)
+        self.register_buffer("shift", -mean / std, persistent=False)  # (C,)
+        self.snippet = snippet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.to(torch.float32).mul_(self.scale).add_(self.shift)  # (..., [L,] H, W, C)
+        n = y.dim()
+        lead = list(range(n - (4 if self.snippet else 3)))
+        order = lead + ([n - 1, n - 4, n - 3, n - 2] if self.snippet else [n - 1, n - 3, n - 2])
+        return y.permute(order).contiguous()  # (..., C, [L,] H, W)
+
+
+def device_normalizer(data) -> "Normalize | None":
+    """The `Normalize` for `data` when it is a raw (uint8) ClipDataset / FrameDataset, else None."""
+    return data.normalizer() if getattr(data, "raw", False) else None
+
+
+def _snippet_index(frames: int, snippet: int) -> np.ndarray:
+    """(T, L) frame indices: snippet t holds frames t-L+1..t, the first frame repeated at the start."""
+    t = np.arange(frames)
+    return np.clip(t[:, None] - snippet + 1 + np.arange(snippet)[None], 0, None)
+
+
 class ClipDataset(Dataset):
     """Clips of one modality from one split (or a list of splits) of a clips folder."""
 
-    def __init__(self, clips_dir, split, modality: str, *, snippet: int | None = None):
+    def __init__(self, clips_dir, split, modality: str, *, snippet: int | None = None, raw: bool = False):
         self.clips_dir = Path(clips_dir)
+        self.raw = bool(raw)
         self.splits = [split] if isinstance(split, str) else list(split)
         self.files = [f for s in self.splits for f in split_files(self.clips_dir, s)]
         self.meta = read_meta(self.files[0])
@@ -101,14 +141,22 @@ class ClipDataset(Dataset):
     def _normalise(self, x: np.ndarray) -> torch.Tensor:  # (..., H, W, C) uint8 -> float32 same shape
         return normalise(x, self._mean, self._std)
 
+    def normalizer(self) -> Normalize:
+        """The module that makes a batch of this dataset's raw items into its normalised items."""
+        return Normalize(self._mean, self._std, snippet=bool(self.snippet))
+
     def __len__(self) -> int:
         return len(self._index)
 
     def __getitem__(self, i: int):
+        if self.raw:
+            clip = self._clip(i)  # (T, H, W, C) view
+            if self.snippet:
+                clip = clip[_snippet_index(clip.shape[0], self.snippet)]  # (T, L, H, W, C), a new array
+            return torch.from_numpy(np.array(clip)), self.target(i)  # the view copied: the map is read-only
         x = normalise(self._clip(i), self._mean, self._std, channels_first=True)  # (T, C, H, W)
         if self.snippet:
-            t = torch.arange(x.shape[0])
-            idx = (t[:, None] - self.snippet + 1 + torch.arange(self.snippet)[None]).clamp(min=0)  # (T, L)
+            idx = torch.from_numpy(_snippet_index(x.shape[0], self.snippet))  # (T, L)
             x = x[idx].permute(0, 2, 1, 3, 4)  # (T, L, C, H, W) -> (T, C, L, H, W)
         return x.contiguous(), self.target(i)
 
@@ -123,8 +171,10 @@ class ClipDataset(Dataset):
 class FrameDataset(Dataset):
     """Every frame of every clip of a ClipDataset: item -> ((C, H, W) [or (C, L, H, W)], label)."""
 
-    def __init__(self, clips_dir, split, modality: str, *, snippet: int | None = None):
-        self.clips = ClipDataset(clips_dir, split, modality, snippet=snippet)
+    def __init__(self, clips_dir, split, modality: str, *, snippet: int | None = None, raw: bool = False):
+        self.clips = ClipDataset(clips_dir, split, modality, snippet=snippet, raw=raw)
+        self.raw = self.clips.raw
+        self.normalizer = self.clips.normalizer
         self.frames = 0 if self.clips.shape is None else self.clips.shape[0]
         self.class_names, self.num_classes = self.clips.class_names, self.clips.num_classes
         self.task = self.clips.task
@@ -138,8 +188,11 @@ class FrameDataset(Dataset):
     def __getitem__(self, i: int):
         c, t = divmod(i, self.frames)
         raw = self.clips._clip(c)  # (T, H, W, C)
+        idx = _snippet_index(self.frames, self.snippet)[t] if self.snippet else None  # (L,)
+        if self.raw:
+            frames = raw[idx] if self.snippet else raw[t]
+            return torch.from_numpy(np.array(frames)), self.clips.target(c, t)  # (H, W, C) / (L, H, W, C) uint8
         if self.snippet:
-            idx = np.clip(np.arange(t - self.snippet + 1, t + 1), 0, None)
             x = self.clips._normalise(raw[idx]).permute(3, 0, 1, 2)  # (L, H, W, C) -> (C, L, H, W)
         else:
             x = normalise(raw[t], self.clips._mean, self.clips._std, channels_first=True)  # (C, H, W)

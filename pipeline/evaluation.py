@@ -191,8 +191,8 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
     for m in modalities:
         bb = load_backbone(Path(pretrained_dir) / f"{m}.pt")
         snippet = int(bb.config.get("kwargs", {}).get("snippet", 4)) if bb.is_3d else None
-        train_ds = ClipDataset(clips_dir, ["train", "val"], m, snippet=snippet)
-        test_ds = ClipDataset(clips_dir, "test", m, snippet=snippet)
+        train_ds = ClipDataset(clips_dir, ["train", "val"], m, snippet=snippet, raw=True)  # uint8, normalised on device
+        test_ds = ClipDataset(clips_dir, "test", m, snippet=snippet, raw=True)
         if len(test_ds) == 0 or len(train_ds) == 0:
             raise ValueError(f"{clips_dir}: modality {m}: {len(train_ds)} train+val clips, {len(test_ds)} test clips; "
                              "need both (data.test_fraction > 0)")
@@ -208,7 +208,8 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
         out.setdefault("meta", train_ds.meta)
         out.setdefault("task", train_ds.task)
         out["streams"][m] = {}
-        out["examples"][m] = torch.stack([test_ds[i][0] for i in range(min(2, len(test_ds)))])  # (2, T, C, H, W)
+        raw = torch.stack([test_ds[i][0] for i in range(min(2, len(test_ds)))])  # (2, T, H, W, C) uint8
+        out["examples"][m] = test_ds.normalizer()(raw)  # (2, T, C, H, W) float32
         for role, choice in choices.items():
             if choice is None:
                 continue

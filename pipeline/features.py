@@ -4,7 +4,8 @@ Every PreRNN conversion and every traditional baseline shares the stages before
 `prernn.trunk_boundary(backbone)` unchanged (only the chosen layers become recurrent, [0054]), so
 the search computes their output once per clip and each trial trains only the layers above.
 
-In: a Backbone and a clip dataset (items: float32 (T, C, H, W) [3D: (T, C, L, H, W)], label).
+In: a Backbone and a clip dataset (items: float32 (T, C, H, W) [3D: (T, C, L, H, W)], label; or a raw uint8
+ClipDataset, normalised on `device` before the trunk).
 Out: `SplitTensors(x, y, start)`: x (N, T, *F) float32 features entering stage `start`
 (or the raw clips with start None when the trunk is not cached), y (N,) int64 (regression: landmarks (N, T, K, 2) float32).
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from torch.utils.data import DataLoader
+from pipeline.train import batches
 
 
 def _target(y) -> torch.Tensor:
@@ -40,9 +41,9 @@ class SplitTensors:
 
 @torch.no_grad()
 def clip_tensors(dataset, batch_size: int = 16) -> SplitTensors:
-    """All clips of `dataset` as one tensor (N, T, ...) and their labels (N,)."""
+    """All clips of `dataset` as one normalised float32 tensor (N, T, ...) and their labels (N,)."""
     xs, ys = [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for x, y in batches(dataset, batch_size, torch.device("cpu")):
         xs.append(x.float())
         ys.append(_target(y))
     return SplitTensors(torch.cat(xs), torch.cat(ys), None)
@@ -55,14 +56,15 @@ def trunk_features(backbone: torch.nn.Module, dataset, boundary: str, *, batch_s
 
     dataset items (T, C, H, W) -> x (N, T, *F): the features entering stage `boundary`.
     """
+    device = torch.device(device)
     backbone = backbone.to(device).eval()
     xs, ys = [], []
-    for clips, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for clips, y in batches(dataset, batch_size, device):  # clips (B, T, C, H, W) float32 on device
         b, t = clips.shape[:2]
-        frames = clips.reshape(b * t, *clips.shape[2:]).float().to(device)  # (B*T, C, H, W)
+        frames = clips.reshape(b * t, *clips.shape[2:]).float()  # (B*T, C, H, W)
         feats = backbone.forward_stages(frames, stop=boundary)  # (B*T, *F)
         xs.append(feats.reshape(b, t, *feats.shape[1:]).cpu())  # (B, T, *F)
-        ys.append(_target(y))
+        ys.append(_target(y.cpu()))
     return SplitTensors(torch.cat(xs), torch.cat(ys), boundary)
 
 

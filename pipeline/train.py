@@ -12,6 +12,8 @@ trained CNN (`model.inherited_parameters()`) and `lr_new` for the new hidden-to-
 Reproducible: every epoch reseeds torch / numpy / random from (seed, epoch) and shuffles with its
 own generator, so a run resumed from an epoch checkpoint continues exactly as an unbroken run.
 A loss that stops being finite raises `NonFiniteLoss` (the trial is then marked failed).
+Raw datasets (`ClipDataset(..., raw=True)`: uint8 items) are normalised on the training device after the
+transfer (`pipeline.dataset.device_normalizer`), so the loader only copies bytes.
 
 Regression (task: regression, float targets: landmarks (B, [T,] K, 2)): the 2K outputs are decoded to
 landmarks and trained with `regression["loss"]` (pipeline.metrics.landmark_loss, at every time step);
@@ -85,6 +87,21 @@ def clip_loss_and_probs(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Te
     return loss, probs
 
 
+def batches(data, batch_size: int, device, *, shuffle: bool = False, generator=None):
+    """(x, y) batches of `data` on `device`; a raw dataset's uint8 x normalised there (float32, as its items)."""
+    from pipeline.dataset import device_normalizer
+
+    normalize = device_normalizer(data)
+    if normalize is not None:
+        normalize = normalize.to(device)
+    pin = device.type == "cuda"
+    loader = DataLoader(as_dataset(data), batch_size=batch_size, shuffle=shuffle, generator=generator, pin_memory=pin)
+    for x, y in loader:
+        x = x.to(device, non_blocking=pin)
+        y = y.to(device, non_blocking=pin) if y.is_floating_point() else y.to(device, non_blocking=pin).long()
+        yield (x if normalize is None else normalize(x)), y
+
+
 def as_dataset(data) -> Dataset:
     """A Dataset, or an (x, y) pair of tensors -> a Dataset."""
     if isinstance(data, Dataset):
@@ -120,13 +137,11 @@ class Trainer:
         """One pass over `data` (shuffled); returns {"train_loss", "train_acc", "clips_per_sec"}."""
         seed_everything(self.seed * 100_003 + self.epoch)
         gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-        loader = DataLoader(as_dataset(data), batch_size=self.batch_size, shuffle=True, generator=gen)
         self.model.train()
         total, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
         regression = False
-        for step, (x, y) in enumerate(loader):
+        for step, (x, y) in enumerate(batches(data, self.batch_size, self.device, shuffle=True, generator=gen)):
             regression = y.is_floating_point()
-            x, y = x.to(self.device), (y.to(self.device) if regression else y.to(self.device).long())
             loss, probs = self._loss(_forward(self.model, x, self.start), y)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"training loss became {loss.item()} at epoch {self.epoch + 1}, batch {step + 1}")
@@ -162,11 +177,9 @@ class Trainer:
         Regression: {"loss", "auc", "nme", "failure_rate", "probs": predicted landmarks (N, [T,] K, 2),
         "labels": true landmarks, "metrics": {"auc", "nme", "failure_rate"}} (pipeline.metrics).
         """
-        loader = DataLoader(as_dataset(data), batch_size=batch_size or self.batch_size, shuffle=False)
         self.model.eval()
         losses, probs, labels = [], [], []
-        for x, y in loader:
-            x, y = x.to(self.device), (y.to(self.device) if y.is_floating_point() else y.to(self.device).long())
+        for x, y in batches(data, batch_size or self.batch_size, self.device):
             loss, p = self._loss(_forward(self.model, x, self.start), y)
             losses.append(loss.item() * len(y))
             probs.append(p.cpu())

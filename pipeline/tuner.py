@@ -39,9 +39,25 @@ def trial_dirname(trial) -> str:
     return f"{trial.config['arch']['name']}_{trial.trial_id}"
 
 
-def fingerprint(search, tracking_uri: str, experiment: str, backbone_ckpt: dict, splits: dict, space: list) -> str:
-    """A short hash of everything that decides the trial results (not the resources)."""
+def code_digest(packages=None) -> str:
+    """sha256 of the source of `packages` (default: the `prernn` and `pipeline` packages, the code a trial runs;
+    every .py file, by relative path). Part of the fingerprint, so a search rerun after a code change (DVC reruns
+    the stage for it) trains afresh instead of restoring results the old code computed."""
+    import prernn
+
     h = hashlib.sha256()
+    for pkg in packages or (Path(prernn.__file__).parent, Path(__file__).parent):
+        pkg = Path(pkg)
+        for f in sorted(pkg.rglob("*.py")):
+            h.update(f"{pkg.name}/{f.relative_to(pkg).as_posix()}".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(search, tracking_uri: str, experiment: str, backbone_ckpt: dict, splits: dict, space: list) -> str:
+    """A short hash of everything that decides the trial results (not the resources): the search params,
+    the MLflow target, the space, the pretrained weights, the cached inputs and the code (`code_digest`)."""
+    h = hashlib.sha256(code_digest().encode())
     keep = {k: v for k, v in search.model_dump().items()
             if k not in ("address", "max_concurrent", "storage_path", "cpus_per_trial", "gpus_per_trial")}
     h.update(json.dumps([keep, tracking_uri, experiment, space], sort_keys=True, default=str).encode())

@@ -67,7 +67,9 @@ def resize_frame(img: np.ndarray, size: int, mode: str) -> np.ndarray:
 
 
 def encode_flow(flow: np.ndarray, bound: float) -> np.ndarray:
-    """(H, W, 2) float flow in pixels -> (H, W, 3) uint8 (dx, dy, magnitude), per patent [0024]."""
+    """(..., H, W, 2) float flow in pixels -> (..., H, W, 3) uint8 (dx, dy, magnitude), per patent [0024]."""
+    if flow.ndim > 3:  # a stack of flows: one pass of each OpenCV call over (N*H, W)
+        return encode_flow(flow.reshape(-1, *flow.shape[-2:]), bound).reshape(flow.shape[:-1] + (3,))
     fx, fy = cv2.split(np.clip(flow, -bound, bound).astype(np.float32, copy=False))
     mag = cv2.magnitude(fx, fy)  # of the clipped vector, so within [0, bound*sqrt(2)]
     # convertScaleAbs: saturate(round(|a*x + b|)), round half to even like np.rint; all values are >= 0 here
@@ -179,11 +181,10 @@ def flow_clip(frames: np.ndarray, p: dict, computer: FlowComputer | None = None)
     """(T, H, W, 3) RGB uint8 -> (T, H, W, 3) encoded flow; flow[t] is frame t-1 -> t, flow[0] zero."""
     computer = computer or FlowComputer(p["flow_method"], p["dis_preset"])
     grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    out = np.empty(frames.shape[:3] + (3,), np.uint8)
-    out[0] = encode_flow(np.zeros(frames.shape[1:3] + (2,), np.float32), p["flow_bound"])
+    flow = np.zeros(frames.shape[:3] + (2,), np.float32)  # (T, H, W, 2)
     for t in range(1, len(frames)):
-        out[t] = encode_flow(computer(grey[t - 1], grey[t]), p["flow_bound"])
-    return out
+        flow[t] = computer(grey[t - 1], grey[t])
+    return encode_flow(flow, p["flow_bound"])
 
 
 def read_clip(path, extract_params, depth_path=None, offset: int = 0, total: int | None = None,

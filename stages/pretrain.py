@@ -28,13 +28,13 @@ def pretrain_modality(p, extract, clips_dir: Path, modality: str, regression: di
     seed_everything(p.seed)
     kwargs = {"input_size": extract.size} if p.backbone == "vgg_mini" else {}
     snippet = 4 if p.backbone == "c3d_mini" else None
-    train = FrameDataset(clips_dir, "train", modality, snippet=snippet)
-    val = FrameDataset(clips_dir, "val", modality, snippet=snippet)
+    train = FrameDataset(clips_dir, "train", modality, snippet=snippet, raw=True)  # uint8, normalised on the device
+    val = FrameDataset(clips_dir, "val", modality, snippet=snippet, raw=True)
     if train.task == "regression" and p.backbone in ("vgg_mini", "vgg16"):
         # no dropout on fc6/fc7 for landmark regression: with the classification default 0.5 the coordinates
         # stay near the mean shape (tiny set: val AUC@0.08 0.000 after 10 epochs, 0.135 without dropout)
         kwargs["dropout"] = 0.0
-    in_channels = train[0][0].shape[0]
+    in_channels = train[0][0].shape[-1]  # (H, W, C) / (L, H, W, C)
     model = prernn.create_backbone(p.backbone, train.num_classes, in_channels=in_channels, **kwargs)
     if p.weights:
         try:

@@ -77,7 +77,7 @@ def main(argv=None) -> None:
 
     seed_everything(search.seed)
     snippet = backbone.config["kwargs"].get("snippet") if backbone.is_3d else None
-    datasets = {split: ClipDataset(args.clips, split, search.modality, snippet=snippet) for split in ("train", "val")}
+    datasets = {split: ClipDataset(args.clips, split, search.modality, snippet=snippet, raw=True) for split in ("train", "val")}
     splits = prepare_splits(backbone, datasets, boundary, cache_trunk=search.cache_trunk)
     print(f"search: {len(space)} trials on {search.modality} ({ckpt['config']['name']}, candidates {candidates}, "
           f"{'cached trunk below ' + boundary if search.cache_trunk else 'whole net fine-tuned'}; "

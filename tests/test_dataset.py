@@ -94,3 +94,40 @@ def test_missing_modality_is_named(clips):
     folder, _ = clips
     with pytest.raises(ValueError, match="modality 'thermal' not extracted"):
         ClipDataset(folder, "train", "thermal")
+
+
+@pytest.mark.parametrize("kind,snippet,shape", [("clip", None, (4, 16, 16, 3)), ("clip", 3, (4, 3, 16, 16, 3)),
+                                                ("frame", None, (16, 16, 3)), ("frame", 2, (2, 16, 16, 3))])
+def test_raw_items_are_the_stored_bytes_and_normalize_on_device_gives_the_float_items(clips, kind, snippet, shape):
+    folder, _ = clips
+    make = ClipDataset if kind == "clip" else FrameDataset
+    raw, ref = make(folder, "val", "rgb", snippet=snippet, raw=True), make(folder, "val", "rgb", snippet=snippet)
+    assert raw.raw and not ref.raw and len(raw) == len(ref)
+    x, y = raw[len(raw) - 1]
+    assert x.dtype == torch.uint8 and tuple(x.shape) == shape and y == ref[len(ref) - 1][1]
+    if kind == "clip" and snippet is None:
+        np.testing.assert_array_equal(x.numpy(), ref._clip(len(ref) - 1))
+    batch = torch.stack([raw[i][0] for i in range(len(raw))])  # (N, *shape) uint8
+    want = torch.stack([ref[i][0] for i in range(len(ref))])  # (N, ..., C, [L,] H, W) float32
+    got = raw.normalizer()(batch)
+    assert got.dtype == torch.float32 and got.shape == want.shape and got.is_contiguous()
+    assert torch.equal(got, want)  # bit for bit: the same float32 operations in the same order
+
+
+def test_trainer_on_raw_clips_matches_the_float_dataset(clips):
+    import prernn
+    from pipeline.features import prepare_splits
+    from pipeline.train import Trainer
+
+    folder, _ = clips
+    runs = []
+    for raw in (False, True):
+        torch.manual_seed(0)
+        cnn = prernn.create_backbone("vgg_mini", 3, input_size=16)
+        train, val = (ClipDataset(folder, s, "rgb", raw=raw) for s in ("train", "val"))
+        feats = prepare_splits(cnn, {"val": val}, prernn.trunk_boundary(cnn), cache_trunk=True)["val"].x
+        trainer = Trainer(prernn.convert(cnn, ["fc6"], "gru"), lr_inherited=1e-3, lr_new=1e-2, batch_size=4, seed=3)
+        rows = [trainer.fit_epoch(train, val) for _ in range(2)]
+        runs.append(([(r["train_loss"], r["val_loss"], r["val_acc"]) for r in rows], feats))
+    assert runs[0][0] == runs[1][0]
+    assert torch.equal(runs[0][1], runs[1][1])

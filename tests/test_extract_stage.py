@@ -133,3 +133,46 @@ def test_depth_only_where_the_source_has_it(tmp_path, messy):
         schema = pa.ipc.open_file(src).schema
     assert schema.names == ["rgb", "flow", "label", "video_id", "path"]
     assert json.loads(schema.metadata[b"prernn.modalities"]) == ["rgb", "flow"]
+
+
+def test_plan_tasks_puts_costly_videos_first_in_each_window_and_covers_every_row():
+    from pipeline.extraction import in_manifest_order, plan_tasks
+
+    rows = [{"frames": 10, "width": 48, "height": 48} for _ in range(150)]
+    for i in (5, 70, 149):
+        rows[i] = {"frames": 300, "width": 340, "height": 256}
+    tasks = plan_tasks(rows, workers=2, window=64)
+    flat = [i for t in tasks for i in t]
+    assert sorted(flat) == list(range(150))
+    assert [t for t in tasks if 149 in t] == [[149]] and [5] in tasks  # a long video is a task of its own
+    windows = [i // 64 for i in flat]
+    assert windows == sorted(windows)  # the windows are handed out one after the other
+    starts = [windows.index(w) for w in (0, 1, 2)]
+    assert [flat[k] for k in starts] == [5, 70, 149]  # each window's costliest video first
+    assert flat[starts[0] + 1:starts[0] + 4] == [0, 1, 2]  # equal costs keep manifest order
+    assert max(len(t) for t in tasks) <= 16
+    results = [[f"r{i}" for i in t] for t in tasks]
+    assert list(in_manifest_order(tasks, results)) == [f"r{i}" for i in range(150)]
+
+
+@pytest.mark.skipif(not (VIDEOS / "test.mp4").is_file(), reason=f"real test videos not found in {VIDEOS}")
+def test_mixed_lengths_reordered_for_the_pool_still_give_identical_files(tmp_path):
+    data = DataParams(synthetic=SyntheticParams(classes=["swipe_left", "swipe_right"], clips_per_class=6, frames=6, size=16))
+    rows, names = ingest(data, tmp_path / "ingest")
+    root = tmp_path / "real" / "real"
+    root.mkdir(parents=True)
+    for name in ("test.mp4", "part_0.mp4"):
+        shutil.copy(VIDEOS / name, root / name)
+    more, _ = ingest(DataParams(source="folder", root=str(tmp_path / "real"), val_fraction=0, test_fraction=0),
+                     tmp_path / "real-ingest")
+    rows = rows[:5] + [{**more[0], "label": 0}] + rows[5:] + [{**more[1], "label": 1}]  # long videos mid and last
+    for r in rows:
+        r["depth_path"] = ""
+    params = ExtractParams(**EXTRACT, shard_mb=1)
+    digests = []
+    for workers in (1, 2):
+        out = tmp_path / f"clips{workers}"
+        report = extract_manifest(rows, names, params, out, workers=workers, progress=False)
+        assert report["kept"] == len(rows), report["skipped"]
+        digests.append(_digests(out))
+    assert digests[0] == digests[1]

@@ -123,3 +123,29 @@ def test_killed_search_resumes_without_repeating_finished_trials(workdir):
             assert set(steps) == set(range(1, EPOCHS + 1)), (t["name"], steps)
     parents = client.search_runs([state["experiment_id"]], filter_string="tags.kind = 'search'")
     assert len(parents) == 1
+
+
+def test_code_change_changes_the_fingerprint_so_no_stale_results_are_restored(tmp_path, monkeypatch):
+    import torch
+
+    from pipeline import tuner
+    from pipeline.features import SplitTensors
+    from pipeline.params import SearchParams
+
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    before = tuner.code_digest([pkg])
+    assert tuner.code_digest([pkg]) == before
+    (pkg / "sub" / "b.py").write_text("y = 3\n")
+    assert tuner.code_digest([pkg]) != before
+    assert len(tuner.code_digest()) == 64  # the real packages are found and read
+
+    args = (SearchParams(), "sqlite:///x.db", "e", {"state_dict": {"w": torch.ones(2)}},
+            {"train": SplitTensors(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))}, [{"name": "a"}])
+    names = set()
+    for digest in ("old code", "new code", "old code"):
+        monkeypatch.setattr(tuner, "code_digest", lambda digest=digest: digest)
+        names.add(tuner.fingerprint(*args))
+    assert len(names) == 2
