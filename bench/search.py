@@ -67,8 +67,8 @@ def train_one(backbone, arch: dict, splits: dict, search: SearchParams, device="
     trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"], batch_size=cfg["batch_size"],
                       seed=int(cfg["seed"]), start=train.start, device=device)
     while trainer.epoch < int(cfg["epochs"]):
-        trainer.fit_epoch(train.pair(), val.pair())
-    prernn.gate_statistics(model, val.x.to(device), start=val.start)
+        trainer.fit_epoch(train, val)
+    prernn.gate_statistics(model, val.inputs(device), start=val.start)
     return time.perf_counter() - t0
 
 
@@ -184,8 +184,9 @@ def main(argv=None) -> list[tuple[str, float, float, str]]:
             import ray
             ngpu = torch.cuda.device_count() if device == "cuda" else 0
             ncpu = os.cpu_count() or 1
-            ray.init(num_cpus=ncpu, num_gpus=ngpu, include_dashboard=False, log_to_driver=False,
-                     logging_level="error")
+            from pipeline.ray_cluster import connect
+
+            connect(None, num_cpus=ncpu, num_gpus=ngpu, log_to_driver=False)  # as the search stage starts Ray
             try:
                 slots = int(ncpu // a.cpus_per_trial)
                 if a.gpus_per_trial > 0:

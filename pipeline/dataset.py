@@ -181,6 +181,7 @@ class FrameDataset(Dataset):
         self.meta = self.clips.meta
         self.labels = np.repeat(self.clips.labels, self.frames)
         self.snippet = snippet
+        self._snippets = _snippet_index(self.frames, snippet) if snippet else None  # (T, L)
 
     def __len__(self) -> int:
         return len(self.clips) * self.frames
@@ -188,7 +189,7 @@ class FrameDataset(Dataset):
     def __getitem__(self, i: int):
         c, t = divmod(i, self.frames)
         raw = self.clips._clip(c)  # (T, H, W, C)
-        idx = _snippet_index(self.frames, self.snippet)[t] if self.snippet else None  # (L,)
+        idx = self._snippets[t] if self.snippet else None  # (L,)
         if self.raw:
             frames = raw[idx] if self.snippet else raw[t]
             return torch.from_numpy(np.array(frames)), self.clips.target(c, t)  # (H, W, C) / (L, H, W, C) uint8

@@ -97,8 +97,8 @@ def train_and_test(model, train, test, *, epochs: int, cfg: dict, device, on_epo
                       regression=regression)
     history, probs = [], []
     for _ in range(int(epochs)):
-        row = trainer.train_epoch(train.pair())
-        res = trainer.evaluate(test.pair())
+        row = trainer.train_epoch(train)
+        res = trainer.evaluate(test)
         row = {"epoch": trainer.epoch, **row, "test_loss": res["loss"], **{f"test_{k}": v for k, v in res["metrics"].items()}}
         history.append(row)
         probs.append(res["probs"])
@@ -185,6 +185,7 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
     import prernn
     from pipeline.dataset import ClipDataset
     from pipeline.features import prepare_splits
+    from pipeline.train import seed_everything
 
     out = {"streams": {}, "fused": {}, "examples": {}}
     labels = None
@@ -214,6 +215,7 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
             if choice is None:
                 continue
             cfg = train_config(choice, search_params)
+            seed_everything(int(cfg["seed"]))  # the new weights' init must not depend on what ran before in this process
             model = model_for(choice, bb, cfg)
             log(f"evaluate: {m} {role} {choice['name']} (recurrent layers: {choice['layers'] or 'none'}), {epochs} epochs")
             history, probs = train_and_test(model, splits["train"], splits["test"], epochs=epochs, cfg=cfg,

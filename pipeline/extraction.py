@@ -72,9 +72,10 @@ def decode_cost(row: dict) -> float:
 
 def plan_tasks(rows: list[dict], workers: int, window: int = 64, max_rows: int = 16) -> list[list[int]]:
     """Row indices grouped into pool tasks. Within each window of `window` consecutive rows the costliest
-    (`decode_cost`) come first; consecutive rows of that order share a task up to `max_rows` rows or 1/8
-    of a worker's share of the total cost (fewer, larger tasks cost the main process less: bench.extract). Every index appears once; all of a window's tasks come before
-    the next window's, so at most about a window of results waits to be written in manifest order."""
+    (`decode_cost`) come first; consecutive rows of that order share a task up to `max_rows` rows or 1/8 of
+    a worker's share of the total cost (fewer, larger tasks cost the main process less: bench.extract).
+    Every index appears once; all of a window's tasks come before the next window's, so at most about a
+    window of results waits to be written in manifest order."""
     cost = [decode_cost(r) for r in rows]
     budget = sum(cost) / (8 * max(workers, 1))
     tasks: list[list[int]] = []

@@ -6,8 +6,11 @@ the search computes their output once per clip and each trial trains only the la
 
 In: a Backbone and a clip dataset (items: float32 (T, C, H, W) [3D: (T, C, L, H, W)], label; or a raw uint8
 ClipDataset, normalised on `device` before the trunk).
-Out: `SplitTensors(x, y, start)`: x (N, T, *F) float32 features entering stage `start`
-(or the raw clips with start None when the trunk is not cached), y (N,) int64 (regression: landmarks (N, T, K, 2) float32).
+Out: `SplitTensors(x, y, start, normalize)`: x (N, T, *F) float32 features entering stage `start`, or with start
+None (trunk not cached) the clips themselves: as stored, uint8 (N, T, H, W, C), with the dataset's `normalize`
+module for the device (a quarter of the float32 memory, in RAM and in Ray's object store), or float32 from a
+float dataset; y (N,) int64 (regression: landmarks (N, T, K, 2) float32).
+A SplitTensors is a Dataset of (x[i], y[i]): the training loop normalises its batches on the device.
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.dataset import device_normalizer
 from pipeline.train import batches
 
 
@@ -25,28 +31,44 @@ def _target(y) -> torch.Tensor:
 
 
 @dataclass
-class SplitTensors:
-    """One split held in memory: x (N, T, *F), y (N,), and the stage name x enters at (None: raw clips)."""
+class SplitTensors(Dataset):
+    """One split held in memory: x (N, T, *F), y (N,), the stage name x enters at (None: clips), and for uint8
+    clips the module that normalises a batch of them (pipeline.dataset.Normalize)."""
 
     x: torch.Tensor
     y: torch.Tensor
     start: Optional[str] = None
+    normalize: Optional[torch.nn.Module] = None
 
-    def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x, self.y
+    @property
+    def raw(self) -> bool:  # read by pipeline.dataset.device_normalizer
+        return self.normalize is not None
+
+    def normalizer(self) -> torch.nn.Module:
+        return self.normalize
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
 
     def __len__(self) -> int:
         return len(self.y)
 
+    def inputs(self, device="cpu") -> torch.Tensor:
+        """All of x on `device`, normalised: (N, T, *F) float32 (what the model takes)."""
+        x = self.x.to(device)
+        return x if self.normalize is None else self.normalize.to(device)(x)
+
 
 @torch.no_grad()
 def clip_tensors(dataset, batch_size: int = 16) -> SplitTensors:
-    """All clips of `dataset` as one normalised float32 tensor (N, T, ...) and their labels (N,)."""
+    """All clips of `dataset` as one tensor (N, T, ...) and their labels (N,): uint8 with the dataset's
+    normaliser for a raw dataset, else float32."""
+    normalize = device_normalizer(dataset)
     xs, ys = [], []
-    for x, y in batches(dataset, batch_size, torch.device("cpu")):
-        xs.append(x.float())
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        xs.append(x if normalize is not None else x.float())
         ys.append(_target(y))
-    return SplitTensors(torch.cat(xs), torch.cat(ys), None)
+    return SplitTensors(torch.cat(xs), torch.cat(ys), None, normalize)
 
 
 @torch.no_grad()

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from pipeline.dataset import device_normalizer
+
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or infinite."""
@@ -89,16 +91,14 @@ def clip_loss_and_probs(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Te
 
 def batches(data, batch_size: int, device, *, shuffle: bool = False, generator=None):
     """(x, y) batches of `data` on `device`; a raw dataset's uint8 x normalised there (float32, as its items)."""
-    from pipeline.dataset import device_normalizer
-
     normalize = device_normalizer(data)
     if normalize is not None:
         normalize = normalize.to(device)
     pin = device.type == "cuda"
     loader = DataLoader(as_dataset(data), batch_size=batch_size, shuffle=shuffle, generator=generator, pin_memory=pin)
     for x, y in loader:
-        x = x.to(device, non_blocking=pin)
-        y = y.to(device, non_blocking=pin) if y.is_floating_point() else y.to(device, non_blocking=pin).long()
+        x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+        y = y if y.is_floating_point() else y.long()
         yield (x if normalize is None else normalize(x)), y
 
 

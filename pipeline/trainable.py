@@ -118,7 +118,7 @@ def _gate_stats(model, val, device) -> dict:
 
     model.eval()
     with torch.no_grad():
-        return prernn.gate_statistics(model, val.x.to(device), start=val.start)
+        return prernn.gate_statistics(model, val.inputs(device), start=val.start)
 
 
 def _open_child_run(cfg: dict, state: dict, trial_id: str) -> str:
@@ -176,7 +176,7 @@ def train_trial(config: dict, data: dict) -> None:
                 row, replay = trainer.history[-1], False
             else:
                 _raise_fault(cfg.get("_fault"), trainer.epoch, resumed)
-                row = trainer.fit_epoch(train.pair(), val.pair())
+                row = trainer.fit_epoch(train, val)
                 tracking.log_metrics(uri, run_id, row, step=row["epoch"])
             metrics = {**row, "name": cfg["name"], "mlflow_run_id": run_id, "recurrent_params": recurrent_params,
                        "history_json": json.dumps(trainer.history), **node}

@@ -38,16 +38,23 @@ def make_clips(out_dir: Path, per_split=None, frames: int = 4, size: int = 16, s
     return Path(out_dir)
 
 
-def toy_tensors(n_per_class: int = 6, classes: int = 3, frames: int = 4, size: int = 16, seed: int = 0):
-    """(x float32 (N, T, 3, H, W) normalised, y int64 (N,)) of toy clips."""
+def toy_tensors(n_per_class: int = 6, classes: int = 3, frames: int = 4, size: int = 16, seed: int = 0,
+                raw: bool = False):
+    """(x float32 (N, T, 3, H, W) normalised, y int64 (N,)) of toy clips; raw: x as stored, uint8 (N, T, H, W, 3)
+    (normalised by pipeline.dataset.Normalize(TOY_MEAN, TOY_STD))."""
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for k in range(classes):
         for _ in range(n_per_class):
             xs.append(toy_clip(k, rng, frames, size))
             ys.append(k)
+    if raw:
+        return torch.from_numpy(np.stack(xs)), torch.tensor(ys)
     x = torch.from_numpy(np.stack(xs)).float().div(255).sub(0.2).div(0.3).permute(0, 1, 4, 2, 3).contiguous()
     return x, torch.tensor(ys)
+
+
+TOY_MEAN, TOY_STD = [0.2] * 3, [0.3] * 3
 
 
 def pretrained_search_project(root: Path, search: dict, experiment: str) -> Path:

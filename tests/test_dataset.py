@@ -131,3 +131,25 @@ def test_trainer_on_raw_clips_matches_the_float_dataset(clips):
         runs.append(([(r["train_loss"], r["val_loss"], r["val_acc"]) for r in rows], feats))
     assert runs[0][0] == runs[1][0]
     assert torch.equal(runs[0][1], runs[1][1])
+
+
+def test_uncached_splits_keep_uint8_clips_and_train_as_the_float_ones(clips):
+    import prernn
+    from pipeline.features import prepare_splits
+    from pipeline.train import Trainer
+
+    folder, _ = clips
+    runs = {}
+    for raw in (False, True):
+        torch.manual_seed(0)
+        cnn = prernn.create_backbone("vgg_mini", 3, input_size=16)
+        data = {s: ClipDataset(folder, s, "rgb", raw=raw) for s in ("train", "val")}
+        splits = prepare_splits(cnn, data, prernn.trunk_boundary(cnn), cache_trunk=False)
+        trainer = Trainer(prernn.convert(cnn, ["fc6"], "lstm"), lr_inherited=1e-3, lr_new=1e-2, batch_size=4, seed=1)
+        rows = [trainer.fit_epoch(splits["train"], splits["val"]) for _ in range(2)]
+        runs[raw] = (splits, [(r["train_loss"], r["val_loss"]) for r in rows])
+    f, u = runs[False][0]["val"], runs[True][0]["val"]
+    assert f.x.dtype == torch.float32 and u.x.dtype == torch.uint8 and u.x.shape == (len(u), 4, 16, 16, 3)
+    assert u.x.element_size() * 4 == f.x.element_size()  # a quarter of the memory
+    assert torch.equal(u.inputs(), f.x) and torch.equal(f.inputs(), f.x)
+    assert runs[False][1] == runs[True][1]

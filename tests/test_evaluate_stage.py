@@ -166,3 +166,20 @@ def test_select_then_evaluate_log_to_the_parent_run_and_register(workdir, monkey
     assert probs.shape == (2, len(CLASSES)) and torch.allclose(probs.sum(-1), torch.ones(2), atol=1e-5)
     info = mlflow.models.get_model_info(f"models:/test-final/{versions[0].version}")
     assert info.metadata["class_names"] == CLASSES
+
+
+def test_results_do_not_depend_on_what_drew_random_numbers_before(workdir):
+    """The new weights are initialised from the choice's seed, not from whatever state the global RNG was left in
+    (it once was: the number of DataLoader passes before the first model decided the test accuracy)."""
+    from pipeline.evaluation import run_evaluation
+    from pipeline.params import SearchParams
+
+    choices = {"selected": _selected(["fc6"], []), "baseline": None}
+    runs = []
+    for draws in (0, 7):
+        torch.manual_seed(123)
+        torch.rand(draws)  # some earlier work consumed random numbers
+        out = run_evaluation(workdir / "clips", workdir / "pretrained", choices, modalities=["rgb"], epochs=2,
+                             search_params=SearchParams(batch_size=4), log=lambda *_: None)
+        runs.append([h["train_loss"] for h in out["streams"]["rgb"]["selected"]["history"]])
+    assert runs[0] == runs[1]

@@ -29,8 +29,8 @@ def _trainer(model, start, seed=0):
 def test_sequence_model_learns_separable_toy_set():
     model, feats = _setup()
     trainer = _trainer(model, feats.start)
-    before = trainer.evaluate(feats.pair())["loss"]
-    history = fit(trainer, feats.pair(), feats.pair(), epochs=6)
+    before = trainer.evaluate(feats)["loss"]
+    history = fit(trainer, feats, feats, epochs=6)
     assert [r["epoch"] for r in history] == list(range(1, 7))
     assert history[-1]["val_acc"] == 1.0
     assert history[-1]["val_loss"] < before / 2
@@ -49,19 +49,19 @@ def test_frame_model_learns_too():
 
 def test_same_seed_same_metrics_and_resume_matches_unbroken_run():
     model, feats = _setup()
-    full = fit(_trainer(model, feats.start), feats.pair(), feats.pair(), epochs=3)
+    full = fit(_trainer(model, feats.start), feats, feats, epochs=3)
     model2, _ = _setup()
-    again = fit(_trainer(model2, feats.start), feats.pair(), feats.pair(), epochs=3)
+    again = fit(_trainer(model2, feats.start), feats, feats, epochs=3)
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("clips_per_sec", "epoch_seconds")} for r in h]  # noqa: E731
     assert strip(full) == strip(again)
     model3, _ = _setup()
     first = _trainer(model3, feats.start)
-    fit(first, feats.pair(), feats.pair(), epochs=2)
+    fit(first, feats, feats, epochs=2)
     state = first.state_dict()
     model4, _ = _setup(seed=5)  # different init: everything must come from the checkpoint
     resumed = _trainer(model4, feats.start)
     resumed.load_state_dict(state)
-    assert strip(fit(resumed, feats.pair(), feats.pair(), epochs=3)) == strip(full)
+    assert strip(fit(resumed, feats, feats, epochs=3)) == strip(full)
 
 
 def test_two_param_groups_inherited_and_new():
@@ -78,7 +78,7 @@ def test_nan_loss_raises_non_finite():
     with torch.no_grad():
         next(iter(model.new_parameters())).fill_(float("nan"))
     with pytest.raises(NonFiniteLoss, match="epoch 1"):
-        _trainer(model, feats.start).train_epoch(feats.pair())
+        _trainer(model, feats.start).train_epoch(feats)
 
 
 def test_loss_is_mean_over_time_steps_and_accuracy_uses_mean_probabilities():

@@ -95,9 +95,15 @@ def test_search_runs_trials_logs_child_runs_and_marks_nan_trial_failed(ray_sessi
 
 
 def test_same_seed_same_trial_metrics_without_cached_trunk(ray_session, inputs, tmp_path):
-    """Two trials with the same config (under two names) in one search train to the same metrics."""
+    """Two trials with the same config (under two names) in one search train to the same metrics, on uint8 clips
+    that travel through Ray's object store with their normaliser and are normalised in the trial."""
+    from pipeline.dataset import Normalize
+    from tests.search_fixtures import TOY_MEAN, TOY_STD
+
     ckpt, _, candidates, boundary = inputs
-    raw = {s: SplitTensors(*toy_tensors(n_per_class=2, seed=i), None) for i, s in enumerate(("train", "val"))}
+    raw = {s: SplitTensors(*toy_tensors(n_per_class=2, seed=i, raw=True), None, Normalize(TOY_MEAN, TOY_STD))
+           for i, s in enumerate(("train", "val"))}
+    assert raw["train"].x.dtype == torch.uint8
     search = SearchParams(cells=["gru"], sih=[False], layers=[["fc6"]], baselines=[], epochs=2, batch_size=3,
                           cache_trunk=False, storage_path=str(tmp_path / "ray"))
     (arch,) = build_space(search, candidates)
