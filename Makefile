@@ -23,6 +23,18 @@ repro: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+BENCHES := layers data extract search dvc stream
+
+# every CPU benchmark, one after another (about 3 minutes on 2 cores): full output in bench_out/NAME.txt,
+# the `target ...` lines on the terminal; fails if a benchmark fails (a missed target is printed, not a failure)
+bench: $(STAMP)
+	mkdir -p bench_out
+	for b in $(BENCHES); do \
+	  echo "== bench.$$b"; \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.$$b > bench_out/$$b.txt 2>&1 || { tail -20 bench_out/$$b.txt; exit 1; }; \
+	  grep '^target ' bench_out/$$b.txt; \
+	done
+
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 

@@ -52,8 +52,7 @@ class ChannelStats:
         """(count, sum, sum of squares) per channel of x/255 for a uint8 array (..., C), via histograms."""
         c = arr.shape[-1]
         flat = arr.reshape(-1, c)
-        codes = flat + (np.arange(c, dtype=np.int64) * 256)[None]  # channel k's values -> 256k + value
-        hist = np.bincount(codes.ravel(), minlength=256 * c).reshape(c, 256).astype(np.float64)  # (C, 256)
+        hist = np.stack([np.bincount(flat[:, k], minlength=256) for k in range(c)]).astype(np.float64)  # (C, 256)
         v = np.arange(256) / 255.0
         return len(flat), hist @ v, hist @ (v * v)
 

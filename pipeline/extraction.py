@@ -35,10 +35,11 @@ def _extract_one(row: dict):
     p = _worker_state["params"]
     mods = [m for m in p["modalities"] if m != "depth" or row["depth_path"]]
     info = {}
+    path = resolve(row["path"])
     try:
-        clip = read_clip(resolve(row["path"]), {**p, "modalities": mods},
+        clip = read_clip(path, {**p, "modalities": mods},
                          depth_path=resolve(row["depth_path"]) if row["depth_path"] else None,
-                         offset=int(row.get("offset") or 0), total=int(row["frames"]) if Path(resolve(row["path"])).is_dir() else None,
+                         offset=int(row.get("offset") or 0), total=int(row["frames"]) if path.is_dir() else None,
                          computer=_worker_state["flow"], info=info)
         if p.get("landmarks"):  # task: regression: the sampled frames' landmarks (T, K, 2), normalised
             from pipeline.landmarks import LandmarkError, clip_landmarks

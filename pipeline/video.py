@@ -13,6 +13,7 @@ mapped linearly to [0, 255], magnitude of the clipped vector mapped from [0, bou
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -99,9 +100,11 @@ class FlowComputer:
 
 def _open(path: Path, threads: int = 1) -> cv2.VideoCapture:
     """Open a video; threads=1 (default) decodes on one core, as extract's worker processes want; 0: FFmpeg's choice."""
-    if not Path(path).is_file():
-        raise VideoError("no such file")
-    if Path(path).stat().st_size == 0:
+    try:
+        size = os.stat(path).st_size  # one stat for "exists" and "not empty"
+    except FileNotFoundError:
+        raise VideoError("no such file") from None
+    if size == 0:
         raise VideoError("empty file")
     cap = cv2.VideoCapture(str(path), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, threads] if threads else [])
     if not cap.isOpened():
