@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.clipstore import ClipWriter
-from pipeline.dataset import ClipDataset, normalise
+from pipeline.dataset import ClipDataset, Normalize
 
 
 def synthetic_clip(rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
@@ -78,7 +78,8 @@ class RawFrameDataset(Dataset):
     normalised like ClipDataset, label)."""
 
     def __init__(self, dirs, labels, frames: int, mean=None, std=None):
-        self.dirs, self.labels, self.frames, self.mean, self.std = list(dirs), list(labels), frames, mean, std
+        self.dirs, self.labels, self.frames = list(dirs), list(labels), frames
+        self.normalize = None if mean is None else Normalize(mean, std)
 
     def __len__(self) -> int:
         return len(self.dirs)
@@ -87,9 +88,8 @@ class RawFrameDataset(Dataset):
         cv2.setNumThreads(1)
         imgs = [cv2.imread(str(self.dirs[i] / f"img_{t + 1:05d}.jpg"), cv2.IMREAD_COLOR) for t in range(self.frames)]
         x = np.stack([cv2.cvtColor(im, cv2.COLOR_BGR2RGB) for im in imgs])  # (T, H, W, 3)
-        if self.mean is None:
-            return torch.from_numpy(x), self.labels[i]
-        return normalise(x, self.mean, self.std, channels_first=True), self.labels[i]
+        x = torch.from_numpy(x)
+        return (x if self.normalize is None else self.normalize(x)), self.labels[i]
 
 
 def clips_per_sec(ds: Dataset, batch: int, workers: int, passes: int = 2) -> float:

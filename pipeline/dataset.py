@@ -7,8 +7,9 @@ train split stored in the files' `prernn.normalization` metadata.
 `FrameDataset`: every frame of every clip -> ((C, H, W) [or (C, L, H, W)], label).
 `raw=True` (either dataset): items stay uint8 as stored, channels last ((T, H, W, C), snippets (T, L, H, W, C),
 frames (H, W, C) / (L, H, W, C)), a copy of the mapped bytes and nothing else; `dataset.normalizer()` is the
-`Normalize` module that turns a batch of them into exactly the float items above, on whatever device the batch
-is on (the training loop and the trunk cache apply it after the transfer: `device_normalizer`). This is
+`Normalize` module that makes the float items above from them (a float item is that module applied to the raw
+item), for one item or a batch, on whatever device it is on (the training loop and the trunk cache apply it
+after the transfer: `device_normalizer`; `prernn predict` to the frames it decodes). This is
 MMAction2's split of the work (uint8 from the loader, a data preprocessor on the device): a loader that
 normalises to float32 per item spends as long on that as on reading the clip (bench.data).
 Regression clips (a `landmarks` column, metadata `prernn.task: regression`): the target is the clip's
@@ -31,27 +32,12 @@ from torch.utils.data import Dataset
 from pipeline.clipstore import read_meta, split_files
 
 
-def normalise(x: np.ndarray, mean, std, *, channels_first: bool = False) -> torch.Tensor:
-    """(..., H, W, C) uint8 -> float32 tensor, (x/255 - mean) / std per channel (also used by `prernn predict`).
-
-    Computed as x * (1 / (255 std)) - mean / std in two passes into one new array (bench.data);
-    ``channels_first``: the result is laid out (..., C, H, W) (contiguous) instead.
-    """
-    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    scale, shift = np.float32(1 / 255.0) / std, -mean / std  # (C,)
-    if channels_first:
-        x, scale, shift = np.moveaxis(x, -1, -3), scale[:, None, None], shift[:, None, None]
-    out = np.empty(x.shape, np.float32)
-    np.multiply(x, scale, out=out)
-    out += shift
-    return torch.from_numpy(out)
-
-
 class Normalize(torch.nn.Module):
-    """uint8 channels-last batches -> the normalised float32 channels-first tensors `normalise` makes.
+    """uint8 channels-last frames -> float32 channels-first, (x/255 - mean) / std per channel, computed as
+    x * (1 / (255 std)) + (-mean / std).
 
-    (..., H, W, C) -> (..., C, H, W); with ``snippet``: (..., L, H, W, C) -> (..., C, L, H, W). The same float32
-    operations in the same order as `normalise` (x * (1 / (255 std)), then + (-mean / std)): equal bit for bit.
+    (..., H, W, C) -> (..., C, H, W); with ``snippet``: (..., L, H, W, C) -> (..., C, L, H, W). A numpy array
+    (a decoded frame, a mapped clip) is copied into a tensor first.
     """
 
     def __init__(self, mean, std, *, snippet: bool = False):
@@ -61,7 +47,9 @@ class Normalize(torch.nn.Module):
         self.register_buffer("shift", -mean / std, persistent=False)  # (C,)
         self.snippet = snippet
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x) -> torch.Tensor:
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.array(x))  # copied: a view of a mapped file is read-only
         y = x.to(torch.float32).mul_(self.scale).add_(self.shift)  # (..., [L,] H, W, C)
         n = y.dim()
         lead = list(range(n - (4 if self.snippet else 3)))
@@ -74,7 +62,7 @@ def device_normalizer(data) -> "Normalize | None":
     return data.normalizer() if getattr(data, "raw", False) else None
 
 
-def _snippet_index(frames: int, snippet: int) -> np.ndarray:
+def snippet_index(frames: int, snippet: int) -> np.ndarray:
     """(T, L) frame indices: snippet t holds frames t-L+1..t, the first frame repeated at the start."""
     t = np.arange(frames)
     return np.clip(t[:, None] - snippet + 1 + np.arange(snippet)[None], 0, None)
@@ -98,8 +86,7 @@ class ClipDataset(Dataset):
         self.class_names = list(self.meta["prernn.class_names"])
         self.num_classes = len(self.class_names)
         norm = self.meta["prernn.normalization"][modality]
-        self._mean = np.asarray(norm["mean"], np.float32)
-        self._std = np.asarray(norm["std"], np.float32)
+        self._normalize = Normalize(norm["mean"], norm["std"], snippet=bool(snippet))
         self.task = self.meta.get("prernn.task", "classification")
         labels, index, points = [], [], []  # index: (file, chunk, row) per clip
         for fi, f in enumerate(self.files):
@@ -138,27 +125,19 @@ class ClipDataset(Dataset):
         fi, b, r = self._index[i]
         return self._views[fi][b][r]
 
-    def _normalise(self, x: np.ndarray) -> torch.Tensor:  # (..., H, W, C) uint8 -> float32 same shape
-        return normalise(x, self._mean, self._std)
-
     def normalizer(self) -> Normalize:
-        """The module that makes a batch of this dataset's raw items into its normalised items."""
-        return Normalize(self._mean, self._std, snippet=bool(self.snippet))
+        """The module that makes this dataset's raw items (one, or a batch) into its normalised items."""
+        return self._normalize
 
     def __len__(self) -> int:
         return len(self._index)
 
     def __getitem__(self, i: int):
-        if self.raw:
-            clip = self._clip(i)  # (T, H, W, C) view
-            if self.snippet:
-                clip = clip[_snippet_index(clip.shape[0], self.snippet)]  # (T, L, H, W, C), a new array
-            return torch.from_numpy(np.array(clip)), self.target(i)  # the view copied: the map is read-only
-        x = normalise(self._clip(i), self._mean, self._std, channels_first=True)  # (T, C, H, W)
+        clip = self._clip(i)  # (T, H, W, C) view
         if self.snippet:
-            idx = torch.from_numpy(_snippet_index(x.shape[0], self.snippet))  # (T, L)
-            x = x[idx].permute(0, 2, 1, 3, 4)  # (T, L, C, H, W) -> (T, C, L, H, W)
-        return x.contiguous(), self.target(i)
+            clip = clip[snippet_index(clip.shape[0], self.snippet)]  # (T, L, H, W, C), a new array
+        x = torch.from_numpy(np.array(clip))  # the view copied: the map is read-only
+        return (x if self.raw else self._normalize(x)), self.target(i)  # float: (T, C, [L,] H, W)
 
     def target(self, i: int, t: int | None = None):
         """Clip i's label, or in regression its landmarks (T, K, 2) [frame t: (K, 2)] as a float32 tensor."""
@@ -174,14 +153,14 @@ class FrameDataset(Dataset):
     def __init__(self, clips_dir, split, modality: str, *, snippet: int | None = None, raw: bool = False):
         self.clips = ClipDataset(clips_dir, split, modality, snippet=snippet, raw=raw)
         self.raw = self.clips.raw
-        self.normalizer = self.clips.normalizer
+        self.normalizer = self.clips.normalizer  # the same layouts: (..., [L,] H, W, C) -> (..., C, [L,] H, W)
         self.frames = 0 if self.clips.shape is None else self.clips.shape[0]
         self.class_names, self.num_classes = self.clips.class_names, self.clips.num_classes
         self.task = self.clips.task
         self.meta = self.clips.meta
         self.labels = np.repeat(self.clips.labels, self.frames)
         self.snippet = snippet
-        self._snippets = _snippet_index(self.frames, snippet) if snippet else None  # (T, L)
+        self._snippets = snippet_index(self.frames, snippet) if snippet else None  # (T, L)
 
     def __len__(self) -> int:
         return len(self.clips) * self.frames
@@ -189,12 +168,5 @@ class FrameDataset(Dataset):
     def __getitem__(self, i: int):
         c, t = divmod(i, self.frames)
         raw = self.clips._clip(c)  # (T, H, W, C)
-        idx = self._snippets[t] if self.snippet else None  # (L,)
-        if self.raw:
-            frames = raw[idx] if self.snippet else raw[t]
-            return torch.from_numpy(np.array(frames)), self.clips.target(c, t)  # (H, W, C) / (L, H, W, C) uint8
-        if self.snippet:
-            x = self.clips._normalise(raw[idx]).permute(3, 0, 1, 2)  # (L, H, W, C) -> (C, L, H, W)
-        else:
-            x = normalise(raw[t], self.clips._mean, self.clips._std, channels_first=True)  # (C, H, W)
-        return x.contiguous(), self.clips.target(c, t)
+        x = torch.from_numpy(np.array(raw[self._snippets[t]] if self.snippet else raw[t]))  # (L, H, W, C) / (H, W, C)
+        return (x if self.raw else self.normalizer()(x)), self.clips.target(c, t)  # float: (C, [L,] H, W)

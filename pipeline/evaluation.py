@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.checkpoint import load_backbone
+
 TRAIN_KEYS = ("batch_size", "lr_inherited", "lr_new", "weight_decay", "hh_init", "seed")
 FUSION = "mean of the streams' time-averaged softmax probabilities"
 
@@ -66,19 +68,6 @@ def train_config(choice: dict, search_params) -> dict:
     """The training hyperparameters for `choice`: its trial config, else the `search` params section."""
     cfg = choice.get("config") or {}
     return {k: cfg.get(k, getattr(search_params, k)) for k in TRAIN_KEYS}
-
-
-def load_backbone(path: str | Path):
-    """A pretrained Backbone from the contract save format; clear error when the file is missing."""
-    import prernn
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no pretrained backbone; run the pretrain stage for this modality")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = prernn.build_from_config(ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model
 
 
 def train_and_test(model, train, test, *, epochs: int, cfg: dict, device, on_epoch=None,
@@ -157,19 +146,6 @@ def final_checkpoint(models: dict[str, nn.Module], meta: dict) -> dict:
         return {"config": model.config, "state_dict": model.state_dict(), "meta": meta}
     return {"streams": {m: {"config": mod.config, "state_dict": mod.state_dict()} for m, mod in models.items()},
             "meta": meta}
-
-
-def load_final(path: str | Path) -> tuple[dict[str, nn.Module], dict]:
-    """Read models/final.pt (either layout of `final_checkpoint`) -> ({modality: model in eval mode}, meta)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    meta = ckpt.get("meta", {})
-    streams = ckpt["streams"] if "streams" in ckpt else {meta["modalities"][0]: ckpt}
-    models = {}
-    for m, entry in streams.items():
-        model = build_model(entry["config"])
-        model.load_state_dict(entry["state_dict"])
-        models[m] = model.eval()
-    return models, meta
 
 
 def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list[str], epochs: int,

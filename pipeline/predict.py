@@ -11,7 +11,7 @@ a frame folder (images only), or a camera index (`0`; stream mode).
 
 Preprocessing is the training one, read from the model's metadata (`meta["extract"]`: frame size, resize mode,
 sampling, flow method / preset / bound; `meta["normalization"]`; `meta["modalities"]`), through the extract
-stage's code (`pipeline.video.read_clip` / `stream_frames`) and the dataset's `normalise`.
+stage's code (`pipeline.video.read_clip` / `stream_frames`) and the dataset's `Normalize`.
 
 - clip mode: T frames sampled as in training -> one prediction per video: the mean over streams of each stream's
   time-averaged softmax probabilities (`pipeline.evaluation.fuse`, as evaluation fuses).
@@ -85,10 +85,14 @@ class Predictor:
         self.task = meta.get("task", "classification")  # regression: the outputs are 2K landmark coordinates
         self.extract = dict(meta["extract"], modalities=self.modalities)
         self.depth_pattern = tuple(meta.get("depth_pattern") or DEFAULT_DEPTH_PATTERN)
-        self.norm = {m: (np.asarray(meta["normalization"][m]["mean"], np.float32),
-                         np.asarray(meta["normalization"][m]["std"], np.float32)) for m in self.modalities}
         self.snippet = {m: (int(mod.config["backbone"].get("kwargs", {}).get("snippet", 4)) if mod.is_3d else None)
                         for m, mod in models.items()}
+        from pipeline.dataset import Normalize
+
+        norm = meta["normalization"]
+        self.norm = {m: Normalize(norm[m]["mean"], norm[m]["std"]) for m in self.modalities}  # frames
+        self.norm_clip = {m: Normalize(norm[m]["mean"], norm[m]["std"], snippet=bool(self.snippet[m]))
+                          for m in self.modalities}  # clips as ClipDataset makes them
 
     @classmethod
     def from_file(cls, path) -> "Predictor":
@@ -138,15 +142,12 @@ class Predictor:
 
     def _tensor(self, m: str, frames: np.ndarray) -> torch.Tensor:
         """(T, H, W, C) uint8 -> (T, C, H, W) [3D: (T, C, L, H, W)] normalised float32, as ClipDataset does."""
-        from pipeline.dataset import normalise
+        from pipeline.dataset import snippet_index
 
-        x = normalise(frames, *self.norm[m]).permute(0, 3, 1, 2)  # (T, C, H, W)
         L = self.snippet[m]
         if L:
-            t = torch.arange(x.shape[0])
-            idx = (t[:, None] - L + 1 + torch.arange(L)[None]).clamp(min=0)  # (T, L)
-            x = x[idx].permute(0, 2, 1, 3, 4)  # (T, L, C, H, W) -> (T, C, L, H, W)
-        return x.contiguous()
+            frames = frames[snippet_index(len(frames), L)]  # (T, L, H, W, C)
+        return self.norm_clip[m](frames)
 
     # ------------------------------------------------------------------------------------------- clip mode
     def clip_probs(self, video, depth_path=None) -> np.ndarray:
@@ -227,9 +228,7 @@ class Predictor:
             raise PredictError("no frames")
 
     def _tensor2d(self, m: str, frame: np.ndarray) -> torch.Tensor:
-        from pipeline.dataset import normalise
-
-        return normalise(frame, *self.norm[m]).permute(2, 0, 1).contiguous()  # (H, W, C) -> (C, H, W)
+        return self.norm[m](frame)  # (H, W, C) uint8 -> (C, H, W) float32
 
     # ------------------------------------------------------------------------------------------- results
     def clip_landmarks(self, video, depth_path=None) -> list[tuple[int, np.ndarray]]:

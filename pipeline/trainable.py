@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from pipeline import tracking
+from pipeline.checkpoint import backbone_from
 from pipeline.train import REGRESSION_KEYS, Trainer, pick_device, seed_everything, summarize
 
 CHECKPOINT_FILE = "trial.pt"
@@ -50,14 +51,6 @@ def build_model(backbone: torch.nn.Module, cfg: dict):
         return prernn.traditional(backbone, cfg["cell"], num_layers=int(cfg["num_layers"]),
                                   hidden_size=cfg.get("hidden_size"), hh_init=cfg["hh_init"])
     raise ValueError(f"trial config kind: {cfg['kind']!r}: expected 'prernn' or 'traditional'")
-
-
-def load_backbone(ckpt: dict) -> torch.nn.Module:
-    import prernn
-
-    model = prernn.build_from_config(ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model
 
 
 FAULTS = ("nan", "raise", "raise_once", "slow")
@@ -158,7 +151,7 @@ def train_trial(config: dict, data: dict) -> None:
     try:
         _count_attempt(uri, run_id)
         tracking.set_tags(uri, run_id, {f"ray.{k}": v for k, v in node.items()})
-        model = build_model(load_backbone(data["backbone"]), cfg)
+        model = build_model(backbone_from(data["backbone"]), cfg)
         _inject_fault(model, cfg.get("_fault"))
         train, val = data["train"], data["val"]
         trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"],

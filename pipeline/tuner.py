@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from pipeline import tracking
 from pipeline.space import build_space
 from pipeline.storage import StoragePath
@@ -54,13 +52,16 @@ def code_digest(packages=None) -> str:
     return h.hexdigest()
 
 
-def fingerprint(search, tracking_uri: str, experiment: str, backbone_ckpt: dict, splits: dict, space: list) -> str:
+def fingerprint(search, tracking_uri: str, experiment: str, backbone_ckpt: dict, splits: dict, space: list,
+                regression: Optional[dict] = None) -> str:
     """A short hash of everything that decides the trial results (not the resources): the search params,
-    the MLflow target, the space, the pretrained weights, the cached inputs and the code (`code_digest`)."""
+    the MLflow target, the space, the regression params, the pretrained weights, the cached inputs and the
+    code (`code_digest`)."""
     h = hashlib.sha256(code_digest().encode())
     keep = {k: v for k, v in search.model_dump().items()
             if k not in ("address", "max_concurrent", "storage_path", "cpus_per_trial", "gpus_per_trial")}
-    h.update(json.dumps([keep, tracking_uri, experiment, space], sort_keys=True, default=str).encode())
+    h.update(json.dumps([keep, tracking_uri, experiment, space] + ([regression] if regression else []),
+                        sort_keys=True, default=str).encode())
     for name, tensor in sorted(backbone_ckpt["state_dict"].items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -182,7 +183,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
         storage = StoragePath.resolve(search.storage_path, base_dir)  # a shared folder or a pyarrow URI
         meta = backbone_ckpt.get("meta", {})
         name = f"search-{search.modality}-" + fingerprint(search, uri, mlflow_params.experiment, backbone_ckpt,
-                                                          splits, space + ([{"regression": regression}] if regression else []))
+                                                          splits, space, regression)
         exp_dir = storage / name
         if fresh and exp_dir.exists():
             exp_dir.rmtree()
@@ -291,14 +292,3 @@ def write_outputs(out_dir: str | os.PathLike, rows: list[dict], info: dict) -> N
         (tmp / "trials.csv").write_text(trials_csv(rows))
         (tmp / "search.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
 
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A contract-format checkpoint (`config`, `state_dict`, `meta`) from disk."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no pretrained model; run the pretrain stage first") from None
-    except Exception as err:  # noqa: BLE001 - pickled code or objects (weights_only refuses them), not a torch file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: not a plain-tensor checkpoint; torch.load(weights_only=True) refused it, so "
-                         f"nothing in it ran ({reason}). Rerun the pretrain stage to rewrite it") from None

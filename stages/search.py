@@ -56,7 +56,8 @@ def main(argv=None) -> None:
     from pipeline.space import SpaceError, build_space
     from pipeline.tracking import TrackingUnavailable
     from pipeline.train import seed_everything
-    from pipeline.tuner import SearchInterrupted, load_checkpoint, run_search, write_outputs
+    from pipeline.checkpoint import backbone_from, load_checkpoint
+    from pipeline.tuner import SearchInterrupted, run_search, write_outputs
 
     params = load_stage_params(args.params, "search")
     search = params.search
@@ -65,8 +66,7 @@ def main(argv=None) -> None:
         ckpt = load_checkpoint(ckpt_path)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"search: {err}")
-    backbone = prernn.build_from_config(ckpt["config"])
-    backbone.load_state_dict(ckpt["state_dict"])
+    backbone = backbone_from(ckpt)
     candidates, boundary = prernn.candidate_layers(backbone), prernn.trunk_boundary(backbone)
     try:
         space = build_space(search, candidates)

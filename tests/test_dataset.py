@@ -111,7 +111,7 @@ def test_raw_items_are_the_stored_bytes_and_normalize_on_device_gives_the_float_
     want = torch.stack([ref[i][0] for i in range(len(ref))])  # (N, ..., C, [L,] H, W) float32
     got = raw.normalizer()(batch)
     assert got.dtype == torch.float32 and got.shape == want.shape and got.is_contiguous()
-    assert torch.equal(got, want)  # bit for bit: the same float32 operations in the same order
+    assert torch.equal(got, want)  # a batch normalised at once equals its items normalised one by one
 
 
 def test_trainer_on_raw_clips_matches_the_float_dataset(clips):

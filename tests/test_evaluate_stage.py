@@ -9,7 +9,7 @@ import yaml
 
 import prernn
 from pipeline.clipstore import ClipWriter
-from pipeline.evaluation import load_final
+from pipeline.predict import Predictor
 from stages import evaluate
 
 CLASSES = ["left", "right"]
@@ -88,7 +88,8 @@ def test_two_streams_fused_with_baseline(workdir):
     assert float(hist[-1]["test_acc"]) == pytest.approx(metrics["test_acc"])
     report = json.loads((workdir / "reports" / "evaluation.json").read_text())
     assert np.array(report["fused"]["selected"]["confusion"]).sum() == 4
-    models, meta = load_final(workdir / "models" / "final.pt")
+    loaded = Predictor.from_file(workdir / "models" / "final.pt")  # what `prernn predict` reads
+    models, meta = loaded.models, loaded.meta
     assert set(models) == {"rgb", "flow"} and meta["class_names"] == CLASSES and meta["modalities"] == ["rgb", "flow"]
     assert list(models["rgb"].recurrent_layers()) == ["fc6"]  # fc7 reverted to feedforward
     assert set(meta["normalization"]) == {"rgb", "flow"} and meta["fusion"]
@@ -103,7 +104,7 @@ def test_all_reverted_is_the_plain_backbone_and_single_stream(workdir):
     assert metrics["baseline"] is None and metrics["baseline_test_acc"] is None
     ckpt = torch.load(workdir / "models" / "final.pt", weights_only=True)
     assert ckpt["config"]["kind"] == "frames" and ckpt["meta"]["modalities"] == ["rgb"]
-    models, _ = load_final(workdir / "models" / "final.pt")
+    models = Predictor.from_file(workdir / "models" / "final.pt").models
     assert models["rgb"].recurrent_layers() == {}
     x = torch.zeros(1, T, 3, SIZE, SIZE)
     assert models["rgb"](x).shape == (1, T, len(CLASSES))
