@@ -92,13 +92,15 @@ class RawFrameDataset(Dataset):
         return (x if self.normalize is None else self.normalize(x)), self.labels[i]
 
 
-def clips_per_sec(ds: Dataset, batch: int, workers: int, passes: int = 2) -> float:
-    """Steady-state clips/s of a DataLoader over `ds`: one untimed pass (worker start, page faults), then `passes`."""
+def clips_per_sec(ds: Dataset, batch: int, workers: int, min_seconds: float = 0.5) -> float:
+    """Steady-state clips/s of a DataLoader over `ds`: one untimed pass (worker start, page faults), then whole
+    passes until `min_seconds` have gone by (a pass of the Arrow loader takes milliseconds: timed alone it is
+    mostly noise)."""
     loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=workers, persistent_workers=workers > 0)
     for _ in loader:
         pass
     t0, n = time.perf_counter(), 0
-    for _ in range(passes):
+    while n == 0 or time.perf_counter() - t0 < min_seconds:
         for x, _ in loader:
             n += x.shape[0]
     return n / (time.perf_counter() - t0)

@@ -50,11 +50,13 @@ class Normalize(torch.nn.Module):
     def forward(self, x) -> torch.Tensor:
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(np.array(x))  # copied: a view of a mapped file is read-only
-        y = x.to(torch.float32).mul_(self.scale).add_(self.shift)  # (..., [L,] H, W, C)
-        n = y.dim()
-        lead = list(range(n - (4 if self.snippet else 3)))
-        order = lead + ([n - 1, n - 4, n - 3, n - 2] if self.snippet else [n - 1, n - 3, n - 2])
-        return y.permute(order).contiguous()  # (..., C, [L,] H, W)
+        n, spatial = x.dim(), 3 if self.snippet else 2  # spatial: the dims after C in the output
+        order = list(range(n - spatial - 1)) + [n - 1] + list(range(n - spatial - 1, n - 1))
+        xp = x.permute(order)  # (..., C, [L,] H, W) uint8, a view
+        view = (-1,) + (1,) * spatial  # (C, 1, 1[, 1])
+        out = torch.empty(xp.shape, dtype=torch.float32, device=x.device)  # contiguous
+        torch.mul(xp, self.scale.view(view), out=out)  # two passes, as few as the arithmetic needs
+        return out.add_(self.shift.view(view))
 
 
 def device_normalizer(data) -> "Normalize | None":
