@@ -70,10 +70,13 @@ def main(argv=None) -> None:
         sys.exit(f"evaluate: {args.selection}: no configuration was selected (no PreRNN trial succeeded); "
                  "see its trials' reasons")
     choices = {"selected": selection["selected"], "baseline": selection.get("baseline")}
-    result = run_evaluation(args.clips, args.pretrained, choices, modalities=list(p.modalities), epochs=p.epochs,
-                            search_params=params.search, device=pick_device(True),
-                            cache_trunk=params.search.cache_trunk,
-                            regression=params.regression.model_dump() if params.task == "regression" else None)
+    try:
+        result = run_evaluation(args.clips, args.pretrained, choices, modalities=list(p.modalities), epochs=p.epochs,
+                                search_params=params.search, device=pick_device(True),
+                                cache_trunk=params.search.cache_trunk,
+                                regression=params.regression.model_dump() if params.task == "regression" else None)
+    except (FileNotFoundError, ValueError) as err:  # a missing / refused pretrained file, clips that do not fit
+        sys.exit(f"evaluate: {err}")
     regression = result.get("task") == "regression"
     if regression:  # landmarks: AUC / NME / failure rate; reports/ced.csv instead of a confusion matrix
         from pipeline import regression_eval

@@ -93,3 +93,25 @@ def test_a_restored_trial_checkpoint_with_pickled_code_is_refused(tmp_path, monk
     with pytest.raises(Exception, match="Weights only load failed"):
         trainable.train_trial(config, data={})
     assert not marker.exists()
+
+
+def test_evaluate_refuses_a_pretrained_model_with_pickled_code(tmp_path):
+    import json
+
+    from stages import evaluate
+
+    marker = tmp_path / "ran"
+    (tmp_path / "pretrained").mkdir()
+    _evil_file(tmp_path / "pretrained" / "rgb.pt", marker)
+    choice = {"name": "prernn-gru-fc6", "kind": "prernn", "cell": "gru", "sih": False, "layers": ["fc6"],
+              "reverted_layers": [], "num_layers": 1, "config": {"seed": 0}}
+    (tmp_path / "selection.json").write_text(json.dumps({"selected": choice, "baseline": None}))
+    params = {"extract": {"modalities": ["rgb"]}, "pretrain": {"modalities": ["rgb"]},
+              "search": {"modality": "rgb"}, "evaluate": {"modalities": ["rgb"]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit, match=r"evaluate: .*rgb\.pt: not a plain-tensor checkpoint.*weights_only=True\) refused"):
+        evaluate.main(["--params", str(tmp_path / "params.yaml"), "--pretrained", str(tmp_path / "pretrained"),
+                       "--clips", str(tmp_path / "clips"), "--selection", str(tmp_path / "selection.json"),
+                       "--search", str(tmp_path / "search"), "--out", str(tmp_path / "final.pt"),
+                       "--metrics", str(tmp_path / "metrics.json"), "--plots", str(tmp_path / "reports")])
+    assert not marker.exists()
