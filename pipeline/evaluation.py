@@ -12,8 +12,8 @@ Out: trained SequenceModels, per-epoch history, test probabilities, and the metr
   weight decay, hh_init and seed (`trial config` in trials.json; the `search` params where absent), over
   the cached frozen trunk (pipeline.features), as the search did. The test split is evaluated after every
   epoch for the history only; nothing is chosen on it.
-- Late fusion ([0023]: one stream per modality): the mean over streams of each stream's time-averaged
-  softmax probabilities (B, K).
+- Late fusion ([0023]: one stream per modality): the mean over streams of each stream's clip probabilities
+  (B, K) (`prernn.readout`: a recurrent model's last step, a frame model's mean over time).
 """
 from __future__ import annotations
 
@@ -24,20 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
+import prernn
 from pipeline.checkpoint import load_backbone
 
 TRAIN_KEYS = ("batch_size", "lr_inherited", "lr_new", "weight_decay", "hh_init", "seed")
-FUSION = "mean of the streams' time-averaged softmax probabilities"
+FUSION = "mean of the streams' clip probabilities (a recurrent model's last step, a frame model's time average)"
 
 
-def frames_model(backbone):
-    """The trained backbone applied to every frame, as a SequenceModel with no recurrent layer: (B,T,...) -> (B,T,K)."""
-    from prernn.sequence import SequenceModel
-
-    bb = backbone
-    config = {"kind": "frames", "backbone": copy.deepcopy(bb.config), "layers": [], "cell": None, "sih": False,
-              "candidates": list(bb.candidates), "trunk_boundary": bb.candidates[0]}
-    return SequenceModel([(n, copy.deepcopy(s)) for n, s in bb.stages.items()], [], config, is_3d=bb.is_3d)
+frames_model = prernn.frame_model  # the trained backbone per frame, no recurrent layer: (B,T,...) -> (B,T,K)
 
 
 def build_model(config: dict):
@@ -134,7 +128,8 @@ class FusedModel(nn.Module):
             from pipeline.metrics import decode
 
             return torch.stack([decode(self.streams[m](p)) for m, p in zip(self.modalities, parts)]).mean(0)
-        probs = [self.streams[m](p).softmax(-1).mean(1) for m, p in zip(self.modalities, parts)]  # (B, K) each
+        probs = [prernn.clip_output(self.streams[m](p).softmax(-1), prernn.readout(self.streams[m]))
+                 for m, p in zip(self.modalities, parts)]  # (B, K) each
         return torch.stack(probs).mean(0)
 
 
@@ -156,12 +151,14 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
     Returns {"class_names", "labels" (N,), "meta" (clip metadata: normalization, extract, ...),
              "streams": {modality: {role: {"model", "history", "probs": [(N, K) per epoch], "cfg"}}},
              "examples": {modality: up to two raw test clips (B, T, C, H, W), for the MLflow signature},
-             "fused": {role: [(N, K) per epoch]}}.
+             "fused": {role: [(N, K) per epoch]} (the first seed's),
+             "seeds": {role: [{"seed", "streams": {modality: last-epoch test outputs}, "fused"}]} (every seed of the
+             choice's `seeds`: pipeline.comparison), "frames": {modality: the trained CNN alone on test, per frame}}.
     """
     import prernn
     from pipeline.dataset import ClipDataset
     from pipeline.features import prepare_splits
-    from pipeline.train import seed_everything
+    from pipeline.train import Trainer, seed_everything
 
     out = {"streams": {}, "fused": {}, "examples": {}}
     labels = None
@@ -187,19 +184,35 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
         out["streams"][m] = {}
         raw = torch.stack([test_ds[i][0] for i in range(min(2, len(test_ds)))])  # (2, T, H, W, C) uint8
         out["examples"][m] = test_ds.normalizer()(raw)  # (2, T, C, H, W) float32
+        frames = Trainer(prernn.frame_model(bb), lr_inherited=1e-3, lr_new=1e-3, start=splits["test"].start,
+                         device=device, regression=regression)
+        out.setdefault("frames", {})[m] = frames.evaluate(splits["test"])  # the CNN alone, per frame
         for role, choice in choices.items():
             if choice is None:
                 continue
             cfg = train_config(choice, search_params)
-            seed_everything(int(cfg["seed"]))  # the new weights' init must not depend on what ran before in this process
-            model = model_for(choice, bb, cfg)
-            log(f"evaluate: {m} {role} {choice['name']} (recurrent layers: {choice['layers'] or 'none'}), {epochs} epochs")
-            history, probs = train_and_test(model, splits["train"], splits["test"], epochs=epochs, cfg=cfg,
-                                            device=device, regression=regression)
-            out["streams"][m][role] = {"model": model, "history": history, "probs": probs, "cfg": cfg}
+            seeds = [int(x) for x in (choice.get("seeds") or [cfg["seed"]]) if x is not None] or [int(cfg["seed"])]
+            log(f"evaluate: {m} {role} {choice['name']} (recurrent layers: {choice['layers'] or 'none'}), {epochs} epochs, "
+                f"seeds {seeds}")
+            for seed in seeds:  # the selected configuration and the baseline train over the same seeds
+                cfg_seed = {**cfg, "seed": seed}
+                seed_everything(seed)  # the new weights' init must not depend on what ran before in this process
+                model = model_for(choice, bb, cfg_seed)
+                history, probs = train_and_test(model, splits["train"], splits["test"], epochs=epochs, cfg=cfg_seed,
+                                                device=device, regression=regression)
+                if seed == seeds[0]:  # the first seed's model is the one saved and registered
+                    out["streams"][m][role] = {"model": model, "history": history, "probs": probs, "cfg": cfg_seed}
+                runs = out.setdefault("seeds", {}).setdefault(role, [])
+                run = next((r for r in runs if r["seed"] == seed), None)
+                if run is None:
+                    run = {"seed": seed, "streams": {}}
+                    runs.append(run)
+                run["streams"][m] = probs[-1]  # last-epoch test outputs (N, K) [(N, T, K, 2)]
     for role in [r for r, c in choices.items() if c is not None]:
         per_stream = [out["streams"][m][role]["probs"] for m in modalities]
         out["fused"][role] = [fuse([s[e] for s in per_stream]) for e in range(int(epochs))]
+        for run in out["seeds"][role]:
+            run["fused"] = fuse([run["streams"][m] for m in modalities])
     out["labels"] = labels
     return out
 
@@ -234,6 +247,11 @@ def history_rows(result: dict, modalities: list[str], fused_columns, stream_keys
     return rows
 
 
+def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """probs (N, K), labels (N,) -> the fraction of clips whose most probable class is the label."""
+    return float((probs.argmax(-1) == labels).float().mean()) if len(labels) else 0.0
+
+
 def summary(result: dict, choices: dict, modalities: list[str]) -> tuple[dict, dict, list[dict], list[dict]]:
     """(metrics.json, evaluation.json, history.csv rows, confusion.csv rows) from `run_evaluation`'s result."""
     names, y = result["class_names"], result["labels"]
@@ -249,6 +267,15 @@ def summary(result: dict, choices: dict, modalities: list[str]) -> tuple[dict, d
                                "baseline_test_acc": s["baseline"]["acc"] if "baseline" in s else None}
                            for m, s in streams.items()},
                "selected": choices["selected"]["name"], "baseline": (choices.get("baseline") or {}).get("name")}
+    from pipeline.comparison import compare
+
+    metrics["comparison"] = compare(result, modalities, {"test_acc": accuracy})
+    metrics["seeds"] = [run["seed"] for run in result["seeds"]["selected"]]
+    metrics["frame_reference"] = {m: {"test_acc": result["frames"][m]["acc"]} for m in modalities}
+    fused = metrics["comparison"]["fused"]["test_acc"]
+    metrics.update({"test_acc_mean": fused["selected"]["mean"],
+                    "baseline_test_acc_mean": fused["baseline"]["mean"] if "baseline" in fused else None,
+                    "gain_mean": fused["difference"]["mean"] if "difference" in fused else None})
     parts = report_parts(result, choices, modalities)
     report = {"fusion": FUSION if len(modalities) > 1 else None, "modalities": modalities, "class_names": names,
               "choices": parts["choices"], "fused": final, "streams": streams, "train_config": parts["train_config"]}

@@ -157,6 +157,7 @@ class SearchParams(_Section):
     address: Optional[str] = None
     storage_path: str = "ray_results"
     seed: int = 0
+    seeds: int = Field(1, ge=1, le=50)  # every configuration trains with seeds seed, seed+1, ... (pipeline.seeds)
 
     @field_validator("cells", "sih")
     @classmethod

@@ -14,11 +14,13 @@ sampling, flow method / preset / bound; `meta["normalization"]`; `meta["modaliti
 stage's code (`pipeline.video.read_clip` / `stream_frames`) and the dataset's `Normalize`.
 
 - clip mode: T frames sampled as in training -> one prediction per video: the mean over streams of each stream's
-  time-averaged softmax probabilities (`pipeline.evaluation.fuse`, as evaluation fuses).
+  clip probabilities (`prernn.readout`: a recurrent model's last step, a frame model's time average), fused as
+  evaluation fuses (`pipeline.evaluation.fuse`).
 - stream mode (`--stream`): every `step`-th frame (default: the training stride for consecutive sampling, else 1)
   goes through `SequenceModel.step` (flow against the previous frame), the recurrent state carried; frame t
-  prints the running mean of the per-step probabilities (frames 0..t, fused over streams), so on a video of
-  exactly the training frames it equals clip mode. Memory is constant: a running sum, the recurrent state, and
+  prints what clip mode would say of frames 0..t (a recurrent model's step-t probabilities, a frame model's
+  running mean; fused over streams), so on a video of exactly the training frames it equals clip mode.
+  Memory is constant: a running mean, the recurrent state, and
   for 3D backbones the last L frames.
 
 Regression models (task: regression, landmark alignment, claim 4): every frame prints its landmarks, K (x, y)
@@ -44,6 +46,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+import prernn
 
 DEFAULT_DEPTH_PATTERN = ("_color", "_depth")
 
@@ -164,7 +168,7 @@ class Predictor:
         with torch.no_grad():
             for m, model in self.models.items():
                 x = self._tensor(m, clip[m])[None]  # (1, T, ...)
-                probs.append(model(x).softmax(-1).mean(1))  # (1, K)
+                probs.append(prernn.clip_output(model(x).softmax(-1), prernn.readout(model)))  # (1, K)
         return fuse(probs)[0].numpy()
 
     # ------------------------------------------------------------------------------------------- stream mode
@@ -214,12 +218,13 @@ class Predictor:
 
                         sums[m] = decode(out)[0]
                         continue
-                    p = out.softmax(-1)[0]
-                    sums[m] = p if sums[m] is None else sums[m] + p
-                if self.task == "regression":
-                    probs = torch.stack(list(sums.values())).mean(0).numpy()  # (K, 2) fused over streams
-                else:
-                    probs = torch.stack([s / (n + 1) for s in sums.values()]).mean(0).numpy()  # fused running mean
+                    p = out.softmax(-1)[0]  # (K,)
+                    if prernn.readout(model) == "last":  # a recurrent model: its state after the frames so far
+                        sums[m] = p
+                    else:  # a frame model: the running mean of its per-frame probabilities
+                        total = p if n == 0 else sums[m] * n + p
+                        sums[m] = total / (n + 1)
+                probs = torch.stack(list(sums.values())).mean(0).numpy()  # (K,) [(K, 2) landmarks] fused over streams
             n += 1
             yield (n - 1) * step, probs
             if max_frames and n >= max_frames:

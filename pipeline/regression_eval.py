@@ -35,6 +35,14 @@ def summary(result: dict, choices: dict, modalities: list[str], spec: dict | Non
                                "baseline_test_auc": st["baseline"]["auc"] if "baseline" in st else None}
                            for m, st in streams.items()},
                "selected": choices["selected"]["name"], "baseline": (choices.get("baseline") or {}).get("name")}
+    from pipeline.comparison import compare
+
+    metrics["comparison"] = compare(result, modalities, {
+        "test_auc": lambda pred, gt: regression_metrics(pred, gt, s)["auc"],
+        "test_nme": lambda pred, gt: regression_metrics(pred, gt, s)["nme"]}, resamples=1000)
+    metrics["seeds"] = [run["seed"] for run in result["seeds"]["selected"]]
+    metrics["frame_reference"] = {m: {"test_auc": result["frames"][m]["auc"], "test_nme": result["frames"][m]["nme"]}
+                                  for m in modalities}
     parts = report_parts(result, choices, modalities)
     report = {"task": "regression", "fusion": FUSION if len(modalities) > 1 else None, "modalities": modalities,
               "regression": s, "choices": parts["choices"], "fused": final, "streams": streams,

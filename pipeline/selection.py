@@ -1,6 +1,7 @@
 """Claim 12 applied to the search's trials: which converted layers keep their recurrence.
 
-In: the search's trial dicts (contract keys, `search/trials.json`), the saturation thresholds
+In: one dict per configuration (`pipeline.seeds.aggregate` of `search/trials.json`: the metric is the mean over
+seeds, gate statistics pooled over seeds; a plain trial list works as one seed each), the saturation thresholds
 (`select.low`, `select.high`) and the validation metric to rank by (`select.metric`, `select.mode`).
 Out: `select_configuration(...) -> dict`, the content of `reports/selection.json`:
 
@@ -101,6 +102,7 @@ def judge_trial(trial: dict, *, low: float, high: float, metric: str) -> dict:
         "layers": layers, "num_layers": trial.get("num_layers"), "status": trial["status"],
         "score": None, "effective_layers": layers, "reverted_layers": [], "saturation": {},
         "recurrent_params": trial.get("recurrent_params"),
+        "interval": trial.get(f"{metric}_interval"), "per_seed": trial.get("per_seed"),
     }
     if trial["status"] != "ok":
         return {**row, "decision": "failed", "effective_layers": [], "reason": f"failed: {trial.get('error') or 'no error recorded'}"}
@@ -155,7 +157,8 @@ def _choice(row: dict, trial: dict, *, fallback: bool, reason: str) -> dict:
         "layers": row["effective_layers"] if row["kind"] == "prernn" else [],
         "searched_layers": row["layers"], "reverted_layers": row["reverted_layers"],
         "num_layers": row["num_layers"], "score": row["score"], "fallback": fallback, "reason": reason,
-        "config": trial.get("config"),
+        "config": trial.get("config"), "seeds": trial.get("seeds") or [(trial.get("config") or {}).get("seed")],
+        "interval": row.get("interval"), "per_seed": row.get("per_seed"),
     }
 
 

@@ -3,9 +3,11 @@
 Models: a frame model (prernn Backbone, `model(x)`: (N, C, H, W) -> (N, K)) or a sequence model
 (prernn SequenceModel, `model(x, start=...)`: (B, T, ...) -> (B, T, K)).
 
-Loss: for a sequence model the cross-entropy is taken at every time step and averaged over T
-(the sequence model emits a prediction per frame; every step gets a gradient).
-Accuracy: the class with the highest time-averaged softmax probability.
+Loss and accuracy follow the model's readout (`prernn.readout`): a model with recurrent layers is trained with
+the cross-entropy of its last step and predicts the class of its last step's softmax (an early step cannot tell
+the direction of a motion: a loss at every step, as this loop used before, rewarded memorising the training
+clips, measured in the README's "Training recipe"); a model without recurrence (the CNN per frame) takes the
+cross-entropy at every step, averaged over T, and predicts the class of the time-averaged softmax.
 Optimiser: AdamW with two parameter groups, `lr_inherited` for the weights that came from the
 trained CNN (`model.inherited_parameters()`) and `lr_new` for the new hidden-to-hidden weights
 (`model.new_parameters()`); a frame model has one group at `lr_new`.
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+import prernn
 from pipeline.dataset import device_normalizer
 
 
@@ -77,12 +80,18 @@ def _forward(model, x, start):
     return model(x) if start is None else model(x, start=start)
 
 
-def clip_loss_and_probs(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (B, K) or (B, T, K), y (B,) -> (mean CE over batch [and time], probabilities (B, K))."""
-    if logits.dim() == 3:  # (B, T, K): CE at every time step, averaged over T
+def clip_loss_and_probs(logits: torch.Tensor, y: torch.Tensor, readout: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (B, K) or (B, T, K), y (B,) -> (mean CE over the batch, probabilities (B, K)).
+
+    (B, T, K) with readout "last": CE and probabilities of the last step; "mean": CE at every step averaged over
+    T, time-averaged probabilities (`prernn.clip_output`)."""
+    if logits.dim() == 3 and readout == "last":
+        loss = F.cross_entropy(logits[:, -1], y)
+        probs = logits[:, -1].softmax(-1)  # (B, K)
+    elif logits.dim() == 3:  # (B, T, K): CE at every time step, averaged over T
         b, t, k = logits.shape
         loss = F.cross_entropy(logits.reshape(b * t, k), y.repeat_interleave(t))
-        probs = logits.softmax(-1).mean(1)  # (B, K) time-averaged probabilities
+        probs = prernn.clip_output(logits.softmax(-1), "mean")  # (B, K) time-averaged probabilities
     else:
         loss = F.cross_entropy(logits, y)
         probs = logits.softmax(-1)
@@ -124,6 +133,7 @@ class Trainer:
         self.regression = spec_of(regression)  # used when the targets are landmarks (float)
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        self.readout = prernn.readout(model)  # "last" for recurrent models, "mean" for frame models
         self.start = start
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -168,7 +178,7 @@ class Trainer:
             from pipeline.metrics import decode, landmark_loss
 
             return landmark_loss(out, y, self.regression["loss"]), decode(out.detach())
-        return clip_loss_and_probs(out, y)
+        return clip_loss_and_probs(out, y, self.readout)
 
     @torch.no_grad()
     def evaluate(self, data, batch_size: Optional[int] = None) -> dict:

@@ -25,7 +25,7 @@ from pipeline.train import REGRESSION_KEYS, summarize
 
 log = logging.getLogger(__name__)
 DRIVER_STATE = "prernn_search.json"
-ROW_KEYS = ("name", "kind", "cell", "sih", "layers", "num_layers", "status", "error", "val_acc", "val_loss",
+ROW_KEYS = ("name", "configuration", "seed", "kind", "cell", "sih", "layers", "num_layers", "status", "error", "val_acc", "val_loss",
             "epochs_to_95", "clips_per_sec", "recurrent_params", "mlflow_run_id")
 
 
@@ -102,7 +102,8 @@ def _row(result, run_ids: dict, archs: dict, common: dict) -> dict:
     summary = summarize(history)
     failed = result.error is not None
     return {
-        "name": cfg["name"], "kind": cfg["kind"], "cell": cfg["cell"], "sih": bool(cfg["sih"]),
+        "name": cfg["name"], "configuration": cfg.get("configuration", cfg["name"]), "seed": cfg.get("seed"),
+        "kind": cfg["kind"], "cell": cfg["cell"], "sih": bool(cfg["sih"]),
         "layers": list(cfg["layers"]), "num_layers": int(cfg["num_layers"]),
         "status": "failed" if failed else "ok", "error": _short_error(result.error) if failed else None,
         "val_acc": summary["val_acc"], "val_loss": summary["val_loss"], "epochs_to_95": summary["epochs_to_95"],

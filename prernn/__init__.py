@@ -16,12 +16,13 @@ from .layers import ConvRecurrent, FCRecurrent
 from .pretrained import load_pretrained
 from .registry import create_backbone, list_backbones, register_backbone
 from .counting import count_recurrent_parameters
-from .sequence import SequenceModel, build_from_config, candidate_layers, convert, traditional, trunk_boundary
+from .sequence import (SequenceModel, build_from_config, candidate_layers, clip_output, convert, frame_model, readout, traditional,
+                       trunk_boundary)
 from .stats import gate_statistics, is_saturated
 
 __all__ = [
     "Backbone", "SequenceModel", "FCRecurrent", "ConvRecurrent", "CELLS", "GATE_NAMES", "GRU_RESETS", "HH_INITS",
     "create_backbone", "list_backbones", "register_backbone", "load_pretrained", "candidate_layers",
     "trunk_boundary", "convert", "traditional", "build_from_config", "count_recurrent_parameters",
-    "gate_statistics", "is_saturated",
+    "gate_statistics", "is_saturated", "readout", "clip_output", "frame_model",
 ]

@@ -211,6 +211,36 @@ def traditional(model, cell: str, num_layers: int = 1, hidden_size: int | None =
     return SequenceModel(stages, rnn, config, is_3d=bb.is_3d, new_stages=["classifier"])
 
 
+def frame_model(model) -> SequenceModel:
+    """The trained CNN applied to every frame, no recurrent layer (the frame reference of Table 1):
+    (B, T, ...) -> (B, T, K); its clip readout is the mean over T (``readout``)."""
+    bb = _backbone(model)
+    config = {"kind": "frames", "backbone": copy.deepcopy(bb.config), "layers": [], "cell": None, "sih": False,
+              "candidates": list(bb.candidates), "trunk_boundary": bb.candidates[0]}
+    return SequenceModel([(n, copy.deepcopy(s)) for n, s in bb.stages.items()], [], config, is_3d=bb.is_3d)
+
+
+READOUTS = ("last", "mean")
+
+
+def readout(model) -> str:
+    """How one prediction per clip is read off a model's per-step outputs (B, T, K).
+
+    "last": a model with recurrent layers answers with its last step, the state after the whole clip (its
+    training loss is taken there too: an early step cannot know the direction of a motion, so a loss there only
+    rewards memorising the training clips). "mean": a model without recurrence (the trained CNN per frame)
+    averages its per-frame outputs over the clip.
+    """
+    return "last" if isinstance(model, SequenceModel) and model.recurrent_layers() else "mean"
+
+
+def clip_output(outputs: torch.Tensor, how: str) -> torch.Tensor:
+    """Per-step outputs (B, T, K) -> one per clip (B, K): the last step ("last") or the mean over T ("mean")."""
+    if how not in READOUTS:
+        raise ValueError(f"readout must be one of {list(READOUTS)}, got {how!r}")
+    return outputs[:, -1] if how == "last" else outputs.mean(1)
+
+
 def build_from_config(config: dict):
     """Rebuild a Backbone or SequenceModel (random weights) from its ``.config``; then ``load_state_dict``."""
     if not isinstance(config, dict):
@@ -229,7 +259,6 @@ def build_from_config(config: dict):
     if kind == "traditional":
         return traditional(bb, config["cell"], config.get("num_layers", 1), config.get("hidden_size"),
                            hh_init=config.get("hh_init", "orthogonal"), gru_reset=config.get("gru_reset", "before"))
-    if kind == "frames":  # the trained CNN applied per frame, no recurrent layer (pipeline's frame baseline)
-        return SequenceModel([(n, copy.deepcopy(s)) for n, s in bb.stages.items()], [], copy.deepcopy(config),
-                             is_3d=bb.is_3d)
+    if kind == "frames":  # the trained CNN applied per frame, no recurrent layer (the frame reference)
+        return frame_model(bb)
     raise ValueError(f"unknown config kind {kind!r}; expected one of ['prernn', 'traditional', 'frames']")

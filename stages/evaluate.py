@@ -46,6 +46,27 @@ def _read_json(path: Path, what: str, required: bool = True) -> dict:
         sys.exit(f"evaluate: {path} is not valid JSON: {err}")
 
 
+def comparison_lines(metrics: dict) -> list[str]:
+    """One line per view and metric: selected and baseline (mean [95% interval] over seeds) and their difference
+    (paired bootstrap over test clips)."""
+    from pipeline.seeds import Interval
+
+    def text(d):
+        return Interval(d["mean"], d["ci_low"], d["ci_high"], d["n"]).text()
+
+    lines = []
+    for view, per in metrics.get("comparison", {}).items():
+        for metric, e in per.items():
+            line = f"{view} {metric} over seeds {metrics.get('seeds')}: selected {text(e['selected'])}"
+            if "difference" in e:
+                line += (f", baseline {text(e['baseline'])}, difference {text(e['difference'])} "
+                         f"({'excludes' if e['excludes_zero'] else 'includes'} 0)")
+            lines.append(line)
+    for m, ref in metrics.get("frame_reference", {}).items():
+        lines.append(f"{m} CNN alone (per frame): " + ", ".join(f"{k} {v:.3f}" for k, v in ref.items()))
+    return lines
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -115,6 +136,10 @@ def main(argv=None) -> None:
         fused = FusedModel(models, channels, regression=regression)
         example = torch.cat([result["examples"][m] for m in p.modalities], dim=2)  # (2, T, sum C, H, W)
         flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+        flat.update({f"{view}_{metric}_{part}": e["difference"][key]
+                     for view, per in metrics["comparison"].items() for metric, e in per.items() if "difference" in e
+                     for part, key in (("difference", "mean"), ("difference_ci_low", "ci_low"),
+                                       ("difference_ci_high", "ci_high"))})
         flat.update({f"{m}_{k}": v for m, s in metrics["streams"].items() for k, v in s.items() if v is not None})
         mlflow_info = log_final_model(
             search_meta, fused, register_name=p.register_name, model_meta=meta, example=example, metrics=flat,
@@ -129,7 +154,9 @@ def main(argv=None) -> None:
     score = "test_auc" if regression else "test_acc"
     base = f", baseline {metrics['baseline']} {metrics['baseline_' + score]:.3f}" if metrics["baseline"] else ""
     extra = f" (NME {metrics['test_nme']:.4f}, failure rate {metrics['test_failure_rate']:.3f})" if regression else ""
-    print(f"evaluate: {metrics['selected']} {score} {metrics[score]:.3f}{extra}{base}")
+    print(f"evaluate: {metrics['selected']} {score} {metrics[score]:.3f}{extra}{base} (first seed)")
+    for line in comparison_lines(metrics):
+        print(f"evaluate: {line}")
 
 
 if __name__ == "__main__":

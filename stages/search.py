@@ -36,6 +36,18 @@ def inject_faults(space: list[dict]) -> list[dict]:
     return [{**a, "_fault": faults[a["name"]]} if a["name"] in faults else a for a in space]
 
 
+def frame_reference(backbone, val, params) -> dict:
+    """The trained CNN alone on the val clips (per frame, outputs averaged over the clip; regression: per frame):
+    Table 1's reference column. {"val_acc"} or {"val_auc", "val_nme", "val_failure_rate"}."""
+    import prernn
+    from pipeline.train import Trainer
+
+    regression = params.regression.model_dump() if params.task == "regression" else None
+    trainer = Trainer(prernn.frame_model(backbone), lr_inherited=1e-3, lr_new=1e-3, start=val.start,
+                      regression=regression)
+    return {f"val_{k}": v for k, v in trainer.evaluate(val)["metrics"].items()}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -53,6 +65,7 @@ def main(argv=None) -> None:
     from pipeline.features import prepare_splits
     from pipeline.params import ParamsError, load_stage_params
     from pipeline.ray_cluster import ClusterUnavailable
+    from pipeline.seeds import seed_values, with_seeds
     from pipeline.space import SpaceError, build_space
     from pipeline.tracking import TrackingUnavailable
     from pipeline.train import seed_everything
@@ -69,7 +82,7 @@ def main(argv=None) -> None:
     backbone = backbone_from(ckpt)
     candidates, boundary = prernn.candidate_layers(backbone), prernn.trunk_boundary(backbone)
     try:
-        space = build_space(search, candidates)
+        space = with_seeds(build_space(search, candidates), seed_values(search))
     except SpaceError as err:
         print(f"search: {args.params}: {err}", file=sys.stderr)
         sys.exit(2)
@@ -79,6 +92,7 @@ def main(argv=None) -> None:
     snippet = backbone.config["kwargs"].get("snippet") if backbone.is_3d else None
     datasets = {split: ClipDataset(args.clips, split, search.modality, snippet=snippet, raw=True) for split in ("train", "val")}
     splits = prepare_splits(backbone, datasets, boundary, cache_trunk=search.cache_trunk)
+    frames = frame_reference(backbone, splits["val"], params)
     print(f"search: {len(space)} trials on {search.modality} ({ckpt['config']['name']}, candidates {candidates}, "
           f"{'cached trunk below ' + boundary if search.cache_trunk else 'whole net fine-tuned'}; "
           f"train {len(splits['train'])} / val {len(splits['val'])} clips)")
@@ -92,6 +106,8 @@ def main(argv=None) -> None:
     except (TrackingUnavailable, ClusterUnavailable, SearchInterrupted) as err:
         sys.exit(f"search: {err}")
     info["cache_trunk"] = search.cache_trunk
+    info["seeds"] = seed_values(search)
+    info["frame_reference"] = frames
     write_outputs(args.out, rows, info)
     failed = [r for r in rows if r["status"] == "failed"]
     print(f"search: {len(rows) - len(failed)} ok, {len(failed)} failed in {info['wall_seconds']:.1f} s -> {args.out}/; "

@@ -3,7 +3,9 @@
 In: `search/trials.json`, `search/search.json` (contract keys), params section `select`.
 Out (under --out, all atomic): `selection.json` (every trial's decision and reason, per-layer saturation,
 the selected configuration and the best traditional baseline), `table1.md`, `table1.csv`, and `plots/`
-(`saturation_lstm_<layer>.png`, `histogram_gru_<layer>.png`). The same files are logged to the search's
+(`saturation_lstm_<layer>.png`, `histogram_gru_<layer>.png`, `convergence.png`), `convergence.csv` (the
+validation metric per epoch of each family's best configuration, mean and 95% band over seeds, [0066]). Every
+configuration is judged and ranked by its mean over seeds (`pipeline.seeds.aggregate`). The same files are logged to the search's
 MLflow parent run under `select/`.
 """
 from __future__ import annotations
@@ -34,6 +36,18 @@ def read_search(search_dir: Path) -> tuple[list[dict], dict]:
     return trials, meta
 
 
+def rows_csv(rows: list[dict], fields: tuple[str, ...]) -> str:
+    """CSV text with `fields` as its header (the header alone for no rows)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -41,29 +55,41 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="reports", help="folder for selection.json, table1.md/.csv and plots/")
     args = ap.parse_args(argv)
 
+    from pipeline.convergence import convergence_plot, convergence_rows
     from pipeline.plots import write_plots
+    from pipeline.seeds import aggregate
     from pipeline.selection import SelectionError, select_configuration
     from pipeline.table1 import build_table, to_csv, to_markdown
 
     p = load_stage_params(args.params, "select").select
     trials, meta = read_search(Path(args.search))
+    configs = aggregate(trials, p.metric)  # one row per configuration: the mean over its seeds
     try:
-        selection = select_configuration(trials, low=p.low, high=p.high, metric=p.metric, mode=p.mode)
+        selection = select_configuration(configs, low=p.low, high=p.high, metric=p.metric, mode=p.mode)
     except SelectionError as err:
         sys.exit(f"select: {Path(args.search) / 'trials.json'}: {err}")
     selection["search"] = {k: meta.get(k) for k in ("backbone", "modality", "candidates", "trunk_boundary",
                                                     "parent_run_id", "experiment_id", "tracking_uri")}
     candidates = meta.get("candidates")
-    table = build_table(trials, metric=p.metric, mode=p.mode, selection=selection, candidates=candidates)
+    frames = (meta.get("frame_reference") or {}).get(p.metric)
+    table = build_table(configs, metric=p.metric, mode=p.mode, selection=selection, candidates=candidates,
+                        frame_reference=frames)
+    selection["frame_reference"] = meta.get("frame_reference")
+    selection["seeds"] = meta.get("seeds")
+    convergence = convergence_rows(trials, configs, p.metric, p.mode)
     title = f"{meta.get('backbone', '?')} on {meta.get('modality', '?')}"
 
     out = Path(args.out)
     with atomic_path(out / "plots") as tmp:
         tmp.mkdir()
-        plots = write_plots(trials, tmp, low=p.low, high=p.high, candidates=candidates)
+        plots = write_plots(configs, tmp, low=p.low, high=p.high, candidates=candidates)
+        if convergence:
+            plots.append(convergence_plot(convergence, tmp / "convergence.png", metric=p.metric, title=title))
     selection["plots"] = [str(out / "plots" / f.name) for f in plots]
     write_text(out / "table1.md", to_markdown(table, title=title))
     write_text(out / "table1.csv", to_csv(table))
+    write_text(out / "convergence.csv", rows_csv(convergence, ("epoch", "family", "configuration", "mean", "ci_low",
+                                                              "ci_high", "n")))
     write_json(out / "selection.json", selection)
 
     sel = selection["selected"]
@@ -72,7 +98,8 @@ def main(argv=None) -> None:
     if meta.get("parent_run_id"):
         from pipeline.mlflow_model import log_reports
 
-        log_reports(meta, [out / "table1.md", out / "table1.csv", out / "selection.json", out / "plots"],
+        log_reports(meta, [out / "table1.md", out / "table1.csv", out / "selection.json", out / "convergence.csv",
+                           out / "plots"],
                     artifact_path="select",
                     tags={"prernn.selected": sel["name"] if sel else "none"},
                     metrics={f"selected_{p.metric}": sel["score"]} if sel else {})

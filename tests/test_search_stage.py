@@ -84,7 +84,7 @@ def test_search_stage_writes_trials_and_nested_mlflow_runs(workdir, monkeypatch)
     assert all(TRIAL_KEYS <= set(t) and t["status"] == "ok" for t in trials)
     info = json.loads((workdir / "search" / "search.json").read_text())
     assert info["tracking_uri"] == uri and info["trunk_boundary"] == "fc6" and info["candidates"] == ["fc6", "fc7"]
-    assert (workdir / "search" / "trials.csv").read_text().splitlines()[0].startswith("name,kind,cell,sih,layers")
+    assert (workdir / "search" / "trials.csv").read_text().splitlines()[0].startswith("name,configuration,seed,kind,cell,sih,layers")
     children = tracking.child_runs(uri, info["experiment_id"], info["parent_run_id"])
     assert sorted(r.info.run_id for r in children) == sorted(t["mlflow_run_id"] for t in trials)
 

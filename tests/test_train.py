@@ -99,3 +99,21 @@ def test_epochs_to_95_and_summary():
     assert epochs_to_fraction([]) is None
     s = summarize(hist)
     assert (s["val_acc"], s["val_loss"], s["best_epoch"], s["epochs_to_95"], s["clips_per_sec"]) == (1.0, 0.5, 3, 2, 20.0)
+
+
+def test_a_recurrent_model_is_read_at_its_last_step_a_frame_model_over_time():
+    """Readout: the loss and prediction of a recurrent model come from its last step only; a frame model averages."""
+    import prernn
+    from pipeline.train import clip_loss_and_probs
+
+    bb = prernn.create_backbone("vgg_mini", 3, input_size=16, width=8)
+    assert prernn.readout(prernn.convert(bb, ["fc6"], "gru")) == "last"
+    assert prernn.readout(prernn.traditional(bb, "lstm")) == "last"
+    assert prernn.readout(prernn.frame_model(bb)) == "mean"
+    logits = torch.zeros(2, 3, 3)
+    logits[:, -1, 1] = 5.0  # only the last step says class 1
+    y = torch.tensor([1, 1])
+    loss_last, p_last = clip_loss_and_probs(logits, y, "last")
+    loss_mean, p_mean = clip_loss_and_probs(logits, y, "mean")
+    assert torch.allclose(p_last, logits[:, -1].softmax(-1)) and torch.allclose(p_mean, logits.softmax(-1).mean(1))
+    assert loss_last < loss_mean  # the early, uncertain steps do not count for the recurrent readout
