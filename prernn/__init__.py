@@ -1,6 +1,7 @@
 """prernn: make trained CNN layers recurrent (PreRNN, PreRNN-SIH) for visual sequence learning.
 
-Imports torch only. Each module's docstring names the patent equations it implements.
+Imports torch only. Each module's docstring names the patent equations it implements: the patent is
+US 2018/0373985 A1 (equations, claims and paragraphs such as [0052] are its own).
 
     import prernn, torch
     cnn = prernn.create_backbone("vgg_mini", num_classes=10, input_size=32)    # or load_pretrained(...)
