@@ -17,7 +17,7 @@ import csv
 import io
 from dataclasses import dataclass, field
 
-CELLS = ("vrnn", "lstm", "gru")
+from prernn import CELLS, GATED_CELLS
 NA, FAILED = "-", "failed"
 QUANTITIES = ("metric", "recurrent_params", "epochs_to_95")
 
@@ -88,8 +88,8 @@ def build_table(trials: list[dict], *, metric: str = "val_acc", mode: str = "max
     for cell in table.rows:
         for col in table.columns:
             t = best.get((cell, col.key))
-            if cell == "vrnn" and col.group == "PreRNN-SIH":
-                t = None  # does not apply: a VRNN has one input-to-hidden state already
+            if cell not in GATED_CELLS and col.group == "PreRNN-SIH":
+                t = None  # does not apply: a VRNN has one input-to-hidden state already (prernn.check_sih)
             for q in QUANTITIES:
                 table.cells[(q, cell, col.key)] = NA if t is None else _value(t, q, metric)
     for row in (selection or {}).get("trials", []):

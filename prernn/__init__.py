@@ -12,16 +12,18 @@ US 2018/0373985 A1 (equations, claims and paragraphs such as [0052] are its own)
 """
 from . import backbones as _backbones  # noqa: F401  (fills the registry)
 from .backbones import Backbone
-from .cells import CELLS, GATE_NAMES, GRU_RESETS, HH_INITS
+from .cells import CELLS, GATE_NAMES, GATED_CELLS, GRU_RESETS, HH_INITS, check_sih
 from .layers import ConvRecurrent, FCRecurrent
 from .pretrained import load_pretrained
 from .registry import create_backbone, list_backbones, register_backbone
 from .counting import count_recurrent_parameters
-from .sequence import SequenceModel, build_from_config, candidate_layers, convert, traditional, trunk_boundary
+from .sequence import (SequenceModel, build_from_config, candidate_layers, check_layers, convert, traditional,
+                       trunk_boundary)
 from .stats import gate_statistics, is_saturated
 
 __all__ = [
-    "Backbone", "SequenceModel", "FCRecurrent", "ConvRecurrent", "CELLS", "GATE_NAMES", "GRU_RESETS", "HH_INITS",
+    "Backbone", "SequenceModel", "FCRecurrent", "ConvRecurrent", "CELLS", "GATE_NAMES", "GATED_CELLS", "GRU_RESETS",
+    "HH_INITS", "check_sih", "check_layers",
     "create_backbone", "list_backbones", "register_backbone", "load_pretrained", "candidate_layers",
     "trunk_boundary", "convert", "traditional", "build_from_config", "count_recurrent_parameters",
     "gate_statistics", "is_saturated",
