@@ -8,7 +8,8 @@ name (pipeline.tuner), so the modules trials run are in the search stage's closu
 
 `--check` (the default) exits 1 naming, per stage, each code file the stage runs that its `deps:` do not list
 (with the import chain that reaches it) and each listed code file it does not run; `--write` rewrites only the
-code entries of each `deps:` list in place (comments, data deps, outs, params and plots are left as they are).
+code entries of each `deps:` list in place (data deps, outs, params, plots and comments are left as they are;
+a comment on a code entry goes with it).
 A dynamic import (`importlib.import_module`, `__import__`) in project code is an error: it cannot be followed.
 tests/test_stage_deps.py runs the check on this project, so a stage can no longer run code DVC does not track.
 """
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import yaml
+
+from pipeline.atomic import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("prernn", "pipeline", "stages")
@@ -248,8 +251,6 @@ def write(root: Path = ROOT, dvc_yaml: Optional[Path] = None, packages: tuple[st
     code = {stage: code_files(root, module, packages) for stage, module in modules.items()}
     new = rewrite(text, code, packages)
     before = listed_deps(dvc_yaml)
-    from pipeline.atomic import write_text
-
     write_text(dvc_yaml, new)
     after = listed_deps(dvc_yaml)
     return [s for s in modules if before.get(s) != after.get(s)]
