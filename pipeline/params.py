@@ -13,8 +13,10 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.space import space_problems
+from prernn import CELLS
+
 MODALITIES = ("rgb", "flow", "depth")
-CELLS = ("vrnn", "lstm", "gru")
 
 
 class ParamsError(ValueError):
@@ -137,7 +139,7 @@ class PretrainParams(_Section):
 
 class SearchParams(_Section):
     modality: Literal["rgb", "flow", "depth"] = "rgb"
-    cells: list[Literal["vrnn", "lstm", "gru"]] = ["vrnn", "lstm", "gru"]
+    cells: list[Literal[CELLS]] = list(CELLS)
     layers: Optional[list[list[str]]] = None
     sih: list[bool] = [False, True]
     baselines: list[Literal[1, 2]] = [1, 2]
@@ -158,13 +160,6 @@ class SearchParams(_Section):
     storage_path: str = "ray_results"
     seed: int = 0
     seeds: int = Field(1, ge=1, le=50)  # every configuration trains with seeds seed, seed+1, ... (pipeline.seeds)
-
-    @field_validator("cells", "sih")
-    @classmethod
-    def _non_empty(cls, value):
-        if not value:
-            raise ValueError("must not be empty")
-        return value
 
 
 class SelectParams(_Section):
@@ -254,24 +249,8 @@ def backbone_candidates(name: str) -> list[str]:
 
 
 def _search_space_problems(search: "SearchParams", backbone: str) -> list[str]:
-    """search.layers entries that are not candidates of pretrain.backbone; SIH asked for a cell without gates."""
-    problems = []
-    if search.layers is not None:
-        candidates = backbone_candidates(backbone)
-        for i, entry in enumerate(search.layers):
-            unknown = [name for name in entry if name not in candidates]
-            if unknown:
-                problems.append(f"search.layers.{i}: {list(entry)!r}: {unknown} not candidate layers of "
-                                f"pretrain.backbone {backbone!r}; allowed: {candidates}")
-            elif not entry:
-                problems.append(f"search.layers.{i}: []: an empty layer set; give at least one of {candidates}")
-    if list(search.sih) == [True] and "vrnn" in search.cells:
-        gated = [c for c in search.cells if c != "vrnn"]
-        problems.append(
-            f"search.sih: [True] with search.cells {list(search.cells)}: SIH needs a gated cell (lstm, gru) and vrnn "
-            "has no gates, so no " + ("trial" if not gated and not search.baselines else "vrnn PreRNN trial")
-            + " is possible; add false to search.sih or remove vrnn from search.cells")
-    return problems
+    """The search space's own rules (pipeline.space.space_problems) over pretrain.backbone's candidate layers."""
+    return space_problems(search, backbone_candidates(backbone), backbone)
 
 
 def _format(err: ValidationError, raw: dict) -> str:

@@ -18,11 +18,38 @@ from __future__ import annotations
 from itertools import combinations
 from typing import Iterable, Optional, Sequence
 
-GATED_CELLS = ("lstm", "gru")
+from prernn import CELLS, GATED_CELLS, check_layers
 
 
 class SpaceError(ValueError):
-    """An impossible search space; the message names the params key."""
+    """An impossible search space; the message names the params key (one line per problem)."""
+
+
+def _layer_sets(candidates: Sequence[str], layers, backbone: Optional[str] = None) -> tuple[list[list[str]], list[str]]:
+    """(the layer sets in forward order, one problem line per bad `search.layers` entry); the rule for one set
+    is the library's (`prernn.check_layers`). `backbone`: the pretrain.backbone name, for the messages."""
+    candidates = list(candidates)
+    of = f" (pretrain.backbone {backbone!r})" if backbone else ""
+    if not candidates:
+        return [], [f"the backbone{of} has no candidate layers to make recurrent"]
+    if layers is None:
+        return [list(c) for n in range(1, len(candidates) + 1) for c in combinations(candidates, n)], []
+    out: list[list[str]] = []
+    problems = []
+    for i, entry in enumerate(layers):
+        entry = list(entry)
+        try:
+            ordered = check_layers(entry, candidates)
+        except ValueError as err:
+            problems.append(f"search.layers.{i}: {entry!r}: {err}{of}")
+            continue
+        if ordered in out:
+            problems.append(f"search.layers.{i}: {entry!r}: listed twice")
+        else:
+            out.append(ordered)
+    if not out and not problems:
+        problems.append("search.layers: []: no layer sets; use null for every combination")
+    return out, problems
 
 
 def layer_combinations(candidates: Sequence[str], layers: Optional[Iterable[Iterable[str]]] = None) -> list[list[str]]:
@@ -31,30 +58,40 @@ def layer_combinations(candidates: Sequence[str], layers: Optional[Iterable[Iter
     `layers` None: every non-empty combination of `candidates` (fc6, fc7, fc6+fc7 for VGG).
     Otherwise each entry is checked against `candidates` (SpaceError naming `search.layers`).
     """
-    candidates = list(candidates)
-    if not candidates:
-        raise SpaceError("the backbone has no candidate layers to make recurrent")
-    if layers is None:
-        return [list(c) for n in range(1, len(candidates) + 1) for c in combinations(candidates, n)]
-    out: list[list[str]] = []
-    for entry in layers:
-        entry = list(entry)
-        if not entry:
-            raise SpaceError(f"search.layers: {entry!r}: an empty layer set; give at least one of {candidates}")
-        unknown = [name for name in entry if name not in candidates]
-        if unknown:
-            raise SpaceError(
-                f"search.layers: {entry!r}: {unknown} not candidate layers of the backbone; allowed: {candidates}"
-            )
-        if len(set(entry)) != len(entry):
-            raise SpaceError(f"search.layers: {entry!r}: a layer is named twice")
-        ordered = [name for name in candidates if name in entry]
-        if ordered in out:
-            raise SpaceError(f"search.layers: {entry!r}: listed twice")
-        out.append(ordered)
-    if not out:
-        raise SpaceError("search.layers: []: no layer sets; use null for every combination")
+    out, problems = _layer_sets(candidates, layers)
+    if problems:
+        raise SpaceError("\n".join(problems))
     return out
+
+
+def _getter(search):
+    return (lambda k: search[k]) if isinstance(search, dict) else (lambda k: getattr(search, k))
+
+
+def space_problems(search, candidates: Sequence[str], backbone: Optional[str] = None) -> list[str]:
+    """Every reason the `search` section (SearchParams or a mapping) gives no valid space over the backbone's
+    `candidates`, one line each naming the key; [] when it gives one. pipeline.params calls this too."""
+    get = _getter(search)
+    cells, sihs, baselines = list(get("cells")), list(get("sih")), list(get("baselines"))
+    problems = []
+    if not cells:
+        problems.append(f"search.cells: []: give at least one of {', '.join(CELLS)}")
+    if not sihs:
+        problems.append("search.sih: []: give false, true or both")
+    ungated = [c for c in cells if c not in GATED_CELLS]
+    if sihs == [True] and ungated:
+        gated = [c for c in cells if c in GATED_CELLS]
+        problems.append(
+            f"search.sih: [True] with search.cells {cells}: SIH needs a gated cell ({', '.join(GATED_CELLS)}) and "
+            f"{', '.join(ungated)} has no gates, so no "
+            + ("trial" if not gated and not baselines else f"{', '.join(ungated)} PreRNN trial")
+            + f" is possible; add false to search.sih or remove {', '.join(ungated)} from search.cells")
+    for key, values in (("cells", cells), ("sih", sihs), ("baselines", baselines)):
+        twice = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if twice:
+            problems.append(f"search.{key}: {values}: {twice} listed twice (each trial would run twice)")
+    problems += _layer_sets(candidates, get("layers"), backbone)[1]
+    return problems
 
 
 def trial_name(kind: str, cell: str, sih: bool = False, layers: Sequence[str] = (), num_layers: int = 1) -> str:
@@ -66,19 +103,13 @@ def trial_name(kind: str, cell: str, sih: bool = False, layers: Sequence[str] = 
 
 def build_space(search, candidates: Sequence[str]) -> list[dict]:
     """All trial "arch" dicts for the `search` params section (pipeline.params.SearchParams or a
-    mapping with the same keys) and the backbone's candidate layers.
+    mapping with the same keys) and the backbone's candidate layers; SpaceError lists `space_problems`.
     """
-    get = (lambda k: search[k]) if isinstance(search, dict) else (lambda k: getattr(search, k))
+    problems = space_problems(search, candidates)
+    if problems:
+        raise SpaceError("\n".join(problems))
+    get = _getter(search)
     cells, sihs, baselines = list(get("cells")), list(get("sih")), list(get("baselines"))
-    if not cells:
-        raise SpaceError("search.cells: []: give at least one of vrnn, lstm, gru")
-    if not sihs:
-        raise SpaceError("search.sih: []: give false, true or both")
-    if sihs == [True] and "vrnn" in cells:
-        raise SpaceError(
-            "search.sih: [true]: SIH does not apply to vrnn (it has no gates); add false to search.sih "
-            "or remove vrnn from search.cells"
-        )
     combos = layer_combinations(candidates, get("layers"))
     prernn = [
         {"kind": "prernn", "cell": cell, "sih": sih, "layers": layers, "num_layers": len(layers), "hidden_size": None}
@@ -93,10 +124,5 @@ def build_space(search, candidates: Sequence[str]) -> list[dict]:
         for cell in cells
         for n in baselines
     ]
-    space = [{"name": trial_name(**{k: a[k] for k in ("kind", "cell", "sih", "layers", "num_layers")}), **a}
-             for a in prernn + traditional]
-    names = [a["name"] for a in space]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise SpaceError(f"search.cells / search.sih / search.baselines: trials {duplicates} are listed twice")
-    return space
+    return [{"name": trial_name(**{k: a[k] for k in ("kind", "cell", "sih", "layers", "num_layers")}), **a}
+            for a in prernn + traditional]

@@ -20,7 +20,7 @@ import csv
 import io
 from dataclasses import dataclass, field
 
-CELLS = ("vrnn", "lstm", "gru")
+from prernn import CELLS, GATED_CELLS
 NA, FAILED = "-", "failed"
 QUANTITIES = ("metric", "recurrent_params", "epochs_to_95")
 
@@ -106,8 +106,8 @@ def build_table(trials: list[dict], *, metric: str = "val_acc", mode: str = "max
                                     ("recurrent_params", cell, FRAMES): 0, ("epochs_to_95", cell, FRAMES): NA})
                 continue
             t = best.get((cell, col.key))
-            if cell == "vrnn" and col.group == "PreRNN-SIH":
-                t = None  # does not apply: a VRNN has one input-to-hidden state already
+            if cell not in GATED_CELLS and col.group == "PreRNN-SIH":
+                t = None  # does not apply: a VRNN has one input-to-hidden state already (prernn.check_sih)
             for q in QUANTITIES:
                 table.cells[(q, cell, col.key)] = NA if t is None else _value(t, q, metric)
             if t is not None and t.get(f"{metric}_interval"):

@@ -1,6 +1,7 @@
 """prernn: make trained CNN layers recurrent (PreRNN, PreRNN-SIH) for visual sequence learning.
 
-Imports torch only. Each module's docstring names the patent equations it implements.
+Imports torch only. Each module's docstring names the patent equations it implements: the patent is
+US 2018/0373985 A1 (equations, claims and paragraphs such as [0052] are its own).
 
     import prernn, torch
     cnn = prernn.create_backbone("vgg_mini", num_classes=10, input_size=32)    # or load_pretrained(...)
@@ -11,17 +12,18 @@ Imports torch only. Each module's docstring names the patent equations it implem
 """
 from . import backbones as _backbones  # noqa: F401  (fills the registry)
 from .backbones import Backbone
-from .cells import CELLS, GATE_NAMES, GRU_RESETS, HH_INITS
+from .cells import CELLS, GATE_NAMES, GATED_CELLS, GRU_RESETS, HH_INITS, check_sih
 from .layers import ConvRecurrent, FCRecurrent
 from .pretrained import load_pretrained
 from .registry import create_backbone, list_backbones, register_backbone
 from .counting import count_recurrent_parameters
-from .sequence import (SequenceModel, build_from_config, candidate_layers, clip_output, convert, frame_model, readout, traditional,
-                       trunk_boundary)
+from .sequence import (SequenceModel, build_from_config, candidate_layers, check_layers, clip_output, convert,
+                       frame_model, readout, traditional, trunk_boundary)
 from .stats import gate_statistics, is_saturated
 
 __all__ = [
-    "Backbone", "SequenceModel", "FCRecurrent", "ConvRecurrent", "CELLS", "GATE_NAMES", "GRU_RESETS", "HH_INITS",
+    "Backbone", "SequenceModel", "FCRecurrent", "ConvRecurrent", "CELLS", "GATE_NAMES", "GATED_CELLS", "GRU_RESETS",
+    "HH_INITS", "check_sih", "check_layers",
     "create_backbone", "list_backbones", "register_backbone", "load_pretrained", "candidate_layers",
     "trunk_boundary", "convert", "traditional", "build_from_config", "count_recurrent_parameters",
     "gate_statistics", "is_saturated", "readout", "clip_output", "frame_model",

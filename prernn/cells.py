@@ -22,6 +22,7 @@ from torch import nn
 CELLS = ("vrnn", "lstm", "gru")
 NUM_GATES = {"vrnn": 1, "lstm": 4, "gru": 3}
 GATE_NAMES = {"vrnn": (), "lstm": ("input", "forget", "output"), "gru": ("reset", "update")}
+GATED_CELLS = tuple(c for c in CELLS if GATE_NAMES[c])  # ("lstm", "gru"): the cells SIH applies to
 HH_INITS = ("orthogonal", "xavier", "normal")
 GRU_RESETS = ("before", "after")
 ACTIVATIONS = ("relu", "tanh")
@@ -30,6 +31,12 @@ ACTIVATIONS = ("relu", "tanh")
 def check_choice(what: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {what} {value!r}; expected one of {list(allowed)}")
+
+
+def check_sih(cell: str, sih: bool) -> None:
+    """SIH binds every gate to one shared input-to-hidden state ([0052]-[0053]): a cell without gates has none to bind."""
+    if sih and cell not in GATED_CELLS:
+        raise ValueError(f"sih=True needs a gated cell; expected cell in {list(GATED_CELLS)} (VRNN has no gates)")
 
 
 def init_hidden_weight(weight: torch.Tensor, scheme: str, hidden: int) -> None:
@@ -195,8 +202,7 @@ class Recurrence(nn.Module):
         check_choice("hh_init", hh_init, HH_INITS)
         if cell == "vrnn":
             check_choice("activation", activation, ACTIVATIONS)
-        if sih and cell == "vrnn":
-            raise ValueError("sih=True needs a gated cell; expected cell in ['lstm', 'gru'] (VRNN has no gates)")
+        check_sih(cell, sih)
         self.cell, self.hidden_size, self.sih = cell, int(hidden_size), bool(sih)
         self.activation, self.gru_reset = activation, gru_reset
         G, H = NUM_GATES[cell], self.hidden_size

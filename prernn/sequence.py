@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .backbones import Backbone, FCStage
-from .cells import CELLS, GRU_RESETS, HH_INITS, check_choice
+from .cells import CELLS, GRU_RESETS, HH_INITS, check_choice, check_sih
 from .layers import ConvRecurrent, FCRecurrent
 from .registry import create_backbone
 
@@ -126,18 +126,28 @@ class SequenceModel(nn.Module):
                 yield p
 
 
-def _ordered_layers(bb: Backbone, layers) -> list[str]:
-    if isinstance(layers, str):
-        layers = [layers]
-    layers = list(layers or [])
+def check_layers(layers, candidates) -> list[str]:
+    """`layers` (names, or one name) as a set of layers to make recurrent, in the order of `candidates` (the
+    backbone's, forward order); ValueError when it is empty, names a non-candidate, or names a layer twice."""
+    layers = [layers] if isinstance(layers, str) else list(layers or [])
+    candidates = list(candidates)
     if not layers:
-        raise ValueError(f"layers must be a non-empty subset of {bb.candidates}")
-    bad = [l for l in layers if l not in bb.candidates]
+        raise ValueError(f"an empty layer set; give at least one of {candidates}")
+    bad = [name for name in layers if name not in candidates]
     if bad:
-        raise ValueError(f"layer(s) {bad} cannot be made recurrent; expected a subset of {bb.candidates}")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"duplicate layers in {layers}")
-    return [n for n in bb.stages if n in layers]
+        raise ValueError(f"{bad} not candidate layers of the backbone; allowed: {candidates}")
+    twice = sorted({name for name in layers if layers.count(name) > 1})
+    if twice:
+        raise ValueError(f"{twice} named twice")
+    return [name for name in candidates if name in layers]
+
+
+def _ordered_layers(bb: Backbone, layers) -> list[str]:
+    try:
+        chosen = check_layers(layers, bb.candidates)
+    except ValueError as err:
+        raise ValueError(f"layers {layers!r}: {err}") from None
+    return [n for n in bb.stages if n in chosen]
 
 
 def convert(model, layers, cell: str, sih: bool = False, *, hh_init: str = "orthogonal",
@@ -153,8 +163,7 @@ def convert(model, layers, cell: str, sih: bool = False, *, hh_init: str = "orth
     check_choice("cell", cell, CELLS)
     check_choice("hh_init", hh_init, HH_INITS)
     check_choice("gru_reset", gru_reset, GRU_RESETS)
-    if sih and cell == "vrnn":
-        raise ValueError("sih=True needs a gated cell; expected cell in ['lstm', 'gru'] (VRNN has no gates)")
+    check_sih(cell, sih)
     order = _ordered_layers(bb, layers)
     kw = dict(sih=bool(sih), gru_reset=gru_reset, hh_init=hh_init)
     stages, skip = [], set()

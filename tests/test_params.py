@@ -101,3 +101,26 @@ def test_every_stage_prints_the_params_error_and_exits_2(stage, tmp_path, capsys
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "search.cells.0: 'transformer'" in err and str(tmp_path / "params.yaml") in err
+
+
+@pytest.mark.parametrize("search", [
+    {"sih": [True], "cells": ["vrnn"], "baselines": []},
+    {"sih": [True]},
+    {"cells": []},
+    {"layers": [["fc8"], []]},
+    {"layers": [["fc6", "fc6"]]},
+    {"layers": [["fc7", "fc6"], ["fc6", "fc7"]]},
+    {"baselines": [1, 1]},
+    {"layers": []},
+])
+def test_params_refuse_every_space_the_search_stage_refuses_with_the_same_lines(search):
+    from pipeline.params import SearchParams, backbone_candidates
+    from pipeline.space import SpaceError, build_space
+
+    raw = _shipped()
+    raw["search"].update(search)
+    params_lines = _errors(raw).splitlines()[1:]
+    with pytest.raises(SpaceError) as info:
+        build_space(SearchParams(**raw["search"]), backbone_candidates(raw["pretrain"]["backbone"]))
+    space_lines = str(info.value).splitlines()
+    assert [line.removesuffix(" (pretrain.backbone 'vgg_mini')") for line in params_lines] == space_lines

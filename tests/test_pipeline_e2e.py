@@ -2,13 +2,18 @@
 
 Checks the acceptance of the search issue end to end: every stage runs, Table 1, the selection, the
 plots, metrics.json, the final model and the MLflow runs exist; a second `dvc repro` reruns nothing;
-`dvc exp run -S` with a narrower search space reruns only the stages that depend on it.
+`dvc exp run -S` with a narrower search space reruns only the stages that depend on it; every project module a
+stage's processes load (Ray workers included, recorded by tests/import_recorder) is among its dvc.yaml deps.
 """
 import json
+import os
 import sqlite3
+from pathlib import Path
 
 import pytest
+import yaml
 
+from pipeline.stage_deps import module_file
 from tests.dvc_project import make_project
 from tests.dvc_project import run as _run
 
@@ -30,6 +35,9 @@ def project(tmp_path_factory):
     """A git + DVC project holding a copy of this one's code and a tiny params.yaml, reproduced once."""
     root = tmp_path_factory.mktemp("project")
     env = make_project(root, TINY)
+    recorder = Path(__file__).parent / "import_recorder"
+    env.update(PRERNN_IMPORT_LOG=str(tmp_path_factory.mktemp("import_log")),
+               PYTHONPATH=os.pathsep.join(p for p in (str(recorder), env.get("PYTHONPATH")) if p))
     out = _run(["dvc", "repro"], root, env)
     return root, env, out
 
@@ -62,6 +70,22 @@ def test_mlflow_has_one_parent_and_a_child_per_trial(project):
     trial_runs = {t["mlflow_run_id"] for t in json.loads((root / "search" / "trials.json").read_text())}
     assert trial_runs <= set(children)
     assert search["parent_run_id"] in {run for run, _ in rows}
+
+
+def test_every_module_a_stage_loads_is_one_of_its_deps(project):
+    root, env, _ = project
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    loaded: dict[str, set] = {}
+    for log in Path(env["PRERNN_IMPORT_LOG"]).glob("*.txt"):
+        _, stage, _, role, _ = log.name.split(".")  # stages.<stage>.<pid>.<stage|child>.txt
+        files = {module_file(root, m).relative_to(root).as_posix() for m in log.read_text().split()
+                 if module_file(root, m)}
+        loaded.setdefault(stage, set()).update(files)
+        loaded.setdefault(f"{stage}:{role}", set()).update(files)
+    assert set(stages) <= set(loaded)
+    for stage, spec in stages.items():
+        assert loaded[stage] - set(spec["deps"]) == set(), stage
+    assert "pipeline/trainable.py" in loaded["search:child"]  # the Ray workers' imports were recorded
 
 
 def test_second_repro_reruns_nothing(project):

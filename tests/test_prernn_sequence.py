@@ -213,3 +213,17 @@ def test_count_conv_gate_dependent_copies():
         sih = prernn.count_recurrent_parameters(prernn.convert(bb, ["layer3_1"], cell, True))
         assert sih == G * C * C + G * C
         assert gd == sih + (G - 1) * conv_copy
+
+
+def test_the_layer_set_and_sih_rules_every_caller_uses():
+    assert prernn.check_layers(["fc7", "fc6"], ["fc6", "fc7"]) == ["fc6", "fc7"]
+    assert prernn.check_layers("fc7", ["fc6", "fc7"]) == ["fc7"]
+    for bad, message in (([], "an empty layer set"), (["fc8"], r"\['fc8'\] not candidate layers"),
+                         (["fc6", "fc6"], r"\['fc6'\] named twice")):
+        with pytest.raises(ValueError, match=message):
+            prernn.check_layers(bad, ["fc6", "fc7"])
+    assert prernn.GATED_CELLS == ("lstm", "gru")
+    prernn.check_sih("gru", True)
+    prernn.check_sih("vrnn", False)
+    with pytest.raises(ValueError, match="sih=True needs a gated cell"):
+        prernn.check_sih("vrnn", True)
