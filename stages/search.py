@@ -16,26 +16,6 @@ import sys
 from pathlib import Path
 
 
-FAULTS_ENV = "PRERNN_TEST_FAULTS"
-
-
-def inject_faults(space: list[dict]) -> list[dict]:
-    """Test hook: PRERNN_TEST_FAULTS='{"<trial name>": "nan" | "raise" | "raise_once" | "slow"}' sets `_fault` on those trials
-    (pipeline.trainable); unknown trial names are an error so a test cannot silently inject nothing."""
-    import json
-    import os
-
-    raw = os.environ.get(FAULTS_ENV)
-    if not raw:
-        return space
-    faults = json.loads(raw)
-    names = {a["name"] for a in space}
-    unknown = sorted(set(faults) - names)
-    if unknown:
-        sys.exit(f"search: {FAULTS_ENV}: {unknown} are not trials of this search; trials: {sorted(names)}")
-    return [{**a, "_fault": faults[a["name"]]} if a["name"] in faults else a for a in space]
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -73,7 +53,6 @@ def main(argv=None) -> None:
     except SpaceError as err:
         print(f"search: {args.params}: {err}", file=sys.stderr)
         sys.exit(2)
-    space = inject_faults(space)
 
     seed_everything(search.seed)
     snippet = backbone.config["kwargs"].get("snippet") if backbone.is_3d else None
