@@ -5,7 +5,7 @@ In: `--clips` (extract stage), `--pretrained` (pretrain stage: `{modality}.pt`),
 layers above it. Out (under --out, one atomic folder): `trials.json`, `trials.csv`, `search.json`
 (contract keys). Ray trial results and checkpoints: `search.storage_path`/search-<modality>-<fingerprint
 of params and inputs>; rerunning with the same inputs (after a kill) restores that experiment: finished
-trials are kept, unfinished ones continue from their last epoch (`--fresh` retrains all). MLflow: one
+trials are kept, unfinished ones continue from the newest epoch they checkpointed (`--fresh` retrains all). MLflow: one
 parent run, one child run per trial.
 """
 from __future__ import annotations

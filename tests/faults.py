@@ -51,12 +51,7 @@ def _signal_and_wait(trial: str) -> None:
 
 def _before_epoch(trainer) -> None:
     """Called by the patched Trainer.fit_epoch in a worker, before each epoch of the active trial."""
-    if _active.get("signal_dir"):  # record every epoch this process trains: `<signal_dir>/<trial>.trained`
-        with open(Path(_active["signal_dir"], f"{_active['name']}.trained"), "a") as fh:
-            fh.write(f"{trainer.epoch + 1}\n")
-    fault = _active.get("fault")
-    if not fault:
-        return
+    fault = _active.get("fault") or ""
     if not hasattr(trainer, "_fault_start_epoch"):
         trainer._fault_start_epoch = trainer.epoch  # 0: this attempt started from scratch
     if fault == "nan" and trainer.epoch == trainer._fault_start_epoch:
@@ -73,6 +68,9 @@ def _before_epoch(trainer) -> None:
         time.sleep(SLOW_EPOCH_S)
     elif fault.startswith("pause:") and fault != "pause:end" and trainer.epoch == int(fault[len("pause:"):]):
         _signal_and_wait(_active["name"])
+    if _active.get("signal_dir"):  # record every epoch this process trains: `<signal_dir>/<trial>.trained`
+        with open(Path(_active["signal_dir"], f"{_active['name']}.trained"), "a") as fh:
+            fh.write(f"{trainer.epoch + 1}\n")
 
 
 def _patch_trainer() -> None:
