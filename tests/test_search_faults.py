@@ -93,3 +93,15 @@ def test_more_gpus_per_trial_than_the_cluster_has_stops_before_any_trial(workdir
     # checked before the parent run is opened: no MLflow run was made for it
     runs = tracking.client(uri).search_runs([exp.experiment_id]) if exp else []
     assert len(runs) == before
+
+
+def test_the_fault_plugin_refuses_unknown_kinds_and_trials(monkeypatch):
+    """A typo in a test's faults is an error, not a search that silently injects nothing."""
+    from pipeline import tuner
+
+    with pytest.raises(ValueError, match=r"'explode': expected one of .* or pause:N"):
+        faults.install(monkeypatch, {"prernn-gru-fc7": "explode"})
+    faults.install(monkeypatch, {"prernn-gru-fc9": "nan"})
+    assert tuner.train_trial.__name__ == "train_trial"  # Tuner.restore matches trainables by name
+    with pytest.raises(ValueError, match=r"\['prernn-gru-fc9'\]: not trials of this search"):
+        tuner.run_search(None, None, None, None, candidates=[], boundary="", space=[{"name": "prernn-gru-fc7"}])
