@@ -1,6 +1,6 @@
 """The Ray Tune trainable: one search trial = one PreRNN conversion (or traditional baseline) fine-tuned.
 
-`train_trial(config, data)` is a plain function of the trial config (Ray's function API):
+`train_trial(config, data, experiment_dir)` is a plain function of the trial config (Ray's function API):
   config: {"arch": <a pipeline.space arch dict>, "epochs", "batch_size", "lr_inherited", "lr_new",
            "weight_decay", "hh_init", "seed", "cpus_per_trial", "use_gpu", "tracking_uri",
            "experiment_id", "parent_run_id", "gate_stats_every_epoch"}
