@@ -228,7 +228,8 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
                     failure_config=tune.FailureConfig(max_failures=search.max_failures),
                     # keep every epoch's checkpoint: with a limit, the driver deletes the previous one as soon
                     # as a new one lands, and a driver killed before it saves its state leaves a restore that
-                    # points at a deleted checkpoint (seen in tests/test_search_resume.py)
+                    # points at a deleted checkpoint; and a restarted trial looks for the newest of them itself
+                    # (pipeline.trial_checkpoint), which Ray, counting by its own index, could delete
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
             )
         grid = tuner.fit()
