@@ -37,6 +37,9 @@ class StoragePath:
             return StoragePath("", self.local / name)
         return StoragePath(f"{self.uri}/{name}")
 
+    def __lt__(self, other: "StoragePath") -> bool:
+        return str(self) < str(other)
+
     def __str__(self) -> str:
         return str(self.local) if self.local is not None else self.uri
 
@@ -52,12 +55,36 @@ class StoragePath:
         fs, path = self._fs()
         return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
-    def read_text(self) -> str:
+    def read_bytes(self) -> bytes:
         if self.local is not None:
-            return self.local.read_text()
+            return self.local.read_bytes()
         fs, path = self._fs()
         with fs.open_input_stream(path) as fh:
-            return fh.read().decode()
+            return fh.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def glob(self, pattern: str) -> list["StoragePath"]:
+        """The files and folders below this one whose relative path matches `pattern` (fnmatch, `/`-separated,
+        one path part per pattern part: `trial_*/checkpoint_*/*.pt`), sorted; [] when this folder is missing."""
+        parts = pattern.split("/")
+        if self.local is not None:
+            return sorted(StoragePath("", p) for p in self.local.glob(pattern)) if self.local.is_dir() else []
+        import fnmatch
+
+        import pyarrow.fs
+
+        fs, root = self._fs()
+        if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
+            return []
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=len(parts) > 1))
+        out = []
+        for info in infos:
+            rel = info.path[len(root.rstrip("/")) + 1:].split("/")
+            if len(rel) == len(parts) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(rel, parts)):
+                out.append(StoragePath(f"{self.uri}/{'/'.join(rel)}"))
+        return sorted(out)
 
     def write_text(self, text: str) -> None:
         if self.local is not None:

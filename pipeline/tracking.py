@@ -170,6 +170,29 @@ def log_metrics(uri: str, run_id: str, metrics: dict, step: Optional[int] = None
         _retry(client(uri).log_batch, run_id, metrics=items)
 
 
+def logged_steps(uri: str, run_id: str) -> set[tuple[str, int]]:
+    """(metric key, step) of every value already logged to the run."""
+    c = client(uri)
+    return {(key, m.step) for key in _retry(c.get_run, run_id).data.metrics
+            for m in _retry(c.get_metric_history, run_id, key)}
+
+
+class MetricLog:
+    """Logs metrics to one run at most once per (key, step): what a run already holds is skipped, so a trial
+    that resumes (after a killed driver, a lost node, a tracking outage) never logs an epoch twice.
+    `new_run`: the run was just created (nothing to read back)."""
+
+    def __init__(self, uri: str, run_id: str, new_run: bool = False):
+        self.uri, self.run_id = uri, run_id
+        self.logged = set() if new_run else logged_steps(uri, run_id)
+
+    def log(self, metrics: dict, step: int = 0) -> None:
+        """Log the numeric entries of `metrics` at `step` that the run does not have yet."""
+        new = {k: v for k, v in metrics.items() if (k, step) not in self.logged}
+        log_metrics(self.uri, self.run_id, new, step=step)
+        self.logged |= {(k, step) for k in new}
+
+
 def log_json(uri: str, run_id: str, obj, filename: str) -> None:
     """Store `obj` as a JSON artifact `filename` of the run."""
     with tempfile.TemporaryDirectory() as tmp:

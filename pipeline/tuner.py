@@ -5,7 +5,8 @@ checkpoint (save format of the contract), the prepared splits (pipeline.features
 (rows, info): one row per trial with the contract's keys (trials.json) and the search summary
 (search.json). Ray results live under `search.storage_path`/<name>; the name is a fingerprint of
 the params and inputs, so rerunning a killed search with the same inputs restores it there
-(`Tuner.restore`: finished trials are kept, unfinished ones continue from their last epoch).
+(`Tuner.restore`: finished trials are kept, unfinished ones continue from the newest epoch they
+checkpointed, see pipeline.trainable).
 """
 from __future__ import annotations
 
@@ -205,7 +206,8 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, data={"backbone": {"config": backbone_ckpt["config"],
                                                                  "state_dict": backbone_ckpt["state_dict"]},
-                                                    "train": splits["train"], "val": splits["val"]}),
+                                                    "train": splits["train"], "val": splits["val"]},
+                                experiment_dir=str(exp_dir)),  # where a restarted trial finds its checkpoints
             {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial if use_gpu else 0},
         )
         if restoring:
@@ -227,7 +229,8 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
                     failure_config=tune.FailureConfig(max_failures=search.max_failures),
                     # keep every epoch's checkpoint: with a limit, the driver deletes the previous one as soon
                     # as a new one lands, and a driver killed before it saves its state leaves a restore that
-                    # points at a deleted checkpoint (seen in tests/test_search_resume.py)
+                    # points at a deleted checkpoint; and a restarted trial looks for the newest of them itself
+                    # (pipeline.trial_checkpoint), which Ray, counting by its own index, could delete
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
             )
         grid = tuner.fit()

@@ -5,7 +5,7 @@ In: `--clips` (extract stage), `--pretrained` (pretrain stage: `{modality}.pt`),
 layers above it. Out (under --out, one atomic folder): `trials.json`, `trials.csv`, `search.json`
 (contract keys). Ray trial results and checkpoints: `search.storage_path`/search-<modality>-<fingerprint
 of params and inputs>; rerunning with the same inputs (after a kill) restores that experiment: finished
-trials are kept, unfinished ones continue from their last epoch (`--fresh` retrains all). MLflow: one
+trials are kept, unfinished ones continue from the newest epoch they checkpointed (`--fresh` retrains all). MLflow: one
 parent run, one child run per trial.
 """
 from __future__ import annotations
@@ -14,26 +14,6 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-
-
-FAULTS_ENV = "PRERNN_TEST_FAULTS"
-
-
-def inject_faults(space: list[dict]) -> list[dict]:
-    """Test hook: PRERNN_TEST_FAULTS='{"<trial name>": "nan" | "raise" | "raise_once" | "slow"}' sets `_fault` on those trials
-    (pipeline.trainable); unknown trial names are an error so a test cannot silently inject nothing."""
-    import json
-    import os
-
-    raw = os.environ.get(FAULTS_ENV)
-    if not raw:
-        return space
-    faults = json.loads(raw)
-    names = {a["name"] for a in space}
-    unknown = sorted(set(faults) - names)
-    if unknown:
-        sys.exit(f"search: {FAULTS_ENV}: {unknown} are not trials of this search; trials: {sorted(names)}")
-    return [{**a, "_fault": faults[a["name"]]} if a["name"] in faults else a for a in space]
 
 
 def frame_reference(backbone, val, params) -> dict:
@@ -86,7 +66,6 @@ def main(argv=None) -> None:
     except SpaceError as err:
         print(f"search: {args.params}: {err}", file=sys.stderr)
         sys.exit(2)
-    space = inject_faults(space)
 
     seed_everything(search.seed)
     snippet = backbone.config["kwargs"].get("snippet") if backbone.is_3d else None

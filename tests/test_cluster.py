@@ -232,7 +232,7 @@ def test_search_runs_trials_on_both_nodes_and_logs_to_the_tracking_server(cluste
     assert all(t["node_ip"] == LOOPBACK for t in trials), [t["node_ip"] for t in trials]
     assert info["tracking_uri"] == cluster["uri"]
     for t in trials:  # per-epoch checkpoints written by each node to the shared storage_path
-        assert list((shared / "ray").glob(f"search-rgb-*/{t['name']}_*/checkpoint_*/trial.pt")), t["name"]
+        assert list((shared / "ray").glob(f"search-rgb-*/{t['name']}_*/checkpoint_*/epoch-*.pt")), t["name"]
 
     # queried through the server, from inside the namespace
     query = subprocess.run([*ns, sys.executable, "-c", _CHILDREN, cluster["uri"], info["experiment_id"],

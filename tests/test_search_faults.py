@@ -9,6 +9,7 @@ import time
 import pytest
 import yaml
 
+from tests import faults
 from tests.search_fixtures import pretrained_search_project, search_args
 
 FAULTS = {"prernn-gru-fc6": "nan", "traditional-gru-1": "raise", "prernn-gru-fc7": "raise_once"}
@@ -26,7 +27,7 @@ def test_faulty_trials_fail_alone_are_retried_and_show_as_failed(workdir, monkey
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setenv("PRERNN_TEST_FAULTS", json.dumps(FAULTS))
+    faults.install(monkeypatch, FAULTS)
     search.main(search_args(workdir))
     trials = {t["name"]: t for t in json.loads((workdir / "search" / "trials.json").read_text())}
     assert set(trials) == {"prernn-gru-fc6", "prernn-gru-fc7", "prernn-gru-fc6+fc7", "traditional-gru-1"}
@@ -34,7 +35,7 @@ def test_faulty_trials_fail_alone_are_retried_and_show_as_failed(workdir, monkey
     assert status == {"prernn-gru-fc6": "failed", "traditional-gru-1": "failed",
                       "prernn-gru-fc7": "ok", "prernn-gru-fc6+fc7": "ok"}
     assert "NonFiniteLoss" in trials["prernn-gru-fc6"]["error"]
-    assert "InjectedFault" in trials["traditional-gru-1"]["error"] and "_fault: raise" in trials["traditional-gru-1"]["error"]
+    assert "InjectedFault" in trials["traditional-gru-1"]["error"] and "(raise)" in trials["traditional-gru-1"]["error"]
     for name in ("prernn-gru-fc7", "prernn-gru-fc6+fc7"):
         assert trials[name]["error"] is None and [h["epoch"] for h in trials[name]["history"]] == [1, 2]
 
@@ -79,7 +80,6 @@ def test_more_gpus_per_trial_than_the_cluster_has_stops_before_any_trial(workdir
     (workdir / "gpus.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("PRERNN_TEST_FAULTS", raising=False)
     uri = f"sqlite:///{workdir}/mlflow.db"
     exp = tracking.client(uri).get_experiment_by_name("faults")
     before = len(tracking.client(uri).search_runs([exp.experiment_id])) if exp else 0
@@ -93,3 +93,15 @@ def test_more_gpus_per_trial_than_the_cluster_has_stops_before_any_trial(workdir
     # checked before the parent run is opened: no MLflow run was made for it
     runs = tracking.client(uri).search_runs([exp.experiment_id]) if exp else []
     assert len(runs) == before
+
+
+def test_the_fault_plugin_refuses_unknown_kinds_and_trials(monkeypatch):
+    """A typo in a test's faults is an error, not a search that silently injects nothing."""
+    from pipeline import tuner
+
+    with pytest.raises(ValueError, match=r"'explode': expected one of .* or pause:N"):
+        faults.install(monkeypatch, {"prernn-gru-fc7": "explode"})
+    faults.install(monkeypatch, {"prernn-gru-fc9": "nan"})
+    assert tuner.train_trial.__name__ == "train_trial"  # Tuner.restore matches trainables by name
+    with pytest.raises(ValueError, match=r"\['prernn-gru-fc9'\]: not trials of this search"):
+        tuner.run_search(None, None, None, None, candidates=[], boundary="", space=[{"name": "prernn-gru-fc7"}])

@@ -73,3 +73,22 @@ def test_parent_and_nested_child_runs_in_sqlite(tmp_path):
     assert tracking.find_child_run(uri, exp, parent, "other", name="trial-a") == child
     assert tracking.find_child_run(uri, exp, parent, "other", name="trial-b") is None
     assert run.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())
+
+
+def test_metric_log_logs_each_key_and_step_once_across_instances(tmp_path):
+    """A resumed trial's MetricLog reads back what the run holds and skips it; what is new is logged once."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.ensure_experiment(uri, "metric-log")
+    run_id = tracking.start_run(uri, exp, "trial")
+    first = tracking.MetricLog(uri, run_id, new_run=True)
+    first.log({"val_acc": 0.5, "name": "not a number"}, step=1)
+    first.log({"val_acc": 0.5}, step=1)  # the same step again: skipped
+    first.log({"recurrent_params": 10})
+    resumed = tracking.MetricLog(uri, run_id)  # a restarted attempt, on the same run
+    assert resumed.logged >= {("val_acc", 1), ("recurrent_params", 0)}
+    resumed.log({"val_acc": 0.75, "val_loss": 1.0}, step=1)  # val_acc@1 is there: only val_loss@1 is new
+    resumed.log({"val_acc": 0.8}, step=2)
+    resumed.log({"recurrent_params": 10})
+    history = lambda key: [(m.step, m.value) for m in tracking.client(uri).get_metric_history(run_id, key)]  # noqa: E731
+    assert sorted(history("val_acc")) == [(1, 0.5), (2, 0.8)]
+    assert history("val_loss") == [(1, 1.0)] and history("recurrent_params") == [(0, 10.0)]

@@ -10,6 +10,7 @@ from pipeline.features import SplitTensors, trunk_features
 from pipeline.params import MlflowParams, SearchParams
 from pipeline.space import build_space
 from pipeline.tuner import ROW_KEYS, run_search, write_outputs
+from tests import faults
 from tests.search_fixtures import toy_tensors
 
 CONTRACT_KEYS = set(ROW_KEYS) | {"gate_stats", "history", "config"}
@@ -41,11 +42,15 @@ def _search(tmp, **kw):
                         max_failures=0, storage_path=str(tmp / "ray"), **kw)
 
 
-def test_search_runs_trials_logs_child_runs_and_marks_nan_trial_failed(ray_session, inputs, tmp_path):
+def test_search_runs_trials_logs_child_runs_and_marks_nan_trial_failed(ray_session, inputs, tmp_path, monkeypatch):
+    from pipeline import tuner
+
     ckpt, splits, candidates, boundary = inputs
     search = _search(tmp_path, baseline_hidden_size=8)
-    space = build_space(search, candidates) + [{**build_space(SearchParams(cells=["vrnn"], sih=[False],
-                                                baselines=[1]), candidates)[-1], "_fault": "nan"}]
+    space = build_space(search, candidates) + [build_space(SearchParams(cells=["vrnn"], sih=[False],
+                                                baselines=[1]), candidates)[-1]]
+    faults.install(monkeypatch, {"traditional-vrnn-1": "nan"})
+    run_search = tuner.run_search
     assert [a["name"] for a in space] == ["prernn-gru-sih-fc7", "prernn-lstm-sih-fc7", "traditional-vrnn-1"]
     mlflow = MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="t")
     rows, info = run_search(search, mlflow, ckpt, splits, candidates=candidates, boundary=boundary, space=space,

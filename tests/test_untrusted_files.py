@@ -75,15 +75,15 @@ def test_search_refuses_a_pretrained_model_with_pickled_code(tmp_path):
 
 
 def test_a_restored_trial_checkpoint_with_pickled_code_is_refused(tmp_path, monkeypatch):
-    """The trainable's own restore path (tune.get_checkpoint -> trial.pt), fed a crafted checkpoint."""
+    """The trainable's own restore path (tune.get_checkpoint -> epoch-NNNN.pt), fed a crafted checkpoint."""
     from ray import tune
 
-    from pipeline import trainable
+    from pipeline import trainable, trial_checkpoint
 
     marker = tmp_path / "ran"
     ckpt_dir = tmp_path / "checkpoint_000000"
     ckpt_dir.mkdir()
-    _evil_file(ckpt_dir / trainable.CHECKPOINT_FILE, marker)
+    _evil_file(ckpt_dir / trial_checkpoint.filename(1), marker)
     monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(ckpt_dir)))
     config = {"arch": {"name": "prernn-gru-fc7", "kind": "prernn", "cell": "gru", "sih": False, "layers": ["fc7"],
                        "num_layers": 1, "hidden_size": None},
