@@ -33,7 +33,7 @@ def tiny_params(raw: dict, clips_per_class: int) -> dict:
                                    "frames": 8, "size": 24})
     p["extract"].update({"frames": 4, "size": 16, "modalities": ["rgb", "flow"], "workers": 1})
     p["pretrain"].update({"modalities": ["rgb"], "epochs": 1, "batch_size": 16})
-    p["search"].update({"cells": ["lstm"], "sih": [False], "layers": [["fc6"]], "baselines": [], "epochs": 1,
+    p["search"].update({"cells": ["lstm"], "sih": [False], "layers": [["fc6"]], "baselines": [], "epochs": 1, "seeds": 1,
                         "batch_size": 4, "max_concurrent": 1})
     p["evaluate"].update({"epochs": 1, "modalities": ["rgb"]})
     return p

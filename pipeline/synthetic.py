@@ -2,7 +2,9 @@
 
 One clip is a `Motion`: a shape (one per gesture kind, `KIND_SHAPES`) moving over a cluttered, static background from a start state
 (x, y, angle, scale, depth) to an end state. The class is read off the direction of the change
-(`classify`), never off one frame: swipes move the centre, rotations turn the shape, push/pull
+(`classify`), never off one frame: swipes move the centre, rotations turn the shape about a pivot beside it
+(as a hand turns about the wrist: the sense shows in where the shape goes, not only in how it is oriented, which a
+CNN trained on single frames to name the gesture learns to ignore; README "Training recipe"), push/pull
 shrink/grow it while its depth value falls/rises. Paired classes are time-reversals of each
 other: `motion.reversed()` swaps start and end, is a valid clip of the partner class, and
 `render(motion.reversed())` equals `render(motion)[::-1]` frame for frame (the per-frame state is
@@ -44,6 +46,7 @@ class Motion:
     end: tuple[float, float, float, float, float]
     clutter_seed: int
     background: tuple[int, int, int]
+    arm: tuple[float, float] | None = None  # rotations: (length, phase); the shape turns about the pivot (x, y)
 
     def reversed(self) -> "Motion":
         return dataclasses.replace(self, start=self.end, end=self.start)
@@ -84,14 +87,14 @@ def sample_motion(class_name: str, rng: np.random.Generator) -> Motion:
     elif kind == "swipe_y":  # swipe_up: bottom -> top
         start[1], end[1] = y + travel / 2, y - travel / 2
         end[0] = x + rng.uniform(-0.05, 0.05)
-    elif kind == "rotate":  # rotate_cw: angle grows (clockwise on screen, y down)
+    elif kind == "rotate":  # rotate_cw: angle grows (clockwise on screen, y down), about a pivot beside the shape
         end[2] = angle + 360 * travel
-        end[0], end[1] = x + rng.uniform(-0.03, 0.03), y + rng.uniform(-0.03, 0.03)
+        arm = (float(rng.uniform(0.12, 0.16)), float(rng.uniform(0, 2 * math.pi)))
     else:  # push: shrinks and moves away (depth value drops)
         start[3], end[3] = rng.uniform(0.2, 0.26), rng.uniform(0.08, 0.11)
         end[4] = depth - rng.uniform(60, 100)
     m = Motion(shape, color, tuple(float(v) for v in start), tuple(float(v) for v in end),
-               int(rng.integers(2**31)), background)
+               int(rng.integers(2**31)), background, arm if kind == "rotate" else None)
     return m.reversed() if rev else m
 
 
@@ -143,6 +146,9 @@ def render(motion: Motion, frames: int, size: int) -> tuple[np.ndarray, np.ndarr
         # symmetric weights: state(t) of the reversed motion is state(T-1-t) of this one, exactly
         x, y, ang, sc, dep = (a * (n - t) + b * t) / n
         th = math.radians(ang)
+        if motion.arm is not None:  # turning about the pivot (x, y): the centre sits on an arm that turns too
+            length, phase = motion.arm
+            x, y = x + length * math.cos(th + phase), y + length * math.sin(th + phase)
         rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
         pts = (outline @ rot.T) * sc * size + np.array([x, y]) * size
         pts = np.round(pts * 16).astype(np.int32).reshape(-1, 1, 2)  # 4 bits of sub-pixel precision

@@ -24,8 +24,8 @@ TINY = {
                            "frames": 8, "size": 24}},
     "extract": {"frames": 4, "size": 16, "modalities": ["rgb", "flow"]},
     "pretrain": {"epochs": 1, "modalities": ["rgb", "flow"]},
-    "search": {"cells": ["lstm"], "layers": [["fc6"]], "sih": [False, True], "baselines": [1], "epochs": 1,
-               "batch_size": 4},
+    "search": {"cells": ["lstm"], "layers": [["fc6"]], "sih": [False, True], "baselines": [1], "epochs": 2,
+               "batch_size": 4, "seeds": 2},
     "evaluate": {"epochs": 1, "modalities": ["rgb", "flow"], "register_name": "e2e-final"},
 }
 
@@ -47,15 +47,27 @@ def test_repro_writes_every_output(project):
     for stage in ("ingest", "extract", "pretrain", "search", "select", "evaluate"):
         assert f"Running stage '{stage}'" in out
     trials = json.loads((root / "search" / "trials.json").read_text())
-    assert sorted(t["name"] for t in trials) == ["prernn-lstm-fc6", "prernn-lstm-sih-fc6", "traditional-lstm-1"]
+    configs = ["prernn-lstm-fc6", "prernn-lstm-sih-fc6", "traditional-lstm-1"]
+    assert sorted(t["name"] for t in trials) == sorted(f"{c}-seed{s}" for c in configs for s in (0, 1))
+    assert sorted({t["configuration"] for t in trials}) == configs and {t["seed"] for t in trials} == {0, 1}
     assert all(t["status"] == "ok" for t in trials)
     table = (root / "reports" / "table1.md").read_text()
-    assert "| LSTM |" in table and "| VRNN |" in table
+    assert "| LSTM |" in table and "| VRNN |" in table and "CNN alone per frame" in table
+    csv_rows = [r.split(",")[0] for r in (root / "reports" / "table1.csv").read_text().splitlines()]
+    assert {"val_acc", "val_acc_ci_low", "val_acc_ci_high", "val_acc_seed0", "val_acc_seed1"} <= set(csv_rows)
+    convergence = (root / "reports" / "convergence.csv").read_text().splitlines()
+    assert convergence[0] == "epoch,family,configuration,mean,ci_low,ci_high,n" and len(convergence) == 1 + 3 * 2
+    assert (root / "reports" / "plots" / "convergence.png").stat().st_size > 0
     selection = json.loads((root / "reports" / "selection.json").read_text())
     assert selection["selected"]["name"].startswith("prernn-lstm")
     assert list((root / "reports" / "plots").glob("saturation_lstm_*.png"))
     metrics = json.loads((root / "metrics.json").read_text())
     assert 0.0 <= metrics["test_acc"] <= 1.0 and set(metrics["streams"]) == {"rgb", "flow"}
+    assert metrics["seeds"] == [0, 1] and set(metrics["comparison"]) == {"fused", "rgb", "flow"}
+    diff = metrics["comparison"]["rgb"]["test_acc"]["difference"]
+    assert diff["ci_low"] <= diff["mean"] <= diff["ci_high"]
+    assert len(metrics["comparison"]["fused"]["test_acc"]["selected"]["per_seed"]) == 2
+    assert set(metrics["frame_reference"]) == {"rgb", "flow"}
     assert (root / "models" / "final.pt").stat().st_size > 0
 
 
@@ -105,4 +117,4 @@ def test_exp_run_with_narrower_space_reruns_only_dependants(project):
     for stage in ("search", "select", "evaluate"):
         assert f"Running stage '{stage}'" in out
     trials = json.loads((root / "search" / "trials.json").read_text())
-    assert sorted(t["name"] for t in trials) == ["prernn-lstm-fc6", "traditional-lstm-1"]
+    assert sorted(t["configuration"] for t in trials) == ["prernn-lstm-fc6"] * 2 + ["traditional-lstm-1"] * 2

@@ -20,7 +20,7 @@ PARAMS = {
     "extract": {"frames": 6, "size": 16, "modalities": ["rgb"], "workers": 1, "flow_method": "farneback"},
     "pretrain": {"backbone": "vgg_mini", "modalities": ["rgb"], "epochs": 1, "batch_size": 8},
     "search": {"modality": "rgb", "cells": ["gru"], "layers": [["fc7"]], "sih": [False, True], "baselines": [1],
-               "epochs": 1, "batch_size": 4, "cpus_per_trial": 1, "storage_path": "ray_results"},
+               "epochs": 1, "batch_size": 4, "cpus_per_trial": 1, "storage_path": "ray_results", "seeds": 1},
     "evaluate": {"epochs": 1, "modalities": ["rgb"], "register_name": "e2e-reg-final"},
     "regression": {"threshold": 0.5, "normalize": "bbox"},  # a loose threshold: the tiny models are coarse
 }
