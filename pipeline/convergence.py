@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pipeline.seeds import mean_interval
 
@@ -57,11 +58,12 @@ def convergence_plot(rows: list[dict], path: str | Path, *, metric: str, title: 
         ax.plot(epochs, [r["mean"] for r in part], color=color, marker="o", ms=3,
                 label=f"{family}: {part[0]['configuration']} (n={part[0]['n']})")
         ax.fill_between(epochs, [r["ci_low"] for r in part], [r["ci_high"] for r in part], color=color, alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{metric} (mean, 95% band over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(title or f"Convergence ([0066]): {metric} per epoch", fontsize=9)
+    ax.set_title(f"Convergence ([0066]): {metric} per epoch" + (f", {title}" if title else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     return Path(path)

@@ -157,6 +157,7 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
     """
     import prernn
     from pipeline.dataset import ClipDataset
+    from pipeline.augment import from_params
     from pipeline.features import prepare_splits
     from pipeline.train import Trainer, seed_everything
 
@@ -173,8 +174,10 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
         if int(bb.config["num_classes"]) != train_ds.num_classes:
             raise ValueError(f"{Path(pretrained_dir) / f'{m}.pt'}: {bb.config['num_classes']} classes, but {clips_dir} "
                              f"has {train_ds.num_classes}; rerun the pretrain stage")
+        augment = from_params(search_params, search_params.seed)  # as the search augmented its train clips
         splits = prepare_splits(bb, {"train": train_ds, "test": test_ds}, prernn.trunk_boundary(bb),
-                                cache_trunk=cache_trunk, device=device)
+                                cache_trunk=cache_trunk, device=device,
+                                train_augment=(augment, search_params.augment_copies) if augment else None)
         if labels is not None and not torch.equal(labels, splits["test"].y):
             raise ValueError(f"{clips_dir}: the test clips of {m} are not in the order of {modalities[0]}; cannot fuse")
         labels = splits["test"].y

@@ -73,25 +73,38 @@ def clip_tensors(dataset, batch_size: int = 16) -> SplitTensors:
 
 @torch.no_grad()
 def trunk_features(backbone: torch.nn.Module, dataset, boundary: str, *, batch_size: int = 16,
-                   device="cpu") -> SplitTensors:
+                   device="cpu", augment: Optional[torch.nn.Module] = None, copies: int = 1) -> SplitTensors:
     """Run `backbone.forward_stages(frames, stop=boundary)` on every frame of every clip.
 
-    dataset items (T, C, H, W) -> x (N, T, *F): the features entering stage `boundary`.
+    dataset items (T, C, H, W) -> x (N, T, *F): the features entering stage `boundary`. With `augment`
+    (pipeline.augment.ClipAugment) the clips pass through it first, `copies` times: x (copies * N, T, *F), each
+    copy an independently augmented pass (the frozen trunk then sees shifted and jittered clips, as the CNN did in
+    pretraining).
     """
     device = torch.device(device)
     backbone = backbone.to(device).eval()
     xs, ys = [], []
-    for clips, y in batches(dataset, batch_size, device):  # clips (B, T, C, H, W) float32 on device
-        b, t = clips.shape[:2]
-        frames = clips.reshape(b * t, *clips.shape[2:]).float()  # (B*T, C, H, W)
-        feats = backbone.forward_stages(frames, stop=boundary)  # (B*T, *F)
-        xs.append(feats.reshape(b, t, *feats.shape[1:]).cpu())  # (B, T, *F)
-        ys.append(_target(y.cpu()))
+    for _ in range(copies if augment is not None else 1):
+        for clips, y in batches(dataset, batch_size, device):  # clips (B, T, C, H, W) float32 on device
+            clips = clips if augment is None else augment(clips)
+            b, t = clips.shape[:2]
+            frames = clips.reshape(b * t, *clips.shape[2:]).float()  # (B*T, C, H, W)
+            feats = backbone.forward_stages(frames, stop=boundary)  # (B*T, *F)
+            xs.append(feats.reshape(b, t, *feats.shape[1:]).cpu())  # (B, T, *F)
+            ys.append(_target(y.cpu()))
     return SplitTensors(torch.cat(xs), torch.cat(ys), boundary)
 
 
-def prepare_splits(backbone, datasets: dict, boundary: str, cache_trunk: bool = True, **kw) -> dict[str, SplitTensors]:
-    """{split: SplitTensors} for each dataset: trunk features when `cache_trunk`, else raw clips."""
+def prepare_splits(backbone, datasets: dict, boundary: str, cache_trunk: bool = True, *,
+                   train_augment: Optional[tuple[torch.nn.Module, int]] = None, **kw) -> dict[str, SplitTensors]:
+    """{split: SplitTensors} for each dataset: trunk features when `cache_trunk`, else raw clips.
+
+    `train_augment` (augment module, copies): the "train" split's cached features are `copies` augmented passes
+    (`trunk_features`); the other splits are never augmented. Without the trunk cache the Trainer augments each
+    batch instead (its `augment`)."""
     if cache_trunk:
-        return {split: trunk_features(backbone, ds, boundary, **kw) for split, ds in datasets.items()}
+        aug, copies = train_augment or (None, 1)
+        return {split: trunk_features(backbone, ds, boundary, **kw,
+                                      **({"augment": aug, "copies": copies} if split == "train" else {}))
+                for split, ds in datasets.items()}
     return {split: clip_tensors(ds) for split, ds in datasets.items()}

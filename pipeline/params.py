@@ -125,6 +125,8 @@ class PretrainParams(_Section):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.002, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
+    augment_shift: int = Field(0, ge=0, le=16)     # pixels a training frame is shifted by at most (pipeline.augment)
+    augment_jitter: float = Field(0.0, ge=0, le=1)  # brightness / contrast jitter of a training frame
     seed: int = 0
 
     @field_validator("backbone")
@@ -160,6 +162,9 @@ class SearchParams(_Section):
     storage_path: str = "ray_results"
     seed: int = 0
     seeds: int = Field(1, ge=1, le=50)  # every configuration trains with seeds seed, seed+1, ... (pipeline.seeds)
+    augment_shift: int = Field(0, ge=0, le=16)      # pipeline.augment: the same shift for every frame of a clip
+    augment_jitter: float = Field(0.0, ge=0, le=1)
+    augment_copies: int = Field(1, ge=1, le=16)     # cached trunk: augmented passes over the train clips
 
 
 class SelectParams(_Section):

@@ -127,13 +127,14 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, *, lr_inherited: float, lr_new: float, weight_decay: float = 0.0,
                  batch_size: int = 16, seed: int = 0, start: Optional[str] = None, device="cpu",
-                 regression: Optional[dict] = None):
+                 regression: Optional[dict] = None, augment: Optional[torch.nn.Module] = None):
         from pipeline.metrics import spec_of
 
         self.regression = spec_of(regression)  # used when the targets are landmarks (float)
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.readout = prernn.readout(model)  # "last" for recurrent models, "mean" for frame models
+        self.augment = augment  # applied to training batches only (pipeline.augment.ClipAugment)
         self.start = start
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -152,6 +153,8 @@ class Trainer:
         regression = False
         for step, (x, y) in enumerate(batches(data, self.batch_size, self.device, shuffle=True, generator=gen)):
             regression = y.is_floating_point()
+            if self.augment is not None:
+                x = self.augment(x)
             loss, probs = self._loss(_forward(self.model, x, self.start), y)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"training loss became {loss.item()} at epoch {self.epoch + 1}, batch {step + 1}")

@@ -100,6 +100,17 @@ def _open_child_run(cfg: dict, state: dict, trial_id: str) -> tuple[str, bool]:
                                     "kind": cfg["kind"]}, stage="search"), True
 
 
+def batch_augment(cfg: dict, start):
+    """The per-batch augmentation of an uncached trial (raw clips, start None); a cached trunk was augmented when
+    the train features were made (pipeline.features.prepare_splits)."""
+    shift, jitter = (cfg.get("augment") or [0, 0.0])
+    if start is not None or not (shift or jitter):
+        return None
+    from pipeline.augment import ClipAugment
+
+    return ClipAugment(int(shift), float(jitter), torch.Generator().manual_seed(int(cfg["seed"])))
+
+
 def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) -> None:
     """Train one configuration; report metrics + a checkpoint every epoch (see module docstring)."""
     started = time.time()  # trial_wall_clock[0]
@@ -126,7 +137,8 @@ def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) 
         train, val = data["train"], data["val"]
         trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"],
                           weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"], seed=int(cfg["seed"]),
-                          start=train.start, device=device, regression=cfg.get("regression"))
+                          start=train.start, device=device, regression=cfg.get("regression"),
+                          augment=batch_augment(cfg, train.start))
         if state:
             trainer.load_state_dict(state["trainer"])
         recurrent_params = int(prernn.count_recurrent_parameters(model))

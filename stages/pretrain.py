@@ -22,6 +22,7 @@ def pretrain_modality(p, extract, clips_dir: Path, modality: str, regression: di
     `regression` params, the best epoch is the one with the best val AUC (metrics `val_frame_auc`, `val_frame_nme`).
     """
     import prernn
+    from pipeline.augment import from_params
     from pipeline.dataset import FrameDataset
     from pipeline.train import Trainer, seed_everything
 
@@ -42,8 +43,9 @@ def pretrain_modality(p, extract, clips_dir: Path, modality: str, regression: di
         except ValueError as err:
             sys.exit(f"pretrain: pretrain.weights: {p.weights!r}: {err}")
     epochs = p.epochs if (p.weights is None or p.finetune) else 0
+    augment = from_params(p, p.seed)  # shifted, jittered training frames (pretrain.augment_*)
     trainer = Trainer(model, lr_inherited=p.lr, lr_new=p.lr, weight_decay=p.weight_decay,
-                      batch_size=p.batch_size, seed=p.seed, regression=regression)
+                      batch_size=p.batch_size, seed=p.seed, regression=regression, augment=augment)
     best, best_state = None, copy.deepcopy(model.state_dict())
     key = "val_auc" if train.task == "regression" else "val_acc"
     for _ in range(epochs):

@@ -42,6 +42,7 @@ def main(argv=None) -> None:
 
     import prernn
     from pipeline.dataset import ClipDataset
+    from pipeline.augment import from_params
     from pipeline.features import prepare_splits
     from pipeline.params import ParamsError, load_stage_params
     from pipeline.ray_cluster import ClusterUnavailable
@@ -70,7 +71,9 @@ def main(argv=None) -> None:
     seed_everything(search.seed)
     snippet = backbone.config["kwargs"].get("snippet") if backbone.is_3d else None
     datasets = {split: ClipDataset(args.clips, split, search.modality, snippet=snippet, raw=True) for split in ("train", "val")}
-    splits = prepare_splits(backbone, datasets, boundary, cache_trunk=search.cache_trunk)
+    augment = from_params(search, search.seed)  # cached trunk: `augment_copies` augmented passes of the train clips
+    splits = prepare_splits(backbone, datasets, boundary, cache_trunk=search.cache_trunk,
+                            train_augment=(augment, search.augment_copies) if augment else None)
     frames = frame_reference(backbone, splits["val"], params)
     print(f"search: {len(space)} trials on {search.modality} ({ckpt['config']['name']}, candidates {candidates}, "
           f"{'cached trunk below ' + boundary if search.cache_trunk else 'whole net fine-tuned'}; "
