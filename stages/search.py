@@ -49,6 +49,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING, format="search: %(message)s")
 
     import prernn
+    from pipeline.clipstore import ClipFileError
     from pipeline.dataset import ClipDataset
     from pipeline.features import prepare_splits
     from pipeline.params import ParamsError, load_stage_params
@@ -77,7 +78,14 @@ def main(argv=None) -> None:
 
     seed_everything(search.seed)
     snippet = backbone.config["kwargs"].get("snippet") if backbone.is_3d else None
-    datasets = {split: ClipDataset(args.clips, split, search.modality, snippet=snippet, raw=True) for split in ("train", "val")}
+    try:
+        datasets = {split: ClipDataset(args.clips, split, search.modality, snippet=snippet, raw=True)
+                    for split in ("train", "val")}
+    except ClipFileError as err:  # a clip file cut short or overwritten: one line naming it, before any trial
+        print(f"search: {err}", file=sys.stderr)
+        sys.exit(2)
+    except (FileNotFoundError, ValueError) as err:  # no clips yet, a modality that was not extracted
+        sys.exit(f"search: {err}")
     splits = prepare_splits(backbone, datasets, boundary, cache_trunk=search.cache_trunk)
     print(f"search: {len(space)} trials on {search.modality} ({ckpt['config']['name']}, candidates {candidates}, "
           f"{'cached trunk below ' + boundary if search.cache_trunk else 'whole net fine-tuned'}; "
