@@ -1,10 +1,13 @@
 """Atomic outputs: write to a temporary sibling, then rename over the target.
 
 An interrupted stage therefore leaves either the previous output or the new one, never half of one.
+`space_for(path)` turns a write that runs out of space (ENOSPC, EDQUOT) into `DiskFull`, one line naming the
+path; around `atomic_path` the partial temporary is gone by then and the previous output is left as it was.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -12,6 +15,45 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(OSError):
+    """A write that ran out of space; str(err) is one line naming the path and its filesystem's free space."""
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def disk_full_message(path: str | os.PathLike) -> str:
+    """'<path>: no space left on device (its filesystem: N MB, M MB free); ...' for the path that ran out."""
+    probe = Path(os.path.abspath(path))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        st = os.statvfs(probe)
+        where = f" (its filesystem: {_mb(st.f_blocks * st.f_frsize)}, {_mb(st.f_bavail * st.f_frsize)} free now)"
+    except OSError:
+        where = ""
+    return f"{path}: no space left on device{where}; the previous output is unchanged, free some space and rerun"
+
+
+@contextlib.contextmanager
+def space_for(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise an out-of-space OSError from the block as DiskFull naming `path` (other errors pass through)."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except OSError as err:
+        if err.errno not in OUT_OF_SPACE:
+            raise
+        full = DiskFull(disk_full_message(path))
+        full.errno = err.errno
+        raise full from None
 
 
 def remove_stale(target: Path) -> list[Path]:

@@ -1,0 +1,57 @@
+"""A full disk: the extract stage writing onto a 3 MB tmpfs that fills up fails with one line naming the path,
+keeps the previous clips and report, leaves no partial Arrow file or temporary, and a rerun with space succeeds."""
+import hashlib
+import json
+
+import pytest
+
+from pipeline.params import DataParams, SyntheticParams
+from pipeline.sources import ingest, write_manifest
+from tests.disk_fixtures import fill, hidden_leftovers, small_fs  # noqa: F401 - the fixture
+
+EXTRACT = {"frames": 4, "size": 16, "modalities": ["rgb", "flow"], "workers": 1}
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _extract(tmp_path, manifest, out, report, capsys):
+    from stages.extract import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("extract: " + json.dumps(EXTRACT) + "\n")
+    try:
+        main(["--params", str(params), "--manifest", str(manifest), "--out", str(out), "--report", str(report),
+              "--no-progress"])
+        code = 0
+    except SystemExit as err:
+        code = err.code
+    return code, capsys.readouterr().err
+
+
+def test_extract_onto_a_full_disk(tmp_path, small_fs, capsys):
+    data = DataParams(synthetic=SyntheticParams(classes=["swipe_left", "swipe_right"], clips_per_class=4, frames=6,
+                                                size=16))
+    rows, _ = ingest(data, tmp_path / "ingest")
+    manifest = tmp_path / "ingest" / "manifest.csv"
+    write_manifest(rows, manifest)
+    out, report = small_fs / "clips", small_fs / "extract.json"
+    code, err = _extract(tmp_path, manifest, out, report, capsys)
+    assert code == 0 and err == ""
+    before, report_before = _digests(out), report.read_text()
+
+    filler = fill(small_fs, leave=16 * 1024)  # less than one new set of clips needs
+    code, err = _extract(tmp_path, manifest, out, report, capsys)
+    assert code == 1
+    line, = err.splitlines()
+    assert line.startswith(f"extract: {out}: no space left on device (its filesystem: 3.0 MB, ")
+    assert "Traceback" not in err and "previous output is unchanged" in line
+    assert _digests(out) == before and report.read_text() == report_before
+    assert hidden_leftovers(small_fs) == []  # no .clips.*.tmp folder, no .train-000.partial
+
+    filler.unlink()
+    code, err = _extract(tmp_path, manifest, out, report, capsys)
+    assert code == 0 and err == ""
+    assert _digests(out) == before  # the same inputs give the same files
+    assert json.loads(report.read_text())["kept"] == 8
