@@ -28,17 +28,47 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:.1f} MB"
 
 
-def disk_full_message(path: str | os.PathLike) -> str:
-    """'<path>: no space left on device (its filesystem: N MB, M MB free); ...' for the path that ran out."""
+def _statvfs(path: str | os.PathLike):
+    """os.statvfs of `path` or of its nearest existing parent; None if that fails (or `path` is a URI)."""
+    if "://" in str(path):
+        return None
     probe = Path(os.path.abspath(path))
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     try:
-        st = os.statvfs(probe)
-        where = f" (its filesystem: {_mb(st.f_blocks * st.f_frsize)}, {_mb(st.f_bavail * st.f_frsize)} free now)"
+        return os.statvfs(probe)
     except OSError:
-        where = ""
-    return f"{path}: no space left on device{where}; the previous output is unchanged, free some space and rerun"
+        return None
+
+
+def disk_full_message(path: str | os.PathLike,
+                      then: str = "the previous output is unchanged, free some space and rerun") -> str:
+    """'<path>: no space left on device (its filesystem: N MB, M MB free now); <then>' for the path that ran out."""
+    st = _statvfs(path)
+    where = f" (its filesystem: {_mb(st.f_blocks * st.f_frsize)}, {_mb(st.f_bavail * st.f_frsize)} free now)" if st else ""
+    return f"{path}: no space left on device{where}; {then}"
+
+
+def out_of_space(err: BaseException | str | None) -> bool:
+    """Whether an exception (or its causes) or an error text is an out-of-space error (ENOSPC, EDQUOT)."""
+    seen = set()
+    while isinstance(err, BaseException) and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in OUT_OF_SPACE:
+            return True
+        if out_of_space(str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+    if isinstance(err, str):
+        text = err.lower()
+        return any(f"[errno {e}]" in text or os.strerror(e).lower() in text for e in OUT_OF_SPACE)
+    return False
+
+
+def nearly_full(path: str | os.PathLike, margin: int = 2**20) -> bool:
+    """Whether the local filesystem holding `path` has less than `margin` bytes free (False for a URI)."""
+    st = _statvfs(path)
+    return st is not None and st.f_bavail * st.f_frsize < margin
 
 
 @contextlib.contextmanager

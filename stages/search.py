@@ -13,10 +13,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 
 FAULTS_ENV = "PRERNN_TEST_FAULTS"
+RERUN_AFTER_FULL = ("free some space and rerun the stage: it resumes from the experiment state and checkpoints "
+                    "that were written whole")
 
 
 def inject_faults(space: list[dict]) -> list[dict]:
@@ -36,6 +39,17 @@ def inject_faults(space: list[dict]) -> list[dict]:
     return [{**a, "_fault": faults[a["name"]]} if a["name"] in faults else a for a in space]
 
 
+def storage_full(storage, since: float, what: str) -> None:
+    """Exit with one line: search.storage_path ran out of space; first remove what Ray's writes cut short there
+    (pipeline.storage.remove_partial_writes), so that the rerun restores from whole files."""
+    from pipeline.atomic import disk_full_message
+    from pipeline.storage import remove_partial_writes
+
+    removed = remove_partial_writes(storage, since) if isinstance(storage, Path) else []
+    cut = f"; removed {len(removed)} file(s) cut short" if removed else ""
+    sys.exit(f"search: search.storage_path: {disk_full_message(storage, RERUN_AFTER_FULL)} ({what}{cut})")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -49,6 +63,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING, format="search: %(message)s")
 
     import prernn
+    from pipeline.atomic import DiskFull, nearly_full, out_of_space, space_for
     from pipeline.clipstore import ClipFileError
     from pipeline.dataset import ClipDataset
     from pipeline.features import prepare_splits
@@ -62,6 +77,7 @@ def main(argv=None) -> None:
 
     params = load_stage_params(args.params, "search")
     search = params.search
+    storage = search.storage_path if "://" in search.storage_path else Path(search.storage_path).resolve()
     ckpt_path = Path(args.pretrained) / f"{search.modality}.pt"
     try:
         ckpt = load_checkpoint(ckpt_path)
@@ -90,6 +106,7 @@ def main(argv=None) -> None:
     print(f"search: {len(space)} trials on {search.modality} ({ckpt['config']['name']}, candidates {candidates}, "
           f"{'cached trunk below ' + boundary if search.cache_trunk else 'whole net fine-tuned'}; "
           f"train {len(splits['train'])} / val {len(splits['val'])} clips)")
+    started = time.time()
     try:
         rows, info = run_search(search, params.mlflow, ckpt, splits, candidates=candidates, boundary=boundary,
                                 space=space, base_dir=Path.cwd(), verbose=0 if args.quiet else 1, fresh=args.fresh,
@@ -99,8 +116,19 @@ def main(argv=None) -> None:
         sys.exit(2)
     except (TrackingUnavailable, ClusterUnavailable, SearchInterrupted) as err:
         sys.exit(f"search: {err}")
+    except Exception as err:  # Ray's own writes (trial errors, experiment state) on a full storage_path
+        if not (out_of_space(err) or nearly_full(storage)):
+            raise
+        storage_full(storage, started, f"{type(err).__name__} in Ray")
+    full = [r["name"] for r in rows if out_of_space(r["error"])]
+    if full:
+        storage_full(storage, started, f"{len(full)} trial(s) could not write their checkpoints: {', '.join(full)}")
     info["cache_trunk"] = search.cache_trunk
-    write_outputs(args.out, rows, info)
+    try:
+        with space_for(args.out):
+            write_outputs(args.out, rows, info)
+    except DiskFull as err:
+        sys.exit(f"search: {err}")
     failed = [r for r in rows if r["status"] == "failed"]
     print(f"search: {len(rows) - len(failed)} ok, {len(failed)} failed in {info['wall_seconds']:.1f} s -> {args.out}/; "
           f"MLflow parent run {info['parent_run_id']} ({info['tracking_uri']})")

@@ -55,3 +55,46 @@ def test_extract_onto_a_full_disk(tmp_path, small_fs, capsys):
     assert code == 0 and err == ""
     assert _digests(out) == before  # the same inputs give the same files
     assert json.loads(report.read_text())["kept"] == 8
+
+
+@pytest.mark.slow
+def test_search_with_its_storage_on_a_full_disk(tmp_path, small_fs, monkeypatch, capsys):
+    """One trial of 2 epochs, its ~2 MB checkpoints in a 3 MB storage_path: epoch 1's fits, epoch 2's does not."""
+    import subprocess
+    import zipfile
+
+    import torch
+    import yaml
+
+    from stages import search
+    from tests.search_fixtures import pretrained_search_project, search_args
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    root = pretrained_search_project(tmp_path / "proj", {"epochs": 2, "layers": [["fc6"]], "baselines": [],
+                                                         "storage_path": str(small_fs / "ray")}, "full-disk")
+    out = small_fs / "search"
+    out.mkdir()
+    (out / "trials.json").write_text("[]\n")  # the previous run's output
+    args = search_args(root)
+    args[args.index("--out") + 1] = str(out)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as failed:
+        search.main(args)
+    line = str(failed.value.code)
+    assert line.startswith(f"search: search.storage_path: {small_fs / 'ray'}: no space left on device "
+                           "(its filesystem: 3.0 MB, ") and "\n" not in line
+    assert sorted(p.name for p in out.iterdir()) == ["trials.json"] and (out / "trials.json").read_text() == "[]\n"
+    for pt in (small_fs / "ray").rglob("*.pt"):  # nothing cut short where the rerun's restore reads
+        assert zipfile.is_zipfile(pt), pt
+    for js in (small_fs / "ray").rglob("*.json"):
+        json.loads(js.read_text())
+
+    subprocess.run(["mount", "-o", "remount,size=30m", str(small_fs)], check=True)  # space again
+    search.main(args)
+    trials = json.loads((out / "trials.json").read_text())
+    assert [(t["name"], t["status"], [h["epoch"] for h in t["history"]]) for t in trials] == \
+        [("prernn-gru-fc6", "ok", [1, 2])]
+    for pt in (small_fs / "ray").rglob("checkpoint_*/*.pt"):
+        torch.load(pt, weights_only=True)
+    assert yaml.safe_load((root / "params.yaml").read_text())["search"]["storage_path"] == str(small_fs / "ray")
