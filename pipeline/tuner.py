@@ -19,7 +19,6 @@ from typing import Optional
 
 from pipeline import tracking
 from pipeline.space import build_space
-from pipeline.atomic import out_of_space
 from pipeline.storage import StoragePath
 from pipeline.trainable import COMMON_KEYS, flat_config, train_trial
 from pipeline.train import REGRESSION_KEYS, summarize
@@ -135,12 +134,6 @@ def _open_parent(uri, experiment_id, exp_dir: StoragePath, search, info: dict, r
     return run_id
 
 
-def failed_for_space(exp_dir: StoragePath) -> bool:
-    """Whether a trial of a local experiment folder failed because the disk was full (its error.txt says so)."""
-    local = getattr(exp_dir, "local", None)
-    return bool(local) and any(out_of_space(f.read_text(errors="replace")) for f in Path(local).glob("*/error.txt"))
-
-
 def check_resources(search) -> None:
     """ParamsError unless one node of the running Ray cluster has search.gpus_per_trial GPUs and
     search.cpus_per_trial CPUs (a trial never spans nodes); checked before any trial starts."""
@@ -216,9 +209,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
         )
         if restoring:
             log.warning("restoring the search from %s (finished trials are kept)", exp_dir)
-            # trials that failed writing to a full disk are retried from their last whole checkpoint
-            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, param_space=param_space,
-                                       resume_errored=failed_for_space(exp_dir))
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, param_space=param_space)
         else:
             scheduler = (ASHAScheduler(max_t=search.epochs, grace_period=max(1, search.epochs // 4),
                                        reduction_factor=2) if search.scheduler == "asha" else None)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 
 FAULTS_ENV = "PRERNN_TEST_FAULTS"
-RERUN_AFTER_FULL = ("free some space and rerun the stage: it resumes from the experiment state and checkpoints "
-                    "that were written whole")
+RERUN_AFTER_FULL = ("free some space and rerun the stage (it restores what Ray wrote whole, else it starts the "
+                    "search over)")
 
 
 def inject_faults(space: list[dict]) -> list[dict]:
