@@ -57,6 +57,22 @@ def test_extract_onto_a_full_disk(tmp_path, small_fs, capsys):
     assert json.loads(report.read_text())["kept"] == 8
 
 
+def test_extract_whose_report_does_not_fit_keeps_the_previous_clips(tmp_path, small_fs, capsys):
+    data = DataParams(synthetic=SyntheticParams(classes=["swipe_left", "swipe_right"], clips_per_class=3, frames=6,
+                                                size=16))
+    rows, _ = ingest(data, tmp_path / "ingest")
+    manifest = tmp_path / "ingest" / "manifest.csv"
+    write_manifest(rows, manifest)
+    out, report = tmp_path / "clips", small_fs / "extract.json"
+    assert _extract(tmp_path, manifest, out, report, capsys)[0] == 0
+    before, report_before = _digests(out), report.read_text()
+    fill(small_fs, leave=0)
+    code, err = _extract(tmp_path, manifest, out, report, capsys)
+    assert code == 1 and err.splitlines() == [err.strip()] and err.startswith(f"extract: {report}: no space left")
+    assert _digests(out) == before and report.read_text() == report_before  # neither output replaced
+    assert hidden_leftovers(small_fs) == [] and hidden_leftovers(tmp_path / "clips") == []
+
+
 @pytest.mark.slow
 def test_search_with_its_storage_on_a_full_disk(tmp_path, small_fs, monkeypatch, capsys):
     """One trial of 2 epochs, its ~2 MB checkpoints in a 3 MB storage_path: epoch 1's fits, epoch 2's does not."""
