@@ -23,9 +23,9 @@ repro: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-BENCHES := layers data extract search dvc stream
+BENCHES := layers data extract search dvc stream memory
 
-# every CPU benchmark, one after another (about 3 minutes on 2 cores): full output in bench_out/NAME.txt,
+# every CPU benchmark, one after another (about 6 minutes on 2 cores, bench.memory about 3 of them): full output in bench_out/NAME.txt,
 # the `target ...` lines on the terminal; fails if a benchmark fails (a missed target is printed, not a failure)
 bench: $(STAMP)
 	mkdir -p bench_out

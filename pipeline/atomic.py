@@ -1,10 +1,13 @@
 """Atomic outputs: write to a temporary sibling, then rename over the target.
 
 An interrupted stage therefore leaves either the previous output or the new one, never half of one.
+`space_for(path)` turns a write that runs out of space (ENOSPC, EDQUOT) into `DiskFull`, one line naming the
+path; around `atomic_path` the partial temporary is gone by then and the previous output is left as it was.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -12,6 +15,75 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(OSError):
+    """A write that ran out of space; str(err) is one line naming the path and its filesystem's free space."""
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def _statvfs(path: str | os.PathLike):
+    """os.statvfs of `path` or of its nearest existing parent; None if that fails (or `path` is a URI)."""
+    if "://" in str(path):
+        return None
+    probe = Path(os.path.abspath(path))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return os.statvfs(probe)
+    except OSError:
+        return None
+
+
+def disk_full_message(path: str | os.PathLike,
+                      then: str = "the previous output is unchanged, free some space and rerun") -> str:
+    """'<path>: no space left on device (its filesystem: N MB, M MB free now); <then>' for the path that ran out."""
+    st = _statvfs(path)
+    where = f" (its filesystem: {_mb(st.f_blocks * st.f_frsize)}, {_mb(st.f_bavail * st.f_frsize)} free now)" if st else ""
+    return f"{path}: no space left on device{where}; {then}"
+
+
+def out_of_space(err: BaseException | str | None) -> bool:
+    """Whether an exception (or its causes) or an error text is an out-of-space error (ENOSPC, EDQUOT)."""
+    seen = set()
+    while isinstance(err, BaseException) and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in OUT_OF_SPACE:
+            return True
+        if out_of_space(str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+    if isinstance(err, str):
+        text = err.lower()
+        return any(f"[errno {e}]" in text or os.strerror(e).lower() in text for e in OUT_OF_SPACE)
+    return False
+
+
+def nearly_full(path: str | os.PathLike, margin: int = 2**20) -> bool:
+    """Whether the local filesystem holding `path` has less than `margin` bytes free (False for a URI)."""
+    st = _statvfs(path)
+    return st is not None and st.f_bavail * st.f_frsize < margin
+
+
+@contextlib.contextmanager
+def space_for(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise an out-of-space OSError from the block as DiskFull naming `path` (other errors pass through)."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except OSError as err:
+        if err.errno not in OUT_OF_SPACE:
+            raise
+        full = DiskFull(disk_full_message(path))
+        full.errno = err.errno
+        raise full from None
 
 
 def remove_stale(target: Path) -> list[Path]:

@@ -8,6 +8,11 @@ channel of x/255 over the train split), `prernn.modalities`.
 Writing is two-phase because the normalisation constants are only known after every train clip
 is seen: `ClipWriter.add()` streams clips into per-split shards (a new shard once `shard_bytes` is
 reached), `ClipWriter.finish(meta)` re-writes each shard with the final schema metadata.
+
+Reading: `open_clip_file(path)` memory-maps one file and checks that it is a whole clip file (the Arrow file
+footer, the label / video_id / path columns, the prernn metadata, every record batch readable and inside the
+file); a file cut short, overwritten or written by something else raises `ClipFileError` naming it. Every
+reader (`read_meta`, `pipeline.dataset`) opens files through it, so a stage stops on a bad file before training.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 CHANNELS = {"rgb": 3, "flow": 3, "depth": 1}
+REQUIRED_COLUMNS = ("label", "video_id", "path")
 META_KEYS = ("prernn.class_names", "prernn.extract", "prernn.normalization", "prernn.modalities")
 BATCH_ROWS = 16
 
@@ -141,6 +147,55 @@ class ClipWriter:
         return sorted(final)
 
 
+class ClipFileError(ValueError):
+    """A clip file that cannot be used (cut short, overwritten, not an extract output); str(err) names it."""
+
+
+def open_clip_file(path: Path, *, check_batches: bool = True) -> pa.RecordBatchFileReader:
+    """Memory-map `path` and return its Arrow file reader, after checking it is a whole clip file.
+
+    Checked: the Arrow IPC file footer (a file cut short or overwritten has none), the schema at the start of
+    the file against the footer's, the required columns and metadata keys, and, with `check_batches`, every
+    record batch read and validated (message headers, offsets and lengths inside the file). Pixel bytes changed
+    in place are not detected (no checksum; DVC's md5 of data/clips is). Raises
+    ClipFileError("<path>: <what is wrong>; rerun the extract stage ...").
+    """
+    fix = "rerun the extract stage (dvc repro extract) to rewrite it"
+    try:
+        buf = pa.memory_map(str(path)).read_buffer()  # zero-copy: the whole mapped file
+        reader = pa.ipc.open_file(buf)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as err:  # ArrowInvalid "Not an Arrow file", a bad footer, ...
+        raise ClipFileError(f"{path}: not a readable Arrow clip file ({_first_line(err)}); {fix}") from None
+    schema = reader.schema
+    try:  # the schema is stored twice: after the leading magic (8 bytes) and in the footer; they must agree
+        leading = pa.ipc.open_stream(buf.slice(8)).schema
+    except (pa.ArrowException, OSError) as err:
+        raise ClipFileError(f"{path}: damaged schema at the start of the file ({_first_line(err)}); {fix}") from None
+    if not leading.equals(schema, check_metadata=True):
+        raise ClipFileError(f"{path}: the schema at the start of the file differs from the footer's; {fix}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        raise ClipFileError(f"{path}: not a clip file: columns {schema.names} lack {missing}; {fix}")
+    keys = {k.decode() for k in (schema.metadata or {})}
+    if not set(META_KEYS) <= keys:
+        raise ClipFileError(f"{path}: not a finished clip file: metadata lacks "
+                            f"{sorted(set(META_KEYS) - keys)}; {fix}")
+    if check_batches:
+        for i in range(reader.num_record_batches):
+            try:
+                reader.get_batch(i).validate(full=True)
+            except (pa.ArrowException, OSError) as err:
+                raise ClipFileError(f"{path}: record batch {i} of {reader.num_record_batches} is damaged "
+                                    f"({_first_line(err)}); {fix}") from None
+    return reader
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
 def split_files(clips_dir: Path, split: str) -> list[Path]:
     """The shard files of one split, in shard order (raises if there are none)."""
     files = sorted(Path(clips_dir).glob(f"{split}-[0-9][0-9][0-9].arrow"))
@@ -150,8 +205,9 @@ def split_files(clips_dir: Path, split: str) -> list[Path]:
 
 
 def read_meta(path: Path) -> dict:
-    """The prernn.* schema metadata of a clip file, JSON-decoded."""
-    with pa.memory_map(str(path)) as src:
-        schema = pa.ipc.open_file(src).schema
-    md = schema.metadata or {}
-    return {k.decode(): json.loads(v) for k, v in md.items() if k.decode().startswith("prernn.")}
+    """The prernn.* schema metadata of a clip file, JSON-decoded (ClipFileError if the file is damaged)."""
+    md = open_clip_file(path, check_batches=False).schema.metadata or {}
+    try:
+        return {k.decode(): json.loads(v) for k, v in md.items() if k.decode().startswith("prernn.")}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ClipFileError(f"{path}: damaged prernn metadata ({err}); rerun the extract stage") from None

@@ -25,11 +25,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.clipstore import read_meta, split_files
+from pipeline.clipstore import ClipFileError, open_clip_file, read_meta, split_files
 
 
 class Normalize(torch.nn.Module):
@@ -91,16 +90,21 @@ class ClipDataset(Dataset):
         self._normalize = Normalize(norm["mean"], norm["std"], snippet=bool(snippet))
         self.task = self.meta.get("prernn.task", "classification")
         labels, index, points = [], [], []  # index: (file, chunk, row) per clip
+        schema = None
         for fi, f in enumerate(self.files):
-            with pa.memory_map(str(f)) as src:
-                reader = pa.ipc.open_file(src)
-                for b in range(reader.num_record_batches):
-                    batch = reader.get_batch(b)
-                    lab = batch.column("label").to_numpy()
-                    labels.append(lab.copy())
-                    if self.task == "regression":
-                        points.append(batch.column("landmarks").to_numpy_ndarray().astype(np.float32))
-                    index += [(fi, b, r) for r in range(len(lab))]
+            reader = open_clip_file(f)  # ClipFileError naming a damaged file, before any training
+            if schema is None:
+                schema = reader.schema
+            elif not reader.schema.equals(schema, check_metadata=True):
+                raise ClipFileError(f"{f}: not from the same extract run as {self.files[0]} (its columns or "
+                                    "metadata differ); rerun the extract stage (dvc repro extract)")
+            for b in range(reader.num_record_batches):
+                batch = reader.get_batch(b)
+                lab = batch.column("label").to_numpy()
+                labels.append(lab.copy())
+                if self.task == "regression":
+                    points.append(batch.column("landmarks").to_numpy_ndarray().astype(np.float32))
+                index += [(fi, b, r) for r in range(len(lab))]
         self.labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
         self.landmarks = (np.concatenate(points) if points else None) if self.task == "regression" else None
         self._index = index
@@ -111,7 +115,7 @@ class ClipDataset(Dataset):
         """Memory-map every file (once per process) and keep zero-copy ndarray views per batch."""
         views = []
         for f in self.files:
-            reader = pa.ipc.open_file(pa.memory_map(str(f)))
+            reader = open_clip_file(f, check_batches=False)  # checked in __init__
             views.append([reader.get_batch(b).column(self.modality).to_numpy_ndarray()
                           for b in range(reader.num_record_batches)])
         self._views, self._pid = views, os.getpid()

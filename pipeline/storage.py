@@ -103,3 +103,44 @@ class StoragePath:
         if self.exists():
             fs, path = self._fs()
             fs.delete_dir(path)
+
+
+def remove_partial_writes(folder: str | os.PathLike, since: float) -> list[Path]:
+    """Remove what writes cut short by a full disk left under a local `folder` since time `since` (epoch s).
+
+    Ray writes its experiment state, trial errors and checkpoints in place, so a full disk leaves them truncated,
+    and a later `Tuner.restore` reads them: an experiment state that does not parse is not restored (Ray starts
+    the search over). Removed: JSON files that do not parse, empty pickles, and checkpoint folders holding a
+    `.pt` file that is not a whole zip archive (torch.save's format). Only files modified since `since` are
+    looked at, so another search's finished files are never touched. Returns what was removed.
+    """
+    import json
+    import zipfile
+
+    removed = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for path in sorted(root.rglob("*")):
+        try:
+            if not path.is_file() or path.stat().st_mtime < since:
+                continue
+            if path.suffix == ".json":
+                try:
+                    json.loads(path.read_text())
+                    continue
+                except (ValueError, UnicodeDecodeError):
+                    pass
+            elif path.suffix == ".pkl" and path.stat().st_size == 0:
+                pass
+            elif path.suffix == ".pt" and path.parent.name.startswith("checkpoint_") and not zipfile.is_zipfile(path):
+                shutil.rmtree(path.parent, ignore_errors=True)
+                removed.append(path.parent)
+                continue
+            else:
+                continue
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:  # inside a checkpoint folder removed above
+            continue
+    return removed

@@ -81,6 +81,7 @@ def main(argv=None) -> None:
 
     import torch
 
+    from pipeline.clipstore import ClipFileError
     from pipeline.evaluation import FUSION, FusedModel, final_checkpoint, run_evaluation, summary
     from pipeline.train import pick_device
 
@@ -96,6 +97,9 @@ def main(argv=None) -> None:
                                 search_params=params.search, device=pick_device(True),
                                 cache_trunk=params.search.cache_trunk,
                                 regression=params.regression.model_dump() if params.task == "regression" else None)
+    except ClipFileError as err:  # a clip file cut short or overwritten: one line naming it, before training
+        print(f"evaluate: {err}", file=sys.stderr)
+        sys.exit(2)
     except (FileNotFoundError, ValueError) as err:  # a missing / refused pretrained file, clips that do not fit
         sys.exit(f"evaluate: {err}")
     regression = result.get("task") == "regression"

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.atomic import atomic_path, write_json
+from pipeline.atomic import DiskFull, atomic_path, space_for, write_json
 from pipeline.extraction import extract_manifest, failure
 from pipeline.params import load_stage_params
 from pipeline.sources import SourceError, read_manifest
@@ -38,19 +38,23 @@ def main(argv=None) -> None:
         names = {r["label"]: r["class_name"] for r in rows}
         class_names = [names.get(i, f"class_{i}") for i in range(max(names) + 1)]
     out = Path(args.out)
-    with atomic_path(out) as tmp:
-        try:
-            report = extract_manifest(rows, class_names, params, tmp, params.workers, progress=not args.no_progress,
-                                      task=all_params.task)
-        except SourceError as err:
-            print(f"extract: {err}", file=sys.stderr)
-            sys.exit(1)
-        problem = failure(report, params)
-        if problem:
-            write_json(args.report, {**report, "failed": problem})
-            print(f"extract: {problem}", file=sys.stderr)
-            sys.exit(1)
-    write_json(args.report, {**report, "failed": None})
+    try:  # a full disk: one line naming the path; the partial files are removed, the previous output kept
+        with space_for(out), atomic_path(out) as tmp:
+            try:
+                report = extract_manifest(rows, class_names, params, tmp, params.workers,
+                                          progress=not args.no_progress, task=all_params.task)
+            except SourceError as err:
+                print(f"extract: {err}", file=sys.stderr)
+                sys.exit(1)
+            problem = failure(report, params)
+            with space_for(args.report):
+                write_json(args.report, {**report, "failed": problem})  # before the clips replace the old ones
+            if problem:
+                print(f"extract: {problem}", file=sys.stderr)
+                sys.exit(1)
+    except DiskFull as err:
+        print(f"extract: {err}", file=sys.stderr)
+        sys.exit(1)
     print(f"extract: kept {report['kept']}, skipped {len(report['skipped'])} of {report['total']} videos "
           f"({report['clips_per_sec']} clips/s, {report['workers']} workers) -> {out}"
           + "".join(f"\n  skipped {s['path']}: {s['reason']}" for s in report["skipped"]))

@@ -82,6 +82,7 @@ def main(argv=None) -> None:
     import torch
 
     from pipeline.atomic import atomic_path
+    from pipeline.clipstore import ClipFileError
     from pipeline.params import load_stage_params
 
     params = load_stage_params(args.params, "pretrain")
@@ -96,6 +97,9 @@ def main(argv=None) -> None:
                 ckpt, metrics = pretrain_modality(
                     p, params.extract, Path(args.clips), modality,
                     regression=params.regression.model_dump() if params.task == "regression" else None)
+            except ClipFileError as err:  # a clip file cut short or overwritten: one line naming it, exit 2
+                print(f"pretrain: {err}", file=sys.stderr)
+                sys.exit(2)
             except (FileNotFoundError, ValueError) as err:
                 sys.exit(f"pretrain: {modality}: {err}")
             torch.save(ckpt, tmp / f"{modality}.pt")

@@ -13,7 +13,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
+
+
+RERUN_AFTER_FULL = ("free some space and rerun the stage (it restores what Ray wrote whole, else it starts the "
+                    "search over)")
 
 
 def frame_reference(backbone, val, params) -> dict:
@@ -26,6 +31,17 @@ def frame_reference(backbone, val, params) -> dict:
     trainer = Trainer(prernn.frame_model(backbone), lr_inherited=1e-3, lr_new=1e-3, start=val.start,
                       regression=regression)
     return {f"val_{k}": v for k, v in trainer.evaluate(val)["metrics"].items()}
+
+
+def storage_full(storage, since: float, what: str) -> None:
+    """Exit with one line: search.storage_path ran out of space; first remove what Ray's writes cut short there
+    (pipeline.storage.remove_partial_writes), so that the rerun restores from whole files."""
+    from pipeline.atomic import disk_full_message
+    from pipeline.storage import remove_partial_writes
+
+    removed = remove_partial_writes(storage, since) if isinstance(storage, Path) else []
+    cut = f"; removed {len(removed)} file(s) cut short" if removed else ""
+    sys.exit(f"search: search.storage_path: {disk_full_message(storage, RERUN_AFTER_FULL)} ({what}{cut})")
 
 
 def main(argv=None) -> None:
@@ -41,6 +57,8 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING, format="search: %(message)s")
 
     import prernn
+    from pipeline.atomic import DiskFull, nearly_full, out_of_space, space_for
+    from pipeline.clipstore import ClipFileError
     from pipeline.dataset import ClipDataset
     from pipeline.augment import from_params
     from pipeline.features import prepare_splits
@@ -55,6 +73,7 @@ def main(argv=None) -> None:
 
     params = load_stage_params(args.params, "search")
     search = params.search
+    storage = search.storage_path if "://" in search.storage_path else Path(search.storage_path).resolve()
     ckpt_path = Path(args.pretrained) / f"{search.modality}.pt"
     try:
         ckpt = load_checkpoint(ckpt_path)
@@ -70,7 +89,14 @@ def main(argv=None) -> None:
 
     seed_everything(search.seed)
     snippet = backbone.config["kwargs"].get("snippet") if backbone.is_3d else None
-    datasets = {split: ClipDataset(args.clips, split, search.modality, snippet=snippet, raw=True) for split in ("train", "val")}
+    try:
+        datasets = {split: ClipDataset(args.clips, split, search.modality, snippet=snippet, raw=True)
+                    for split in ("train", "val")}
+    except ClipFileError as err:  # a clip file cut short or overwritten: one line naming it, before any trial
+        print(f"search: {err}", file=sys.stderr)
+        sys.exit(2)
+    except (FileNotFoundError, ValueError) as err:  # no clips yet, a modality that was not extracted
+        sys.exit(f"search: {err}")
     augment = from_params(search, search.seed)  # cached trunk: `augment_copies` augmented passes of the train clips
     splits = prepare_splits(backbone, datasets, boundary, cache_trunk=search.cache_trunk,
                             train_augment=(augment, search.augment_copies) if augment else None)
@@ -78,6 +104,7 @@ def main(argv=None) -> None:
     print(f"search: {len(space)} trials on {search.modality} ({ckpt['config']['name']}, candidates {candidates}, "
           f"{'cached trunk below ' + boundary if search.cache_trunk else 'whole net fine-tuned'}; "
           f"train {len(splits['train'])} / val {len(splits['val'])} clips)")
+    started = time.time()
     try:
         rows, info = run_search(search, params.mlflow, ckpt, splits, candidates=candidates, boundary=boundary,
                                 space=space, base_dir=Path.cwd(), verbose=0 if args.quiet else 1, fresh=args.fresh,
@@ -87,10 +114,21 @@ def main(argv=None) -> None:
         sys.exit(2)
     except (TrackingUnavailable, ClusterUnavailable, SearchInterrupted) as err:
         sys.exit(f"search: {err}")
+    except Exception as err:  # Ray's own writes (trial errors, experiment state) on a full storage_path
+        if not (out_of_space(err) or nearly_full(storage)):
+            raise
+        storage_full(storage, started, f"{type(err).__name__} in Ray")
+    full = [r["name"] for r in rows if out_of_space(r["error"])]
+    if full:
+        storage_full(storage, started, f"{len(full)} trial(s) could not write their checkpoints: {', '.join(full)}")
     info["cache_trunk"] = search.cache_trunk
     info["seeds"] = seed_values(search)
     info["frame_reference"] = frames
-    write_outputs(args.out, rows, info)
+    try:
+        with space_for(args.out):
+            write_outputs(args.out, rows, info)
+    except DiskFull as err:
+        sys.exit(f"search: {err}")
     failed = [r for r in rows if r["status"] == "failed"]
     print(f"search: {len(rows) - len(failed)} ok, {len(failed)} failed in {info['wall_seconds']:.1f} s -> {args.out}/; "
           f"MLflow parent run {info['parent_run_id']} ({info['tracking_uri']})")
