@@ -17,6 +17,8 @@ import csv
 import io
 from dataclasses import dataclass, field
 
+from pipeline.selection import TIE_BREAK
+
 CELLS = ("vrnn", "lstm", "gru")
 NA, FAILED = "-", "failed"
 QUANTITIES = ("metric", "recurrent_params", "epochs_to_95")
@@ -142,7 +144,8 @@ def to_markdown(table: Table, *, title: str = "") -> str:
              f"Validation {table.metric} of the traditional RNNs and of PreRNN / PreRNN-SIH per converted layer "
              "combination (patent Table 1). `-`: not applicable (SIH x VRNN) or not in the search space; "
              "`failed`: the trial failed. **bold**: the selected configuration; †: a converted layer was not "
-             "saturated (claim 12), so the configuration is evaluated with that layer in feedforward form.", ""]
+             "saturated (claim 12), so the configuration is evaluated with that layer in feedforward form. "
+             f"The selection's tie-break ({TIE_BREAK}) decides between kept configurations with the same score.", ""]
     lines += _md_table(table, "metric", marks=True)
     lines += ["", "## Recurrent parameters", "",
               "Parameters of the recurrent layers; for PreRNN-SIH the change against PreRNN with the same layers.", ""]
@@ -161,4 +164,20 @@ def to_csv(table: Table) -> str:
         name = table.metric if q == "metric" else q
         for cell in table.rows:
             w.writerow([name, cell] + [table.cells[(q, cell, c.key)] for c in table.columns])
+    return buf.getvalue()
+
+
+def to_cells_csv(table: Table) -> str:
+    """Table 1's metric cells in long form for `dvc plots` (the `table1` template in .dvc/plots/): one line per
+    (cell, column): order, cell, column, metric, its score (empty where `-` / `failed`) and the text shown
+    (3 decimals, `*` selected, `†` reverted)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["order", "cell", "column", "metric", "score", "text"])
+    for cell in table.rows:
+        for i, col in enumerate(table.columns):
+            value = table.cells[("metric", cell, col.key)]
+            mark = {"selected": " *", "reverted": " †"}.get(table.marks.get((cell, col.key)), "")
+            w.writerow([i, cell.upper(), col.title, table.metric, "" if isinstance(value, str) else value,
+                        _fmt(value, "metric") + mark])
     return buf.getvalue()

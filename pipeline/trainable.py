@@ -160,7 +160,7 @@ def train_trial(config: dict, data: dict) -> None:
         if state:
             trainer.load_state_dict(state["trainer"])
         recurrent_params = int(prernn.count_recurrent_parameters(model))
-        tracking.log_metrics(uri, run_id, {"recurrent_params": recurrent_params})
+        tracking.log_summary(uri, run_id, {"recurrent_params": recurrent_params})
         resumed = bool(state)
         # finished before a killed driver recorded it: report the last epoch again (nothing is retrained)
         replay = resumed and trainer.epoch >= epochs and bool(trainer.history)
@@ -179,7 +179,7 @@ def train_trial(config: dict, data: dict) -> None:
                          "epochs_to_95": summary["epochs_to_95"], "mean_clips_per_sec": summary["clips_per_sec"],
                          **{f"best_{k}": summary[k] for k in REGRESSION_KEYS if k in summary}}
                 metrics.update(final)
-                tracking.log_metrics(uri, run_id, {k: v for k, v in final.items() if v is not None}, step=epochs)
+                tracking.log_summary(uri, run_id, final)
             if trainer.epoch == epochs or cfg.get("gate_stats_every_epoch"):
                 stats = _gate_stats(model, val, device)
                 metrics["gate_stats_json"] = json.dumps(stats)

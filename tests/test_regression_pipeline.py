@@ -93,7 +93,7 @@ def test_evaluate_reports_auc_nme_and_predict_prints_landmarks(run_dir, capsys):
     assert m["task"] == "regression" and 0 <= m["test_auc"] <= 1 and m["test_nme"] > 0
     assert 0 <= m["test_failure_rate"] <= 1 and m["baseline"] == "traditional-gru-1"
     assert m["gain"] == pytest.approx(m["test_auc"] - m["baseline_test_auc"])
-    ced = list(csv.DictReader((run_dir / "reports/ced.csv").open()))
+    ced = list(csv.DictReader((run_dir / "reports/regression/ced.csv").open()))
     assert {r["role"] for r in ced} == {"selected", "baseline"}
     fr = [float(r["fraction"]) for r in ced if r["role"] == "selected"]
     assert fr == sorted(fr)  # a cumulative distribution
