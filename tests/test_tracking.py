@@ -73,3 +73,39 @@ def test_parent_and_nested_child_runs_in_sqlite(tmp_path):
     assert tracking.find_child_run(uri, exp, parent, "other", name="trial-a") == child
     assert tracking.find_child_run(uri, exp, parent, "other", name="trial-b") is None
     assert run.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())
+
+
+def test_a_trial_outside_the_checkout_takes_its_parents_commit_and_summaries_are_rounded_tags(tmp_path, monkeypatch):
+    """Ray runs a trial in its own directory, where `git rev-parse` finds no repository: the run still carries the
+    search's commit; one-off values are tags, rounded; per-epoch metrics lose float32 noise."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = tracking.ensure_experiment(uri, "t")
+    parent = tracking.start_run(uri, exp, "search", stage="search")  # in the checkout: its commit
+    commit = tracking.client(uri).get_run(parent).data.tags[tracking.COMMIT_TAG]
+    assert len(commit) == 40
+    monkeypatch.chdir(tmp_path)  # not a git work tree, like a Ray worker's directory
+    assert tracking.git_commit() == "unknown"
+    child = tracking.start_run(uri, exp, "trial", parent_run_id=parent, stage="search")
+    tracking.log_summary(uri, child, {"best_val_acc": 0.5833333134651184, "recurrent_params": 66048,
+                                      "epochs_to_95": None})
+    tracking.log_metrics(uri, child, {"val_acc": 0.5833333134651184}, step=1)
+    run = tracking.client(uri).get_run(child)
+    assert run.data.tags[tracking.COMMIT_TAG] == commit
+    assert run.data.tags["mlflow.source.name"] == "stages/search.py"
+    assert run.data.tags["best_val_acc"] == "0.5833" and run.data.tags["recurrent_params"] == "66048"
+    assert "epochs_to_95" not in run.data.tags and set(run.data.metrics) == {"val_acc"}
+    assert run.data.metrics["val_acc"] == 0.583333
+
+
+def test_mlflow_telemetry_is_off_unless_the_user_says_otherwise():
+    import os
+    import subprocess
+    import sys
+
+    code = "import pipeline.tracking, os; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "true"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "MLFLOW_DISABLE_TELEMETRY": "false"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "false"
