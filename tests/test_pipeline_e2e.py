@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from tests.browser import needs_chromium, page
+from tests.browser import needs_chromium, page, page_with
 from tests.dvc_project import make_project
 from tests.dvc_project import run as _run
 
@@ -89,12 +89,13 @@ def test_dvc_compares_commits_and_declares_the_plots_of_the_task(project):
     """metrics.json and reports/ are in git, so DVC compares commits; the task's own plot only (no CED here)."""
     root, env, _ = project
     _run(["git", "add", "-A"], root, env)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "views", "--allow-empty"], root, env)
+    for message in ("views", "a second commit"):  # HEAD~1 exists whichever tests ran before
+        _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message, "--allow-empty"], root, env)
     tracked = _run(["git", "ls-files", "metrics.json", "reports"], root, env).split()
     assert {"metrics.json", "reports/table1_cells.csv", "reports/curves.csv",
             "reports/classification/confusion.csv"} <= set(tracked)
-    diff = json.loads(_run(["dvc", "metrics", "diff", "HEAD~1", "--json"], root, env))
-    assert "metrics.json" in diff and "errors" not in diff
+    diff = json.loads(_run(["dvc", "metrics", "diff", "HEAD~1", "--all", "--json"], root, env))
+    assert diff["metrics.json"]["test_acc"]["old"] == json.loads((root / "metrics.json").read_text())["test_acc"]
     plots = json.loads(_run(["dvc", "plots", "diff", "HEAD~1", "--json"], root, env))
     assert "errors" not in plots, plots.get("errors")
     ids = set(plots["data"])
@@ -144,14 +145,14 @@ def test_mlflow_ui_shows_runs_curves_table1_and_the_champion(project, tmp_path):
         [(exp_id, name)] = experiments(root / "mlflow.db")
         search = json.loads((root / "search" / "search.json").read_text())
         trial = json.loads((root / "search" / "trials.json").read_text())[0]
-        dom = page(runs_url(base, exp_id), screenshot=str(tmp_path / "runs.png"))
+        dom = page_with(runs_url(base, exp_id), "matching runs", screenshot=str(tmp_path / "runs.png"))
         assert "matching runs" in dom and "search-rgb-" in dom  # the runs list, not the GenAI traces view
         run = f"{base}/#/experiments/{exp_id}/runs"
-        dom = page(f"{run}/{trial['mlflow_run_id']}/model-metrics?workflowType=machine_learning", budget_ms=40000,
-                   screenshot=str(tmp_path / "trial.png"))
+        dom = page_with(f"{run}/{trial['mlflow_run_id']}/model-metrics?workflowType=machine_learning",
+                        "scatterlayer", budget_ms=40000, size="1400,2400", screenshot=str(tmp_path / "trial.png"))
         assert "val_acc" in dom and "scatterlayer" in dom  # a plotly chart of the trial's metric, drawn
-        dom = page(f"{run}/{search['parent_run_id']}/artifacts/select/table1.md?workflowType=machine_learning",
-                   screenshot=str(tmp_path / "table1.png"))
+        dom = page_with(f"{run}/{search['parent_run_id']}/artifacts/select/table1.md?workflowType=machine_learning",
+                        "<table", screenshot=str(tmp_path / "table1.png"))
         assert "<table" in dom and "Recurrent parameters" in dom and "tie-break" in dom  # rendered markdown
     finally:
         ui.terminate()
