@@ -1,4 +1,5 @@
 """pipeline.tracking (MLflow) and pipeline.ray_cluster: URIs, fail-fast checks, nested runs."""
+import json
 import socket
 import time
 
@@ -109,3 +110,58 @@ def test_mlflow_telemetry_is_off_unless_the_user_says_otherwise():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "MLFLOW_DISABLE_TELEMETRY": "false"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "false"
+
+
+@pytest.mark.slow  # two MLflow servers
+def test_artifacts_of_the_local_server_follow_a_moved_checkout(tmp_path, monkeypatch):
+    """`make mlflow-server` (artifacts in ./mlartifacts, proxied `mlflow-artifacts:` URIs): after the folder is
+    moved, a server started in the new place still serves a finished run's artifacts."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    def serve(cwd):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mlflow = str(Path(sys.executable).parent / "mlflow")
+        proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", "sqlite:///mlflow.db", "--artifacts-destination",
+                                 "./mlartifacts", "--host", "127.0.0.1", "--port", str(port)], cwd=cwd,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        uri = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=1).close()
+                return proc, uri
+            except OSError:
+                time.sleep(0.25)
+        proc.kill()
+        raise AssertionError("mlflow server did not start")
+
+    first = tmp_path / "checkout"
+    first.mkdir()
+    proc, uri = serve(first)
+    try:
+        exp = tracking.ensure_experiment(uri, "moved")
+        run = tracking.start_run(uri, exp, "search", stage="search")
+        tracking.log_json(uri, run, {"table": 1}, "table1.json")
+        tracking.end_run(uri, run)
+        assert tracking.client(uri).get_run(run).info.artifact_uri.startswith("mlflow-artifacts:/")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    moved = tmp_path / "elsewhere" / "checkout"
+    moved.parent.mkdir()
+    shutil.move(str(first), str(moved))
+    proc, uri = serve(moved)
+    try:
+        c = tracking.client(uri)
+        assert [a.path for a in c.list_artifacts(run)] == ["table1.json"]
+        local = c.download_artifacts(run, "table1.json", str(tmp_path))
+        assert json.loads(Path(local).read_text()) == {"table": 1}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
