@@ -14,6 +14,7 @@ for reading. MLflow's telemetry is off unless MLFLOW_DISABLE_TELEMETRY is set ot
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -171,13 +172,18 @@ def log_params(uri: str, run_id: str, params: dict) -> None:
         _retry(client(uri).log_batch, run_id, params=items[i:i + 100])
 
 
+def _readable(value: float) -> float:
+    """`value` to 6 significant digits; whole numbers as they are."""
+    return value if value.is_integer() or not math.isfinite(value) else float(f"{value:.6g}")
+
+
 def log_metrics(uri: str, run_id: str, metrics: dict, step: Optional[int] = None) -> None:
-    """Log the numeric entries of `metrics` (others are skipped) at `step`, rounded to 6 decimals (float32 noise
+    """Log the numeric entries of `metrics` (others are skipped) at `step`, to 6 significant digits (float32 noise
     such as 0.5833333134651184 is not what a person should read)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, round(float(v), 6), now, step or 0) for k, v in metrics.items()
+    items = [Metric(k, _readable(float(v)), now, step or 0) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None]
     if items:
         _retry(client(uri).log_batch, run_id, metrics=items)
