@@ -149,7 +149,7 @@ def test_mlflow_ui_shows_runs_curves_table1_and_the_champion(project, tmp_path):
         assert "matching runs" in dom and "search-rgb-" in dom  # the runs list, not the GenAI traces view
         run = f"{base}/#/experiments/{exp_id}/runs"
         dom = page_with(f"{run}/{trial['mlflow_run_id']}/model-metrics?workflowType=machine_learning",
-                        "scatterlayer", budget_ms=40000, size="1400,2400", screenshot=str(tmp_path / "trial.png"))
+                        "scatterlayer", budget_ms=25000, size="1400,2400", screenshot=str(tmp_path / "trial.png"))
         assert "val_acc" in dom and "scatterlayer" in dom  # a plotly chart of the trial's metric, drawn
         dom = page_with(f"{run}/{search['parent_run_id']}/artifacts/select/table1.md?workflowType=machine_learning",
                         "Recurrent parameters</h2>", screenshot=str(tmp_path / "table1.png"))
