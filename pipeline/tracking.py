@@ -198,10 +198,10 @@ def log_json(uri: str, run_id: str, obj, filename: str) -> None:
 
 
 def summary_text(value) -> str:
-    """A summary value as a person reads it: integers as they are, other numbers to 4 decimals."""
+    """A summary value as a person reads it: integers as they are, other numbers to 3 decimals (as Table 1)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:.4f}"
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
 def log_summary(uri: str, run_id: str, values: dict) -> None:

@@ -172,9 +172,9 @@ def test_select_then_evaluate_log_to_the_parent_run_and_register(workdir, monkey
         registered = client.get_registered_model(name)
         assert registered.description and registered.tags["serve"] == "models:/test-final-predictor@champion"
         version = client.get_model_version_by_alias(name, "champion")
-        assert version.tags["selected"] == "prernn-lstm-fc6" and version.tags["table1_score"] == "0.7000"
+        assert version.tags["selected"] == "prernn-lstm-fc6" and version.tags["table1_score"] == "0.700"
         assert version.tags["git_commit"] == client.get_run(parent).data.tags["mlflow.source.git.commit"]
-        assert "prernn-lstm-fc6: Table 1 val_acc 0.7000" in version.description
+        assert "prernn-lstm-fc6: Table 1 val_acc 0.700" in version.description
     assert mlflow.pytorch.load_model("models:/test-final@champion") is not None
     # summary values are tags on the parent, not one-point metrics; the evaluate run has per-epoch curves
     evaluate_run = client.get_run(report["mlflow"]["run_id"])

@@ -4,6 +4,9 @@ and the MLflow pyfunc predictor the evaluate stage registered; plus a fast check
 (AUC at the default NME threshold 0.08 above 0)."""
 import csv
 import json
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -99,6 +102,11 @@ def test_evaluate_reports_auc_nme_and_predict_prints_landmarks(run_dir, capsys):
     assert fr == sorted(fr)  # a cumulative distribution
     history = list(csv.DictReader((run_dir / "reports/history.csv").open()))
     assert len(history) == 1 and "test_auc" in history[0]
+    # dvc.yaml's `reports/${task}`: the CED is this task's plot, and no confusion matrix is declared
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], run_dir, env))
+    assert "errors" not in plots and "reports/regression/ced.csv" in plots["data"]
+    assert not any("confusion" in p or "classification" in p for p in plots["data"])
 
     from pipeline.cli import main
 

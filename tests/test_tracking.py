@@ -93,7 +93,7 @@ def test_a_trial_outside_the_checkout_takes_its_parents_commit_and_summaries_are
     run = tracking.client(uri).get_run(child)
     assert run.data.tags[tracking.COMMIT_TAG] == commit
     assert run.data.tags["mlflow.source.name"] == "stages/search.py"
-    assert run.data.tags["best_val_acc"] == "0.5833" and run.data.tags["recurrent_params"] == "66048"
+    assert run.data.tags["best_val_acc"] == "0.583" and run.data.tags["recurrent_params"] == "66048"
     assert "epochs_to_95" not in run.data.tags and set(run.data.metrics) == {"val_acc"}
     assert run.data.metrics["val_acc"] == 0.583333
 
