@@ -57,7 +57,8 @@ ALIAS = "champion"
 DESCRIPTIONS = {
     "": "The PreRNN model chosen by the search (claim 12 + validation score), retrained on train+val, in MLflow's "
         "PyTorch flavour: input the streams' normalised clips concatenated on the channel axis (B, T, C, H, W), "
-        "output fused class probabilities (B, T, K). For Python callers that preprocess themselves.",
+        "output fused class probabilities (B, T, K), or landmarks for task regression. For Python callers that "
+        "preprocess themselves.",
     "-predictor": "The same model as a pyfunc predictor that decodes videos itself: a DataFrame with a `path` column "
                   "of video files in, one prediction per video out. Serve this one "
                   "(`mlflow models serve -m models:/{name}@champion`).",
