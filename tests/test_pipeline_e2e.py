@@ -133,7 +133,9 @@ def test_mlflow_ui_shows_runs_curves_table1_and_the_champion(project, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ui = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", "sqlite:///mlflow.db", "--host", "127.0.0.1",
-                           "--port", str(port)], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           "--port", str(port), "--workers", "1"], cwd=root,
+                          env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job workers to start
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(120):

@@ -116,6 +116,7 @@ def test_mlflow_telemetry_is_off_unless_the_user_says_otherwise():
 def test_artifacts_of_the_local_server_follow_a_moved_checkout(tmp_path, monkeypatch):
     """`make mlflow-server` (artifacts in ./mlartifacts, proxied `mlflow-artifacts:` URIs): after the folder is
     moved, a server started in the new place still serves a finished run's artifacts."""
+    import os
     import shutil
     import socket
     import subprocess
@@ -129,7 +130,8 @@ def test_artifacts_of_the_local_server_follow_a_moved_checkout(tmp_path, monkeyp
             port = s.getsockname()[1]
         mlflow = str(Path(sys.executable).parent / "mlflow")
         proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", "sqlite:///mlflow.db", "--artifacts-destination",
-                                 "./mlartifacts", "--host", "127.0.0.1", "--port", str(port)], cwd=cwd,
+                                 "./mlartifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=cwd,
+                                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job workers
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         uri = f"http://127.0.0.1:{port}"
         for _ in range(240):
