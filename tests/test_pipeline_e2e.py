@@ -165,4 +165,6 @@ def test_mlflow_ui_shows_runs_curves_table1_and_the_champion(project, tmp_path):
     assert champion.tags["selected"] == json.loads((root / "reports" / "selection.json").read_text())["selected"]["name"]
     runs = client.search_runs([exp_id], max_results=100)
     assert all(r.data.tags.get("mlflow.source.name", "").startswith("stages/") for r in runs)
-    assert len({r.data.tags["mlflow.source.git.commit"] for r in runs}) == 1  # trials carry the search's commit
+    commit = {r.info.run_id: r.data.tags["mlflow.source.git.commit"] for r in runs}
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert children and all(commit[r.info.run_id] == commit[r.data.tags["mlflow.parentRunId"]] for r in children)
