@@ -6,7 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv repro test bench clean-venv mlflow-ui
+.PHONY: venv repro test bench clean-venv mlflow-ui mlflow-server plots-template browser
+
+# MLflow's client and UI telemetry off, like DVC's analytics in .dvc/config (`MLFLOW_DISABLE_TELEMETRY=false make ...`
+# turns it back on); pipeline/tracking.py sets the same default for the stages.
+export MLFLOW_DISABLE_TELEMETRY ?= true
+MLFLOW_PORT ?= 5000
 
 venv: $(STAMP)
 
@@ -20,8 +25,14 @@ $(STAMP): requirements.txt pyproject.toml
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-test: $(STAMP)
+test: $(STAMP) browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Debian's chromium for tests/test_views.py (headless, loopback only); installed when missing and apt-get exists
+browser:
+	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "warning: could not install chromium; the browser tests (tests/test_views.py) will be skipped"
 
 BENCHES := layers data extract search dvc stream memory
 
@@ -35,8 +46,23 @@ bench: $(STAMP)
 	  grep '^target ' bench_out/$$b.txt; \
 	done
 
+# the UI on the local store; prints the link to the runs list (MLflow 3 opens experiments in its GenAI view otherwise)
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	@$(BIN)/python -m pipeline.mlflow_links --db mlflow.db --port $(MLFLOW_PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# a tracking server whose artifacts live in ./mlartifacts (proxied `mlflow-artifacts:` URIs, so they follow the
+# checkout when it is moved); log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) make repro
+mlflow-server: $(STAMP)
+	@$(BIN)/python -m pipeline.mlflow_links --db mlflow.db --port $(MLFLOW_PORT)
+	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# rebuild .dvc/plots/offline.html (vega, vega-lite, vega-embed inlined) from the pinned npm packages
+plots-template:
+	rm -rf .dvc/tmp/npm && mkdir -p .dvc/tmp/npm && cp .dvc/plots/vendor/package*.json .dvc/tmp/npm/
+	cd .dvc/tmp/npm && npm ci --no-audit --no-fund
+	$(BIN)/python .dvc/plots/offline.py .dvc/tmp/npm/node_modules
 
 clean-venv:
 	rm -rf $(VENV)

@@ -255,6 +255,22 @@ def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return float((probs.argmax(-1) == labels).float().mean()) if len(labels) else 0.0
 
 
+def curve_rows(history: list[dict], score: str) -> list[dict]:
+    """history.csv rows -> curves.csv rows for `dvc plots`: one per (epoch, series) with the test `score`
+    (test_acc / test_auc) of every column named `[<modality>_][baseline_]<score>`; series "fused, selected",
+    "rgb, baseline", ..."""
+    rows = []
+    for row in history:
+        for key, value in row.items():
+            if not key.endswith(score):
+                continue
+            parts = key[: -len(score)].rstrip("_").split("_") if key != score else []
+            stream = parts[0] if parts and parts[0] != "baseline" else "fused"
+            role = "baseline" if "baseline" in parts else "selected"
+            rows.append({"epoch": row["epoch"], "series": f"{stream}, {role}", score: value})
+    return rows
+
+
 def summary(result: dict, choices: dict, modalities: list[str]) -> tuple[dict, dict, list[dict], list[dict]]:
     """(metrics.json, evaluation.json, history.csv rows, confusion.csv rows) from `run_evaluation`'s result."""
     names, y = result["class_names"], result["labels"]

@@ -5,7 +5,7 @@ seeds, gate statistics pooled over seeds; a plain trial list works as one seed e
 (`select.low`, `select.high`) and the validation metric to rank by (`select.metric`, `select.mode`).
 Out: `select_configuration(...) -> dict`, the content of `reports/selection.json`:
 
-    {"metric", "mode", "low", "high", "rule",
+    {"metric", "mode", "low", "high", "rule", "tie_break",
      "selected": {"name", "trial", "kind", "cell", "sih", "layers", "reverted_layers", "num_layers",
                   "score", "fallback", "reason", "config"} | None,
      "baseline": the same for the best traditional RNN | None,
@@ -40,6 +40,7 @@ RULE = (
     "to their feedforward form ([0058]); layers without gates (VRNN) are kept by validation score"
 )
 NO_GATES = "no gates: kept by validation score"
+TIE_BREAK = "equal scores: fewer recurrent parameters first, then the trial name in alphabetical order"
 
 
 class SelectionError(ValueError):
@@ -151,6 +152,18 @@ def _best(rows: Iterable[dict], mode: str) -> dict | None:
     return min(rows, key=lambda r: (sign * r["score"], r.get("recurrent_params") or 0, r["name"]))
 
 
+def _ties(rows: Iterable[dict], best: dict) -> list[str]:
+    """The names of the rows whose score equals `best`'s (itself included), in name order."""
+    return sorted(r["name"] for r in rows if r["score"] is not None and r["score"] == best["score"])
+
+
+def _reason(text: str, rows: list[dict], best: dict) -> str:
+    ties = _ties(rows, best)
+    if len(ties) < 2:
+        return text
+    return f"{text}; {len(ties)} tied at {best['score']:.3f} ({', '.join(ties)}), {TIE_BREAK}"
+
+
 def _choice(row: dict, trial: dict, *, fallback: bool, reason: str) -> dict:
     return {
         "name": row["name"], "trial": row["name"], "kind": row["kind"], "cell": row["cell"], "sih": row["sih"],
@@ -175,10 +188,11 @@ def select_configuration(trials: list[dict], *, low: float = 0.1, high: float = 
         raise SelectionError(f"select.metric: {metric!r} is in no successful trial; numeric keys: {', '.join(keys)}")
     rows = [judge_trial(t, low=low, high=high, metric=metric) for t in trials]
     by_name = {t["name"]: t for t in trials}
-    kept = _best((r for r in rows if r["decision"] == "kept"), mode)
+    kept_rows = [r for r in rows if r["decision"] == "kept"]
+    kept = _best(kept_rows, mode)
     if kept is not None:
         selected = _choice(kept, by_name[kept["name"]], fallback=False,
-                           reason=f"best kept PreRNN configuration by {metric} ({mode})")
+                           reason=_reason(f"best kept PreRNN configuration by {metric} ({mode})", kept_rows, kept))
     else:
         rev = _best((r for r in rows if r["decision"] == "reverted"), mode)
         selected = None if rev is None else _choice(
@@ -186,14 +200,16 @@ def select_configuration(trials: list[dict], *, low: float = 0.1, high: float = 
             reason=(f"no configuration had all its converted layers saturated; fallback: the best reverted "
                     f"configuration by {metric} ({mode}), with its unsaturated layers "
                     f"({', '.join(rev['reverted_layers'])}) in feedforward form"))
-    base = _best((r for r in rows if r["decision"] == "baseline"), mode)
-    baseline = None if base is None else _choice(base, by_name[base["name"]], fallback=False,
-                                                 reason=f"best traditional RNN by {metric} ({mode})")
+    base_rows = [r for r in rows if r["decision"] == "baseline"]
+    base = _best(base_rows, mode)
+    baseline = None if base is None else _choice(
+        base, by_name[base["name"]], fallback=False,
+        reason=_reason(f"best traditional RNN by {metric} ({mode})", base_rows, base))
     if selected is not None:
         for r in rows:
             if r["name"] == selected["name"]:
                 r["selected"] = True
-    return {"metric": metric, "mode": mode, "low": low, "high": high, "rule": RULE,
+    return {"metric": metric, "mode": mode, "low": low, "high": high, "rule": RULE, "tie_break": TIE_BREAK,
             "selected": selected, "baseline": baseline,
             "counts": {d: sum(r["decision"] == d for r in rows) for d in ("kept", "reverted", "baseline", "failed")},
             "trials": rows}

@@ -21,6 +21,7 @@ import io
 from dataclasses import dataclass, field
 
 from prernn import CELLS, GATED_CELLS
+from pipeline.selection import TIE_BREAK
 NA, FAILED = "-", "failed"
 QUANTITIES = ("metric", "recurrent_params", "epochs_to_95")
 
@@ -172,7 +173,9 @@ def to_markdown(table: Table, *, title: str = "") -> str:
                 if len(table.seeds) > 1 else ". ")
              + ("CNN alone: the trained CNN per frame, its outputs averaged over the clip (the same model in "
                 "every row), what the recurrent layers add to." if any(c.key == FRAMES for c in table.columns)
-                else ""), ""]
+                else "")
+             + f" The selection's tie-break ({TIE_BREAK}) decides between kept configurations with the same score.",
+             ""]
     lines += _md_table(table, "metric", marks=True)
     lines += ["", "## Recurrent parameters", "",
               "Parameters of the recurrent layers; for PreRNN-SIH the change against PreRNN with the same layers.", ""]
@@ -212,4 +215,20 @@ def to_csv(table: Table) -> str:
             metric_rows(f"_seed{seed}", lambda cell, col, seed=seed: (
                 table.per_seed.get((cell, col.key), {}).get(seed, table.cells[("metric", cell, col.key)])
                 if col.key != FRAMES else table.cells[("metric", cell, col.key)]))
+    return buf.getvalue()
+
+
+def to_cells_csv(table: Table) -> str:
+    """Table 1's metric cells in long form for `dvc plots` (the `table1` template in .dvc/plots/): one line per
+    (cell, column): order, cell, column, metric, its score (empty where `-` / `failed`) and the text shown
+    (3 decimals, `*` selected, `†` reverted)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["order", "cell", "column", "metric", "score", "text"])
+    for cell in table.rows:
+        for i, col in enumerate(table.columns):
+            value = table.cells[("metric", cell, col.key)]
+            mark = {"selected": " *", "reverted": " †"}.get(table.marks.get((cell, col.key)), "")
+            w.writerow([i, cell.upper(), col.title, table.metric, "" if isinstance(value, str) else value,
+                        _fmt(value, "metric") + mark])
     return buf.getvalue()

@@ -5,10 +5,16 @@ from params.yaml. A relative `sqlite:///x.db` is made absolute (trials run in th
 directories, possibly on other nodes). An http(s) URI is checked first: a server that does not
 answer within a few seconds stops the stage with a message saying what to do.
 All functions use an explicit `MlflowClient`, so nothing depends on MLflow's global active run.
+
+Every run is tagged with the git commit (a trial, running in a Ray worker's own directory, takes its parent's),
+`mlflow.source.name` (the stage's script) and the DVC stage. Per-epoch values are metrics (curves in the UI);
+values a run has once (best score, epochs to 95%, parameter count, clips/s) are tags (`log_summary`), rounded
+for reading. MLflow's telemetry is off unless MLFLOW_DISABLE_TELEMETRY is set otherwise (like DVC's analytics).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -18,7 +24,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
+# MLflow 3.17 reads MLFLOW_DISABLE_TELEMETRY (mlflow/telemetry/utils.py); off by default, a user's value wins
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 PARENT_TAG = "mlflow.parentRunId"
+COMMIT_TAG = "mlflow.source.git.commit"
 TRIAL_TAG = "prernn.trial"
 TRIAL_ID_TAG = "ray.trial_id"
 
@@ -138,11 +148,14 @@ def _retry(fn, *args, tries: int = 5, **kw):
 
 def start_run(uri: str, experiment_id: str, name: str, *, parent_run_id: Optional[str] = None,
               params: Optional[dict] = None, tags: Optional[dict] = None, stage: Optional[str] = None) -> str:
-    """Create a run (a child of `parent_run_id` if given); log `params` and tags (git commit, DVC stage)."""
+    """Create a run (a child of `parent_run_id` if given); log `params` and tags (git commit, source, DVC stage)."""
     c = client(uri)
-    all_tags = {"mlflow.runName": name, "mlflow.source.git.commit": git_commit(), **(tags or {})}
+    commit = git_commit()
+    if commit == "unknown" and parent_run_id:  # a trial in a Ray worker's directory: the search's commit
+        commit = _retry(c.get_run, parent_run_id).data.tags.get(COMMIT_TAG, commit)
+    all_tags = {"mlflow.runName": name, COMMIT_TAG: commit, "mlflow.source.type": "LOCAL", **(tags or {})}
     if stage:
-        all_tags["dvc_stage"] = stage
+        all_tags.update({"dvc_stage": stage, "mlflow.source.name": f"stages/{stage}.py"})
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     run = _retry(c.create_run, experiment_id, tags=all_tags, run_name=name)
@@ -159,12 +172,18 @@ def log_params(uri: str, run_id: str, params: dict) -> None:
         _retry(client(uri).log_batch, run_id, params=items[i:i + 100])
 
 
+def _readable(value: float) -> float:
+    """`value` to 6 significant digits; whole numbers as they are."""
+    return value if value.is_integer() or not math.isfinite(value) else float(f"{value:.6g}")
+
+
 def log_metrics(uri: str, run_id: str, metrics: dict, step: Optional[int] = None) -> None:
-    """Log the numeric entries of `metrics` (others are skipped) at `step`."""
+    """Log the numeric entries of `metrics` (others are skipped) at `step`, to 6 significant digits (float32 noise
+    such as 0.5833333134651184 is not what a person should read)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+    items = [Metric(k, _readable(float(v)), now, step or 0) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None]
     if items:
         _retry(client(uri).log_batch, run_id, metrics=items)
@@ -199,6 +218,19 @@ def log_json(uri: str, run_id: str, obj, filename: str) -> None:
         path = Path(tmp) / filename
         path.write_text(json.dumps(obj, indent=1, default=str))
         _retry(client(uri).log_artifact, run_id, str(path))
+
+
+def summary_text(value) -> str:
+    """A summary value as a person reads it: integers as they are, other numbers to 3 decimals (as Table 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
+
+
+def log_summary(uri: str, run_id: str, values: dict) -> None:
+    """Values a run has once (best score, epochs to 95%, parameter count, clips/s) as tags, not one-point metric
+    series; None values are skipped."""
+    set_tags(uri, run_id, {k: summary_text(v) for k, v in values.items() if v is not None})
 
 
 def set_tags(uri: str, run_id: str, tags: dict) -> None:

@@ -142,7 +142,7 @@ def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) 
         if state:
             trainer.load_state_dict(state["trainer"])
         recurrent_params = int(prernn.count_recurrent_parameters(model))
-        mlflow_log.log({"recurrent_params": recurrent_params})
+        tracking.log_summary(uri, run_id, {"recurrent_params": recurrent_params})
         for row in trainer.history:  # epochs checkpointed before an interruption cut off their logging
             mlflow_log.log(row, step=row["epoch"])
         # finished before a killed driver recorded it: report the last epoch again (nothing is retrained)
@@ -161,7 +161,7 @@ def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) 
                          "epochs_to_95": summary["epochs_to_95"], "mean_clips_per_sec": summary["clips_per_sec"],
                          **{f"best_{k}": summary[k] for k in REGRESSION_KEYS if k in summary}}
                 metrics.update(final)
-                mlflow_log.log({k: v for k, v in final.items() if v is not None}, step=epochs)
+                tracking.log_summary(uri, run_id, final)
             if trainer.epoch == epochs or cfg.get("gate_stats_every_epoch"):
                 stats = _gate_stats(model, val, device)
                 metrics["gate_stats_json"] = json.dumps(stats)

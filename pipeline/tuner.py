@@ -268,7 +268,7 @@ def _finish_runs(uri: str, parent: str, rows: list[dict]) -> None:
     summary = {"num_ok": len(ok), "num_failed": len(rows) - len(ok)}
     if ok:
         summary[f"best_{key}"] = max(r[key] for r in ok)
-    tracking.log_metrics(uri, parent, summary)
+    tracking.log_summary(uri, parent, summary)
     tracking.log_json(uri, parent, [{k: r[k] for k in ROW_KEYS} for r in rows], "trials_summary.json")
     tracking.end_run(uri, parent, "FINISHED")
 

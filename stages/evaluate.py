@@ -4,14 +4,15 @@ In: `reports/selection.json` (select stage), `models/pretrained/<modality>.pt`, 
 (MLflow parent run), params sections `evaluate` (+ `search` for training defaults).
 Out (atomic): `models/final.pt` (one stream: {"config", "state_dict", "meta"}; several: {"streams": {modality:
 {"config", "state_dict"}}, "meta"}; meta = class_names, normalization, extract, modalities, fusion, selected),
-`metrics.json` (fused and per-stream test accuracy, baseline, gain, per-class accuracy), `reports/confusion.csv`
-(actual,predicted per test clip, fused selected model), `reports/history.csv` (per epoch: fused test_acc,
-baseline_test_acc, per-stream columns), `reports/evaluation.json` (confusion matrices, train configs),
-`reports/ced.csv` (role,error,fraction). Task regression: metrics.json holds test_auc / test_nme /
-test_failure_rate (pipeline/regression_eval.py), history.csv test_auc / test_nme per epoch, confusion.csv is the
-header alone and ced.csv the cumulative error distribution of the selected model and the baseline (last epoch).
-ced.csv is written for classification too (the header alone), so dvc.yaml can declare it as an output of every
-run: DVC has no outputs that exist for one params value only, and an undeclared file would be untracked.
+`metrics.json` (fused and per-stream test accuracy, baseline, gain, per-class accuracy), `reports/history.csv`
+(per epoch: fused test_acc, baseline_test_acc, per-stream columns), `reports/curves.csv` (the same test scores in
+long form: epoch, series, test_acc), `reports/evaluation.json` (confusion matrices, train configs) and the task's
+plot in a folder named by the task: `reports/classification/confusion.csv` (actual,predicted per test clip, fused
+selected model). Task regression: metrics.json holds test_auc / test_nme / test_failure_rate
+(pipeline/regression_eval.py), history.csv and curves.csv test_auc (+ test_nme) per epoch, and
+`reports/regression/ced.csv` (role,error,fraction) the cumulative error distribution of the selected model and the
+baseline (last epoch). dvc.yaml declares `reports/${task}` (DVC interpolates params.yaml's `task`), so each task
+has exactly the plots that apply to it.
 MLflow: a child run "evaluate" of the search's parent run with the model registered as `evaluate.register_name`.
 """
 from __future__ import annotations
@@ -82,7 +83,7 @@ def main(argv=None) -> None:
     import torch
 
     from pipeline.clipstore import ClipFileError
-    from pipeline.evaluation import FUSION, FusedModel, final_checkpoint, run_evaluation, summary
+    from pipeline.evaluation import FUSION, FusedModel, curve_rows, final_checkpoint, run_evaluation, summary
     from pipeline.train import pick_device
 
     params = load_stage_params(args.params, "evaluate")
@@ -126,10 +127,14 @@ def main(argv=None) -> None:
     with atomic_path(args.out) as tmp:
         torch.save(final_checkpoint(models, meta), tmp)
     plots = Path(args.plots)
-    write_text(plots / "confusion.csv", _csv(confusion) if confusion else "actual,predicted\n")  # regression: empty
+    score = "test_auc" if regression else "test_acc"
     write_text(plots / "history.csv", _csv(history))
-    # always written (a declared DVC plot): regression the CED curve, classification the header alone
-    write_text(plots / "ced.csv", _csv(ced) if regression else "role,error,fraction\n")
+    write_text(plots / "curves.csv", _csv(curve_rows(history, score)))
+    # the task's own plot, in a folder named by the task (dvc.yaml: `reports/${task}`): DVC draws only what exists
+    task_plot = plots / params.task / ("ced.csv" if regression else "confusion.csv")
+    with atomic_path(task_plot.parent) as tmp:
+        tmp.mkdir()
+        (tmp / task_plot.name).write_text(_csv(ced) if regression else _csv(confusion))
 
     search_meta = _read_json(Path(args.search) / "search.json", "", required=False)
     mlflow_info = None
@@ -148,14 +153,15 @@ def main(argv=None) -> None:
         mlflow_info = log_final_model(
             search_meta, fused, register_name=p.register_name, model_meta=meta, example=example, metrics=flat,
             params={"evaluate": p.model_dump(), "selected": choices["selected"]["name"]},
-            files=[plots / "confusion.csv", plots / "history.csv"] + ([plots / "ced.csv"] if regression else []),
-            final_path=args.out)
-        log_reports(search_meta, [plots / "confusion.csv", plots / "history.csv"], artifact_path="evaluate",
-                    metrics={f"final_{k}": v for k, v in flat.items()})
+            files=[task_plot, plots / "history.csv"], final_path=args.out, history=history,
+            version_tags={"selected": choices["selected"]["name"], "metric": selection.get("metric"),
+                          "table1_score": choices["selected"].get("score"), "test_score": metrics[score],
+                          "baseline": metrics["baseline"], "task": params.task})
+        log_reports(search_meta, [task_plot, plots / "history.csv"], artifact_path="evaluate",
+                    tags={f"final_{k}": v for k, v in flat.items()})
     report["mlflow"] = mlflow_info
     write_json(plots / "evaluation.json", report)
     write_json(args.metrics, metrics)
-    score = "test_auc" if regression else "test_acc"
     base = f", baseline {metrics['baseline']} {metrics['baseline_' + score]:.3f}" if metrics["baseline"] else ""
     extra = f" (NME {metrics['test_nme']:.4f}, failure rate {metrics['test_failure_rate']:.3f})" if regression else ""
     print(f"evaluate: {metrics['selected']} {score} {metrics[score]:.3f}{extra}{base} (first seed)")

@@ -2,7 +2,8 @@
 
 In: `search/trials.json`, `search/search.json` (contract keys), params section `select`.
 Out (under --out, all atomic): `selection.json` (every trial's decision and reason, per-layer saturation,
-the selected configuration and the best traditional baseline), `table1.md`, `table1.csv`, and `plots/`
+the selected configuration and the best traditional baseline), `table1.md`, `table1.csv`, `table1_cells.csv` (the
+metric cells in long form, drawn by `dvc plots show`), and `plots/`
 (`saturation_lstm_<layer>.png`, `histogram_gru_<layer>.png`, `convergence.png`), `convergence.csv` (the
 validation metric per epoch of each family's best configuration, mean and 95% band over seeds, [0066]). Every
 configuration is judged and ranked by its mean over seeds (`pipeline.seeds.aggregate`). The same files are logged to the search's
@@ -59,7 +60,7 @@ def main(argv=None) -> None:
     from pipeline.plots import write_plots
     from pipeline.seeds import aggregate
     from pipeline.selection import SelectionError, select_configuration
-    from pipeline.table1 import build_table, to_csv, to_markdown
+    from pipeline.table1 import build_table, to_cells_csv, to_csv, to_markdown
 
     p = load_stage_params(args.params, "select").select
     trials, meta = read_search(Path(args.search))
@@ -90,6 +91,7 @@ def main(argv=None) -> None:
     write_text(out / "table1.csv", to_csv(table))
     write_text(out / "convergence.csv", rows_csv(convergence, ("epoch", "family", "configuration", "mean", "ci_low",
                                                               "ci_high", "n")))
+    write_text(out / "table1_cells.csv", to_cells_csv(table))  # the same cells in long form, a DVC plot
     write_json(out / "selection.json", selection)
 
     sel = selection["selected"]
@@ -101,8 +103,8 @@ def main(argv=None) -> None:
         log_reports(meta, [out / "table1.md", out / "table1.csv", out / "selection.json", out / "convergence.csv",
                            out / "plots"],
                     artifact_path="select",
-                    tags={"prernn.selected": sel["name"] if sel else "none"},
-                    metrics={f"selected_{p.metric}": sel["score"]} if sel else {})
+                    tags={"prernn.selected": sel["name"] if sel else "none",
+                          **({f"selected_{p.metric}": sel["score"]} if sel else {})})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Helpers for the tests that run the pipeline through `dvc repro` in a temporary copy of the project
 (tests/test_pipeline_e2e.py: classification, tests/test_regression_pipeline.py: task regression).
 
-`make_project(root, overrides)` copies prernn/, pipeline/, stages/ and dvc.yaml into `root`, writes params.yaml =
+`make_project(root, overrides)` copies prernn/, pipeline/, stages/, dvc.yaml and .dvc/plots/ (the plot templates
+and the offline page) into `root`, writes params.yaml =
 this project's params.yaml with `overrides` merged over it (nested dicts merged, other values replaced), runs
 `git init` + `dvc init` there and returns the environment to run `dvc` in (the venv's bin first on PATH, no
 MLFLOW_TRACKING_URI / RAY_ADDRESS from the caller, so params.yaml's sqlite:///mlflow.db and a local Ray are used).
@@ -43,6 +44,8 @@ def make_project(root: Path, overrides: dict) -> dict:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
-    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
+                 ["dvc", "config", "plots.html_template", "plots/offline.html"]):
         run(args, root, env)
+    shutil.copytree(ROOT / ".dvc" / "plots", root / ".dvc" / "plots", ignore=shutil.ignore_patterns("vendor"))
     return env

@@ -80,7 +80,7 @@ def test_two_streams_fused_with_baseline(workdir):
         assert isinstance(metrics[key], float)
     assert metrics["gain"] == pytest.approx(metrics["test_acc"] - metrics["baseline_test_acc"])
     assert set(metrics["per_class_acc"]) == set(CLASSES)
-    rows = list(csv.DictReader((workdir / "reports" / "confusion.csv").open()))
+    rows = list(csv.DictReader((workdir / "reports" / "classification" / "confusion.csv").open()))
     assert len(rows) == 4 and {r["actual"] for r in rows} == set(CLASSES)
     hist = list(csv.DictReader((workdir / "reports" / "history.csv").open()))
     assert [int(r["epoch"]) for r in hist] == [1, 2]
@@ -167,6 +167,22 @@ def test_select_then_evaluate_log_to_the_parent_run_and_register(workdir, monkey
     assert probs.shape == (2, len(CLASSES)) and torch.allclose(probs.sum(-1), torch.ones(2), atol=1e-5)
     info = mlflow.models.get_model_info(f"models:/test-final/{versions[0].version}")
     assert info.metadata["class_names"] == CLASSES
+    # the registry says what to use: alias, descriptions, the selection and its scores on the version
+    for name in ("test-final", "test-final-predictor"):
+        registered = client.get_registered_model(name)
+        assert registered.description and registered.tags["serve"] == "models:/test-final-predictor@champion"
+        version = client.get_model_version_by_alias(name, "champion")
+        assert version.tags["selected"] == "prernn-lstm-fc6" and version.tags["table1_score"] == "0.700"
+        assert version.tags["git_commit"] == client.get_run(parent).data.tags["mlflow.source.git.commit"]
+        assert "prernn-lstm-fc6: Table 1 val_acc 0.700" in version.description
+    assert mlflow.pytorch.load_model("models:/test-final@champion") is not None
+    # summary values are tags on the parent, not one-point metrics; the evaluate run has per-epoch curves
+    evaluate_run = client.get_run(report["mlflow"]["run_id"])
+    assert evaluate_run.data.tags["mlflow.source.name"] == "stages/evaluate.py"
+    assert evaluate_run.data.tags["dvc_stage"] == "evaluate"
+    assert [m.step for m in client.get_metric_history(evaluate_run.info.run_id, "test_acc")] == [1]
+    parent_data = client.get_run(parent).data
+    assert "final_test_acc" in parent_data.tags and not parent_data.metrics
 
 
 def test_results_do_not_depend_on_what_drew_random_numbers_before(workdir):

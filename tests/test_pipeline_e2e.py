@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from pipeline.stage_deps import module_file
+from tests.browser import needs_chromium, page, page_with
 from tests.dvc_project import make_project
 from tests.dvc_project import run as _run
 
@@ -118,3 +119,88 @@ def test_exp_run_with_narrower_space_reruns_only_dependants(project):
         assert f"Running stage '{stage}'" in out
     trials = json.loads((root / "search" / "trials.json").read_text())
     assert sorted(t["configuration"] for t in trials) == ["prernn-lstm-fc6"] * 2 + ["traditional-lstm-1"] * 2
+
+
+def test_dvc_compares_commits_and_declares_the_plots_of_the_task(project):
+    """metrics.json and reports/ are in git, so DVC compares commits; the task's own plot only (no CED here)."""
+    root, env, _ = project
+    _run(["git", "add", "-A"], root, env)
+    for message in ("views", "a second commit"):  # HEAD~1 exists whichever tests ran before
+        _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message, "--allow-empty"], root, env)
+    tracked = _run(["git", "ls-files", "metrics.json", "reports"], root, env).split()
+    assert {"metrics.json", "reports/table1_cells.csv", "reports/curves.csv",
+            "reports/classification/confusion.csv"} <= set(tracked)
+    diff = json.loads(_run(["dvc", "metrics", "diff", "HEAD~1", "--all", "--json"], root, env))
+    assert diff["metrics.json"]["test_acc"]["old"] == json.loads((root / "metrics.json").read_text())["test_acc"]
+    plots = json.loads(_run(["dvc", "plots", "diff", "HEAD~1", "--json"], root, env))
+    assert "errors" not in plots, plots.get("errors")
+    ids = set(plots["data"])
+    assert {"reports/curves.csv", "reports/classification/confusion.csv"} <= ids and not any("ced" in i for i in ids)
+    assert any(i.startswith("Table 1") for i in ids) and any(i.endswith(".png") for i in ids)
+    curves = next(p for p in plots["data"]["reports/curves.csv"])
+    series = {d["series"] for d in curves["content"]["data"]["values"]}
+    assert {"fused, selected", "fused, baseline", "rgb, selected", "flow, baseline"} <= series
+
+
+@needs_chromium
+def test_dvc_plots_page_draws_its_charts_offline(project, tmp_path):
+    root, env, _ = project
+    _run(["dvc", "plots", "show", "-o", str(tmp_path / "dvc_plots")], root, env)
+    html = (tmp_path / "dvc_plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in html and "<script src=" not in html  # vega, vega-lite, vega-embed inlined
+    dom = page((tmp_path / "dvc_plots" / "index.html").as_uri(), budget_ms=8000, screenshot=str(tmp_path / "dvc.png"))
+    assert dom.count('<canvas width="') >= 3  # Table 1, the test curves, the confusion matrix: drawn by vega
+    assert dom.count('<img src="static/') >= 1  # FIG. 2A saturation plot
+
+
+@needs_chromium
+def test_mlflow_ui_shows_runs_curves_table1_and_the_champion(project, tmp_path):
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.mlflow_links import experiments, runs_url
+
+    root, env, _ = project
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ui = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", "sqlite:///mlflow.db", "--host", "127.0.0.1",
+                           "--port", str(port), "--workers", "1"], cwd=root,
+                          env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job workers to start
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(base + "/health", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        [(exp_id, name)] = experiments(root / "mlflow.db")
+        search = json.loads((root / "search" / "search.json").read_text())
+        trial = json.loads((root / "search" / "trials.json").read_text())[0]
+        dom = page_with(runs_url(base, exp_id), "matching runs", screenshot=str(tmp_path / "runs.png"))
+        assert "matching runs" in dom and "search-rgb-" in dom  # the runs list, not the GenAI traces view
+        run = f"{base}/#/experiments/{exp_id}/runs"
+        dom = page_with(f"{run}/{trial['mlflow_run_id']}/model-metrics?workflowType=machine_learning",
+                        "scatterlayer", budget_ms=25000, size="1400,2400", screenshot=str(tmp_path / "trial.png"))
+        assert "val_acc" in dom and "scatterlayer" in dom  # a plotly chart of the trial's metric, drawn
+        dom = page_with(f"{run}/{search['parent_run_id']}/artifacts/select/table1.md?workflowType=machine_learning",
+                        "Recurrent parameters</h2>", screenshot=str(tmp_path / "table1.png"))
+        # the markdown rendered: headings, and the tables as MLflow's table component (role="cell")
+        assert "Recurrent parameters</h2>" in dom and 'role="cell"' in dom and "tie-break" in dom
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("e2e-final-predictor", "champion")
+    assert champion.tags["selected"] == json.loads((root / "reports" / "selection.json").read_text())["selected"]["name"]
+    runs = client.search_runs([exp_id], max_results=100)
+    assert all(r.data.tags.get("mlflow.source.name", "").startswith("stages/") for r in runs)
+    commit = {r.info.run_id: r.data.tags["mlflow.source.git.commit"] for r in runs}
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert children and all(commit[r.info.run_id] == commit[r.data.tags["mlflow.parentRunId"]] for r in children)

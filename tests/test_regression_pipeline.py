@@ -4,6 +4,9 @@ and the MLflow pyfunc predictor the evaluate stage registered; plus a fast check
 (AUC at the default NME threshold 0.08 above 0)."""
 import csv
 import json
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -93,12 +96,17 @@ def test_evaluate_reports_auc_nme_and_predict_prints_landmarks(run_dir, capsys):
     assert m["task"] == "regression" and 0 <= m["test_auc"] <= 1 and m["test_nme"] > 0
     assert 0 <= m["test_failure_rate"] <= 1 and m["baseline"] == "traditional-gru-1"
     assert m["gain"] == pytest.approx(m["test_auc"] - m["baseline_test_auc"])
-    ced = list(csv.DictReader((run_dir / "reports/ced.csv").open()))
+    ced = list(csv.DictReader((run_dir / "reports/regression/ced.csv").open()))
     assert {r["role"] for r in ced} == {"selected", "baseline"}
     fr = [float(r["fraction"]) for r in ced if r["role"] == "selected"]
     assert fr == sorted(fr)  # a cumulative distribution
     history = list(csv.DictReader((run_dir / "reports/history.csv").open()))
     assert len(history) == 1 and "test_auc" in history[0]
+    # dvc.yaml's `reports/${task}`: the CED is this task's plot, and no confusion matrix is declared
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], run_dir, env))
+    assert "errors" not in plots and "reports/regression/ced.csv" in plots["data"]
+    assert not any("confusion" in p or "classification" in p for p in plots["data"])
 
     from pipeline.cli import main
 

@@ -124,3 +124,18 @@ def test_select_stage_names_a_missing_search(tmp_path):
     with pytest.raises(SystemExit, match="trials.json is missing"):
         select.main(["--params", str(tmp_path / "params.yaml"), "--search", str(tmp_path / "nope"),
                      "--out", str(tmp_path / "reports")])
+
+
+def test_ties_go_to_fewer_recurrent_parameters_then_the_name_and_say_so():
+    from pipeline.selection import TIE_BREAK
+
+    trials = [trial("b-small", layers=["fc6"], val_acc=0.6, params=500, stats={"fc6": layer("lstm", *SAT)}),
+              trial("a-small", layers=["fc6"], val_acc=0.6, params=500, stats={"fc6": layer("lstm", *SAT)}),
+              trial("0-large", layers=["fc6"], val_acc=0.6, params=9000, stats={"fc6": layer("lstm", *SAT)}),
+              trial("worse", layers=["fc6"], val_acc=0.5, params=10, stats={"fc6": layer("lstm", *SAT)})]
+    sel = select_configuration(trials)
+    assert sel["selected"]["name"] == "a-small" and sel["tie_break"] == TIE_BREAK
+    assert "3 tied at 0.600 (0-large, a-small, b-small)" in sel["selected"]["reason"]
+    assert TIE_BREAK in sel["selected"]["reason"]
+    alone = select_configuration(trials[-1:])
+    assert "tied" not in alone["selected"]["reason"]

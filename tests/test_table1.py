@@ -54,3 +54,20 @@ def test_markdown_marks_selected_and_reverted_and_shows_sih_saving():
     assert "(-75%)" in md                                      # SIH 2000 vs 8000 recurrent parameters
     lstm_line = next(l for l in md.splitlines() if l.startswith("| LSTM"))
     assert lstm_line.count("|") == len(TITLES) + 2
+
+
+def test_cells_in_long_form_for_dvc_plots_and_the_tie_break_in_the_caption():
+    from pipeline.selection import TIE_BREAK
+    from pipeline.table1 import to_cells_csv
+
+    trials = space()
+    sel = select_configuration(trials)
+    table = build_table(trials, selection=sel, candidates=["fc6", "fc7"])
+    rows = list(csv.DictReader(io.StringIO(to_cells_csv(table))))
+    assert len(rows) == 3 * len(table.columns) and {r["metric"] for r in rows} == {"val_acc"}
+    by = {(r["cell"], r["column"]): r for r in rows}
+    assert by[("VRNN", "PreRNN-SIH fc6")]["score"] == "" and by[("VRNN", "PreRNN-SIH fc6")]["text"] == "-"
+    chosen = [r for r in rows if r["text"].endswith(" *")]
+    assert len(chosen) == 1 and float(chosen[0]["score"]) == sel["selected"]["score"]
+    assert [int(r["order"]) for r in rows[:len(table.columns)]] == list(range(len(table.columns)))
+    assert TIE_BREAK in to_markdown(table)

@@ -1,4 +1,5 @@
 """pipeline.tracking (MLflow) and pipeline.ray_cluster: URIs, fail-fast checks, nested runs."""
+import json
 import socket
 import time
 
@@ -92,3 +93,96 @@ def test_metric_log_logs_each_key_and_step_once_across_instances(tmp_path):
     history = lambda key: [(m.step, m.value) for m in tracking.client(uri).get_metric_history(run_id, key)]  # noqa: E731
     assert sorted(history("val_acc")) == [(1, 0.5), (2, 0.8)]
     assert history("val_loss") == [(1, 1.0)] and history("recurrent_params") == [(0, 10.0)]
+
+
+def test_a_trial_outside_the_checkout_takes_its_parents_commit_and_summaries_are_rounded_tags(tmp_path, monkeypatch):
+    """Ray runs a trial in its own directory, where `git rev-parse` finds no repository: the run still carries the
+    search's commit; one-off values are tags, rounded; per-epoch metrics lose float32 noise."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = tracking.ensure_experiment(uri, "t")
+    parent = tracking.start_run(uri, exp, "search", stage="search")  # in the checkout: its commit
+    commit = tracking.client(uri).get_run(parent).data.tags[tracking.COMMIT_TAG]
+    assert len(commit) == 40
+    monkeypatch.chdir(tmp_path)  # not a git work tree, like a Ray worker's directory
+    assert tracking.git_commit() == "unknown"
+    child = tracking.start_run(uri, exp, "trial", parent_run_id=parent, stage="search")
+    tracking.log_summary(uri, child, {"best_val_acc": 0.5833333134651184, "recurrent_params": 66048,
+                                      "epochs_to_95": None})
+    tracking.log_metrics(uri, child, {"val_acc": 0.5833333134651184}, step=1)
+    run = tracking.client(uri).get_run(child)
+    assert run.data.tags[tracking.COMMIT_TAG] == commit
+    assert run.data.tags["mlflow.source.name"] == "stages/search.py"
+    assert run.data.tags["best_val_acc"] == "0.583" and run.data.tags["recurrent_params"] == "66048"
+    assert "epochs_to_95" not in run.data.tags and set(run.data.metrics) == {"val_acc"}
+    assert run.data.metrics["val_acc"] == 0.583333
+
+
+def test_mlflow_telemetry_is_off_unless_the_user_says_otherwise():
+    import os
+    import subprocess
+    import sys
+
+    code = "import pipeline.tracking, os; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "true"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "MLFLOW_DISABLE_TELEMETRY": "false"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "false"
+
+
+@pytest.mark.slow  # two MLflow servers
+def test_artifacts_of_the_local_server_follow_a_moved_checkout(tmp_path, monkeypatch):
+    """`make mlflow-server` (artifacts in ./mlartifacts, proxied `mlflow-artifacts:` URIs): after the folder is
+    moved, a server started in the new place still serves a finished run's artifacts."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    def serve(cwd):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mlflow = str(Path(sys.executable).parent / "mlflow")
+        proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", "sqlite:///mlflow.db", "--artifacts-destination",
+                                 "./mlartifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=cwd,
+                                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job workers
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        uri = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=1).close()
+                return proc, uri
+            except OSError:
+                time.sleep(0.25)
+        proc.kill()
+        raise AssertionError("mlflow server did not start")
+
+    first = tmp_path / "checkout"
+    first.mkdir()
+    proc, uri = serve(first)
+    try:
+        exp = tracking.ensure_experiment(uri, "moved")
+        run = tracking.start_run(uri, exp, "search", stage="search")
+        tracking.log_json(uri, run, {"table": 1}, "table1.json")
+        tracking.end_run(uri, run)
+        assert tracking.client(uri).get_run(run).info.artifact_uri.startswith("mlflow-artifacts:/")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    moved = tmp_path / "elsewhere" / "checkout"
+    moved.parent.mkdir()
+    shutil.move(str(first), str(moved))
+    proc, uri = serve(moved)
+    try:
+        c = tracking.client(uri)
+        assert [a.path for a in c.list_artifacts(run)] == ["table1.json"]
+        local = c.download_artifacts(run, "table1.json", str(tmp_path))
+        assert json.loads(Path(local).read_text()) == {"table": 1}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
