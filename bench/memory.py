@@ -48,16 +48,27 @@ def write_long_video(path: Path, frames: int, fps: int) -> Path:
 
 
 def peak_rss_mb(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """Run `cmd` as a child; -> (its peak RSS in MB from os.wait4, wall seconds). Raises if it fails."""
+    """Run `cmd` (`[python, "-m", module, args...]` or `[python, "-c", code]`) as a child; -> (its own peak RSS in
+    MB, VmHWM read inside it by bench.hwm, wall seconds). Raises if it fails."""
+    import tempfile
+
+    if cmd[1] == "-c":  # code: run it as a module of its own
+        folder = Path(tempfile.mkdtemp(prefix="hwm-"))
+        (folder / "snippet.py").write_text(cmd[2])
+        cmd, env = [cmd[0], "-m", "snippet", *cmd[3:]], {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{REPO}"}
+    else:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    with tempfile.NamedTemporaryFile(suffix=".hwm", delete=False) as f:
+        out = Path(f.name)
     t0 = time.perf_counter()
-    with open(os.devnull, "wb") as null:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=null, stderr=subprocess.PIPE)
-        err = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run([cmd[0], "-m", "bench.hwm", str(out), *cmd[2:]], cwd=cwd, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return usage.ru_maxrss / 1024.0, time.perf_counter() - t0  # ru_maxrss: KiB on Linux
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+    kb = int(out.read_text())
+    out.unlink()
+    return kb / 1024.0, seconds
 
 
 def extract_project(folder: Path, video: Path) -> list[str]:
