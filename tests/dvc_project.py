@@ -43,6 +43,7 @@ def make_project(root: Path, overrides: dict) -> dict:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_REGISTRY_URI", None)  # an earlier test's mlflow.set_registry_uri sets it in os.environ
     env.pop("RAY_ADDRESS", None)
     for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
                  ["dvc", "config", "plots.html_template", "plots/offline.html"]):

@@ -196,7 +196,8 @@ def test_mlflow_ui_shows_runs_curves_table1_and_the_champion(project, tmp_path):
     finally:
         ui.terminate()
         ui.wait(timeout=30)
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)  # not a registry an earlier test left set
     champion = client.get_model_version_by_alias("e2e-final-predictor", "champion")
     assert champion.tags["selected"] == json.loads((root / "reports" / "selection.json").read_text())["selected"]["name"]
     runs = client.search_runs([exp_id], max_results=100)
