@@ -73,11 +73,12 @@ _clients: dict[str, Any] = {}
 
 
 def client(uri: str):
-    """A cached MlflowClient for `uri` (one per process)."""
+    """A cached MlflowClient for `uri` (one per process), its registry the same store: the models are registered
+    where their runs are (pipeline.mlflow_model), whatever MLFLOW_REGISTRY_URI an environment carries."""
     if uri not in _clients:
         from mlflow.tracking import MlflowClient
 
-        _clients[uri] = MlflowClient(tracking_uri=uri)
+        _clients[uri] = MlflowClient(tracking_uri=uri, registry_uri=uri)
     return _clients[uri]
 
 

@@ -186,3 +186,14 @@ def test_artifacts_of_the_local_server_follow_a_moved_checkout(tmp_path, monkeyp
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_client_registers_where_it_tracks_whatever_the_environment_says(tmp_path, monkeypatch):
+    """MLFLOW_REGISTRY_URI left pointing elsewhere (mlflow.set_registry_uri sets it in os.environ): the registry
+    descriptions and aliases still go to the store the runs are in."""
+    uri = f"sqlite:///{tmp_path}/runs.db"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path}/elsewhere.db")
+    tracking._clients.pop(uri, None)
+    c = tracking.client(uri)
+    c.create_registered_model("m")
+    assert c._registry_uri == uri and [m.name for m in c.search_registered_models()] == ["m"]
