@@ -174,7 +174,8 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
         if int(bb.config["num_classes"]) != train_ds.num_classes:
             raise ValueError(f"{Path(pretrained_dir) / f'{m}.pt'}: {bb.config['num_classes']} classes, but {clips_dir} "
                              f"has {train_ds.num_classes}; rerun the pretrain stage")
-        augment = from_params(search_params, search_params.seed)  # as the search augmented its train clips
+        augment = from_params(search_params, search_params.seed,  # as the search augmented its train clips
+                              "regression" if regression else "classification")
         splits = prepare_splits(bb, {"train": train_ds, "test": test_ds}, prernn.trunk_boundary(bb),
                                 cache_trunk=cache_trunk, device=device,
                                 train_augment=(augment, search_params.augment_copies) if augment else None)

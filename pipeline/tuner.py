@@ -202,7 +202,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
             "gate_stats_every_epoch": search.scheduler == "asha", "tracking_uri": uri,
             "experiment_id": info["experiment_id"], "parent_run_id": parent,
             **({"regression": dict(regression)} if regression else {}),
-            "augment": [search.augment_shift, search.augment_jitter],  # applied per batch when the trunk is not cached
+            "augment": [0, 0.0] if regression else [search.augment_shift, search.augment_jitter],  # per batch, uncached
         }
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, data={"backbone": {"config": backbone_ckpt["config"],

@@ -34,3 +34,14 @@ def test_the_trunk_cache_augments_only_the_train_split_in_copies():
     assert not torch.allclose(three.x[:len(y)], plain.x) and not torch.allclose(three.x[:len(y)], three.x[len(y):2 * len(y)])
     splits = prepare_splits(bb, {"train": (x, y), "val": (x, y)}, "fc6", train_augment=(aug, 2))
     assert len(splits["train"]) == 2 * len(y) and torch.allclose(splits["val"].x, plain.x)
+
+
+def test_regression_is_never_augmented():
+    """A shifted frame would no longer match its landmark coordinates: landmark tasks train on the frames as they are."""
+    from pipeline.augment import from_params
+    from pipeline.params import SearchParams
+
+    search = SearchParams(augment_shift=3, augment_jitter=0.3)
+    assert isinstance(from_params(search), ClipAugment)
+    assert from_params(search, task="regression") is None
+    assert from_params(SearchParams()) is None  # off unless asked for
