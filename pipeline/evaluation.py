@@ -7,7 +7,7 @@ Out: trained SequenceModels, per-epoch history, test probabilities, and the metr
 
 - The selected configuration is built with only its kept layers recurrent (`prernn.convert(backbone,
   layers, ...)`); when every converted layer was reverted ([0058]) it is the plain trained backbone
-  applied frame by frame (`frames_model`, config kind "frames").
+  applied frame by frame (`prernn.frame_model`, config kind "frames").
 - Training: train + val clips for `evaluate.epochs`, with the selected trial's learning rates, batch size,
   weight decay, hh_init and seed (`trial config` in trials.json; the `search` params where absent), over
   the cached frozen trunk (pipeline.features), as the search did. The test split is evaluated after every
@@ -31,18 +31,6 @@ TRAIN_KEYS = ("batch_size", "lr_inherited", "lr_new", "weight_decay", "hh_init",
 FUSION = "mean of the streams' clip probabilities (a recurrent model's last step, a frame model's time average)"
 
 
-frames_model = prernn.frame_model  # the trained backbone per frame, no recurrent layer: (B,T,...) -> (B,T,K)
-
-
-def build_model(config: dict):
-    """prernn.build_from_config, plus the "frames" kind of `frames_model`."""
-    import prernn
-
-    if config.get("kind") == "frames":
-        return frames_model(prernn.build_from_config(config["backbone"]))
-    return prernn.build_from_config(config)
-
-
 def model_for(choice: dict, backbone, train_cfg: dict):
     """The untrained SequenceModel of a selection choice (`selected` or `baseline` of selection.json)."""
     import prernn
@@ -53,7 +41,7 @@ def model_for(choice: dict, backbone, train_cfg: dict):
         return prernn.traditional(backbone, choice["cell"], num_layers=int(choice["num_layers"]),
                                   hidden_size=hidden, hh_init=hh)
     if not choice["layers"]:
-        return frames_model(backbone)
+        return prernn.frame_model(backbone)
     return prernn.convert(backbone, list(choice["layers"]), choice["cell"], sih=bool(choice["sih"]), hh_init=hh,
                           gru_reset=(choice.get("config") or {}).get("gru_reset", "before"))
 
@@ -159,7 +147,7 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
     from pipeline.dataset import ClipDataset
     from pipeline.augment import from_params
     from pipeline.features import prepare_splits
-    from pipeline.train import Trainer, seed_everything
+    from pipeline.train import evaluate_model, seed_everything
 
     out = {"streams": {}, "fused": {}, "examples": {}}
     labels = None
@@ -188,9 +176,8 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
         out["streams"][m] = {}
         raw = torch.stack([test_ds[i][0] for i in range(min(2, len(test_ds)))])  # (2, T, H, W, C) uint8
         out["examples"][m] = test_ds.normalizer()(raw)  # (2, T, C, H, W) float32
-        frames = Trainer(prernn.frame_model(bb), lr_inherited=1e-3, lr_new=1e-3, start=splits["test"].start,
-                         device=device, regression=regression)
-        out.setdefault("frames", {})[m] = frames.evaluate(splits["test"])  # the CNN alone, per frame
+        out.setdefault("frames", {})[m] = evaluate_model(prernn.frame_model(bb), splits["test"], regression=regression,
+                                                         device=device)  # the CNN alone, per frame
         for role, choice in choices.items():
             if choice is None:
                 continue

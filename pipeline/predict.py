@@ -101,8 +101,6 @@ class Predictor:
     @classmethod
     def from_file(cls, path) -> "Predictor":
         """Load a final.pt (weights_only: no pickled code runs); PredictError with the reason otherwise."""
-        from pipeline.evaluation import build_model
-
         path = Path(path)
         if not path.is_file():
             raise PredictError(f"{path}: no such model file")
@@ -116,7 +114,7 @@ class Predictor:
         models = {}
         for m, entry in streams.items():
             try:
-                model = build_model(entry["config"])
+                model = prernn.build_from_config(entry["config"])
                 model.load_state_dict(entry["state_dict"])
             except Exception as err:  # noqa: BLE001
                 raise PredictError(f"{path}: stream {m!r} cannot be rebuilt: {type(err).__name__}: "
@@ -199,8 +197,9 @@ class Predictor:
         """Yield (frame index, (K,) running-mean fused probabilities) for each streamed frame."""
         step = step or self.default_step()
         states = {m: None for m in self.models}
-        sums = {m: None for m in self.models}
+        current = {m: None for m in self.models}  # each stream's answer for the frames so far
         windows = {m: deque(maxlen=L) for m, L in self.snippet.items() if L}  # 3D: the last L frames
+        readouts = {m: prernn.readout(model) for m, model in self.models.items()}
         n = 0
         for frames in self._frames(video, step):
             with torch.no_grad():  # not around the yield: grad mode must not leak into the caller
@@ -216,15 +215,15 @@ class Predictor:
                     if self.task == "regression":  # this frame's landmarks (K, 2), no running mean
                         from pipeline.metrics import decode
 
-                        sums[m] = decode(out)[0]
+                        current[m] = decode(out)[0]
                         continue
                     p = out.softmax(-1)[0]  # (K,)
-                    if prernn.readout(model) == "last":  # a recurrent model: its state after the frames so far
-                        sums[m] = p
+                    if readouts[m] == "last":  # a recurrent model: its state after the frames so far
+                        current[m] = p
                     else:  # a frame model: the running mean of its per-frame probabilities
-                        total = p if n == 0 else sums[m] * n + p
-                        sums[m] = total / (n + 1)
-                probs = torch.stack(list(sums.values())).mean(0).numpy()  # (K,) [(K, 2) landmarks] fused over streams
+                        total = p if n == 0 else current[m] * n + p
+                        current[m] = total / (n + 1)
+                probs = torch.stack(list(current.values())).mean(0).numpy()  # (K,) [(K, 2) landmarks] fused over streams
             n += 1
             yield (n - 1) * step, probs
             if max_frames and n >= max_frames:

@@ -231,6 +231,14 @@ class Trainer:
         self.history = list(state["history"])
 
 
+def evaluate_model(model: torch.nn.Module, data, *, regression: Optional[dict] = None, device="cpu") -> dict:
+    """`Trainer.evaluate` of a model that is not trained here (the CNN alone, `prernn.frame_model`): data's
+    `start` (cached trunk features) is used; returns the same dict."""
+    trainer = Trainer(model, lr_inherited=0.0, lr_new=0.0, start=getattr(data, "start", None), device=device,
+                      regression=regression)
+    return trainer.evaluate(data)
+
+
 def fit(trainer: Trainer, train_data, val_data, epochs: int,
         on_epoch: Optional[Callable[[dict], None]] = None) -> list[dict]:
     """Run `trainer` until it has done `epochs` epochs (continuing a resumed one); returns history."""

@@ -18,22 +18,13 @@ MLflow: a child run "evaluate" of the search's parent run with the model registe
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from pathlib import Path
 
 from pipeline.atomic import atomic_path, write_json, write_text
+from pipeline.csv_text import csv_text
 from pipeline.params import load_stage_params
-
-
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
 
 
 def _read_json(path: Path, what: str, required: bool = True) -> dict:
@@ -128,13 +119,13 @@ def main(argv=None) -> None:
         torch.save(final_checkpoint(models, meta), tmp)
     plots = Path(args.plots)
     score = "test_auc" if regression else "test_acc"
-    write_text(plots / "history.csv", _csv(history))
-    write_text(plots / "curves.csv", _csv(curve_rows(history, score)))
+    write_text(plots / "history.csv", csv_text(history))
+    write_text(plots / "curves.csv", csv_text(curve_rows(history, score)))
     # the task's own plot, in a folder named by the task (dvc.yaml: `reports/${task}`): DVC draws only what exists
     task_plot = plots / params.task / ("ced.csv" if regression else "confusion.csv")
     with atomic_path(task_plot.parent) as tmp:
         tmp.mkdir()
-        (tmp / task_plot.name).write_text(_csv(ced) if regression else _csv(confusion))
+        (tmp / task_plot.name).write_text(csv_text(ced) if regression else csv_text(confusion))
 
     search_meta = _read_json(Path(args.search) / "search.json", "", required=False)
     mlflow_info = None

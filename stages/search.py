@@ -25,12 +25,10 @@ def frame_reference(backbone, val, params) -> dict:
     """The trained CNN alone on the val clips (per frame, outputs averaged over the clip; regression: per frame):
     Table 1's reference column. {"val_acc"} or {"val_auc", "val_nme", "val_failure_rate"}."""
     import prernn
-    from pipeline.train import Trainer
+    from pipeline.train import evaluate_model
 
     regression = params.regression.model_dump() if params.task == "regression" else None
-    trainer = Trainer(prernn.frame_model(backbone), lr_inherited=1e-3, lr_new=1e-3, start=val.start,
-                      regression=regression)
-    return {f"val_{k}": v for k, v in trainer.evaluate(val)["metrics"].items()}
+    return {f"val_{k}": v for k, v in evaluate_model(prernn.frame_model(backbone), val, regression=regression)["metrics"].items()}
 
 
 def storage_full(storage, since: float, what: str) -> None:

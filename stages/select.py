@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from pipeline.atomic import atomic_path, write_json, write_text
+from pipeline.csv_text import csv_text
 from pipeline.params import load_stage_params
 
 
@@ -35,18 +36,6 @@ def read_search(search_dir: Path) -> tuple[list[dict], dict]:
     if not isinstance(trials, list):
         sys.exit(f"select: {search_dir / 'trials.json'}: expected a list of trials, got {type(trials).__name__}")
     return trials, meta
-
-
-def rows_csv(rows: list[dict], fields: tuple[str, ...]) -> str:
-    """CSV text with `fields` as its header (the header alone for no rows)."""
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def main(argv=None) -> None:
@@ -89,7 +78,7 @@ def main(argv=None) -> None:
     selection["plots"] = [str(out / "plots" / f.name) for f in plots]
     write_text(out / "table1.md", to_markdown(table, title=title))
     write_text(out / "table1.csv", to_csv(table))
-    write_text(out / "convergence.csv", rows_csv(convergence, ("epoch", "family", "configuration", "mean", "ci_low",
+    write_text(out / "convergence.csv", csv_text(convergence, ("epoch", "family", "configuration", "mean", "ci_low",
                                                               "ci_high", "n")))
     write_text(out / "table1_cells.csv", to_cells_csv(table))  # the same cells in long form, a DVC plot
     write_json(out / "selection.json", selection)

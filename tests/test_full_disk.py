@@ -30,12 +30,18 @@ def _extract(tmp_path, manifest, out, report, capsys):
     return code, capsys.readouterr().err
 
 
-def test_extract_onto_a_full_disk(tmp_path, small_fs, capsys):
-    data = DataParams(synthetic=SyntheticParams(classes=["swipe_left", "swipe_right"], clips_per_class=4, frames=6,
-                                                size=16))
+def _manifest(tmp_path, clips_per_class: int):
+    """A tiny synthetic ingest (two classes, 16 px) under tmp_path/ingest; returns its manifest.csv."""
+    data = DataParams(synthetic=SyntheticParams(classes=["swipe_left", "swipe_right"], clips_per_class=clips_per_class,
+                                                frames=6, size=16))
     rows, _ = ingest(data, tmp_path / "ingest")
     manifest = tmp_path / "ingest" / "manifest.csv"
     write_manifest(rows, manifest)
+    return manifest
+
+
+def test_extract_onto_a_full_disk(tmp_path, small_fs, capsys):
+    manifest = _manifest(tmp_path, clips_per_class=4)
     out, report = small_fs / "clips", small_fs / "extract.json"
     code, err = _extract(tmp_path, manifest, out, report, capsys)
     assert code == 0 and err == ""
@@ -58,11 +64,7 @@ def test_extract_onto_a_full_disk(tmp_path, small_fs, capsys):
 
 
 def test_extract_whose_report_does_not_fit_keeps_the_previous_clips(tmp_path, small_fs, capsys):
-    data = DataParams(synthetic=SyntheticParams(classes=["swipe_left", "swipe_right"], clips_per_class=3, frames=6,
-                                                size=16))
-    rows, _ = ingest(data, tmp_path / "ingest")
-    manifest = tmp_path / "ingest" / "manifest.csv"
-    write_manifest(rows, manifest)
+    manifest = _manifest(tmp_path, clips_per_class=3)
     out, report = tmp_path / "clips", small_fs / "extract.json"
     assert _extract(tmp_path, manifest, out, report, capsys)[0] == 0
     before, report_before = _digests(out), report.read_text()

@@ -155,7 +155,6 @@ def test_pretrain_and_prernn_learn_landmarks(tmp_path):
 
     import prernn
     from pipeline.dataset import ClipDataset
-    from pipeline.evaluation import build_model
     from pipeline.extraction import extract_manifest
     from pipeline.params import DataParams, ExtractParams, PretrainParams, SyntheticLandmarkParams
     from pipeline.sources import ingest
@@ -179,7 +178,7 @@ def test_pretrain_and_prernn_learn_landmarks(tmp_path):
         metrics["history"]
     assert metrics["val_frame_nme"] < first["val_nme"]
 
-    backbone = build_model(ckpt["config"])
+    backbone = prernn.build_from_config(ckpt["config"])
     backbone.load_state_dict(ckpt["state_dict"])
     model = prernn.convert(backbone, ["fc7"], "gru")
     train, val = (ClipDataset(tmp_path / "clips", split, "rgb") for split in ("train", "val"))
