@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: venv repro test bench clean-venv mlflow-ui mlflow-server plots-template browser
 
 # MLflow's client and UI telemetry off, like DVC's analytics in .dvc/config (`MLFLOW_DISABLE_TELEMETRY=false make ...`
-# turns it back on); pipeline/tracking.py sets the same default for the stages.
+# turns it back on); pipeline/core/tracking.py sets the same default for the stages.
 export MLFLOW_DISABLE_TELEMETRY ?= true
 MLFLOW_PORT ?= 5000
 
@@ -48,13 +48,13 @@ bench: $(STAMP)
 
 # the UI on the local store; prints the link to the runs list (MLflow 3 opens experiments in its GenAI view otherwise)
 mlflow-ui: $(STAMP)
-	@$(BIN)/python -m pipeline.mlflow_links --db mlflow.db --port $(MLFLOW_PORT)
+	@$(BIN)/python -m pipeline.core.mlflow_links --db mlflow.db --port $(MLFLOW_PORT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # a tracking server whose artifacts live in ./mlartifacts (proxied `mlflow-artifacts:` URIs, so they follow the
 # checkout when it is moved); log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) make repro
 mlflow-server: $(STAMP)
-	@$(BIN)/python -m pipeline.mlflow_links --db mlflow.db --port $(MLFLOW_PORT)
+	@$(BIN)/python -m pipeline.core.mlflow_links --db mlflow.db --port $(MLFLOW_PORT)
 	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts \
 	  --host 127.0.0.1 --port $(MLFLOW_PORT)
 

@@ -1,6 +1,6 @@
 """Benchmark of clip loading: `python -m bench.data [--clips 64] [--frames 16] [--size 112] [--workers 0 2] [--repeat 3]`.
 
-1. clips/s of ``pipeline.dataset.ClipDataset(raw=True)`` over Arrow files (written by ``pipeline.clipstore.ClipWriter``,
+1. clips/s of ``pipeline.data.dataset.ClipDataset(raw=True)`` over Arrow files (written by ``pipeline.data.clipstore.ClipWriter``,
    as the extract stage does; uint8 clips, as the pipeline's stages read them) vs a DataLoader decoding the same
    clips from a folder of JPEG frames in the MMAction2 rawframes layout (``<clip>/img_00001.jpg`` ...; OpenCV
    decode, BGR->RGB, uint8 (T, H, W, 3)), same batch size and worker count, interleaved repeats, medians. Both hand
@@ -10,9 +10,9 @@
    count in ``--workers`` is timed in steady state (persistent workers, one untimed pass first); the target is
    the first count (default 0: the pipeline's Trainer reads in-process, since reading a mapped clip is a copy
    and a worker only adds the shared-memory hand-over of every batch; the other counts are printed to show it).
-2. A short training loop (``pipeline.train.Trainer.train_epoch``, a vgg_mini with fc6 made an LSTM, raw uint8 clips
+2. A short training loop (``pipeline.training.trainer.Trainer.train_epoch``, a vgg_mini with fc6 made an LSTM, raw uint8 clips
    from a ClipDataset at the pipeline's default 32 px, T=8, normalised in the step): the fraction of the epoch
-   spent waiting on the DataLoader (its ``__next__``, timed by wrapping pipeline.train's DataLoader). Target
+   spent waiting on the DataLoader (its ``__next__``, timed by wrapping pipeline.training.trainer's DataLoader). Target
    ``data_wait_fraction < 0.05``.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.clipstore import ClipWriter
-from pipeline.dataset import ClipDataset, Normalize
+from pipeline.data.clipstore import ClipWriter
+from pipeline.data.dataset import ClipDataset, Normalize
 
 
 def synthetic_clip(rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
@@ -126,7 +126,7 @@ class _TimedLoader(DataLoader):
 
 def data_wait_fraction(clips_dir: Path, epochs: int = 2, batch: int = 16) -> tuple[float, float]:
     """(fraction of train_epoch wall time spent in the loader, clips/s) for a raw-clip PreLSTM on vgg_mini."""
-    import pipeline.train as train
+    import pipeline.training.trainer as train
     import prernn
 
     ds = ClipDataset(clips_dir, "train", "rgb", raw=True)

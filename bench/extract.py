@@ -5,7 +5,7 @@ clips in ../shared/videos when present):
   bare:    a plain loop of the same OpenCV calls (open with one decode thread, grab every frame,
            retrieve the sampled ones, resize, grey, DIS between consecutive samples), no flow
            encoding, no Arrow, one process;
-  extract: pipeline.extraction.extract_manifest with 1 worker, then with N workers (all cores).
+  extract: pipeline.data.extraction.extract_manifest with 1 worker, then with N workers (all cores).
 Prints clips/s of each, the ratio extract/bare and the 1 -> N worker speed-up, and ends with
 `target extract_vs_bare: X (goal 0.9) ok|miss` and `target workers_speedup: X (goal 1.8) ok|miss`.
 Best of `--repeat` interleaved runs each (after one warm-up), to damp the noise of a shared machine.
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import cv2
 
-from pipeline.extraction import extract_manifest
-from pipeline.params import DataParams, ExtractParams
-from pipeline.sources import ingest
-from pipeline.video import DIS_PRESETS, sample_indices
+from pipeline.data.extraction import extract_manifest
+from pipeline.core.params import DataParams, ExtractParams
+from pipeline.data.sources import ingest
+from pipeline.data.video import DIS_PRESETS, sample_indices
 
 REAL = Path(__file__).parents[1] / ".." / "shared" / "videos"
 

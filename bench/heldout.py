@@ -91,7 +91,7 @@ def render(rng: np.random.Generator, kind: str, sources: list, frames: int, size
 
 def write_set(root: Path, clips_per_class: int, *, seed: int = 1, frames: int = 16, size: int = 64, fps: int = 15) -> Path:
     """The held-out set as class folders of MJPG AVI files under `root`; returns `root`."""
-    from pipeline.synthetic import write_video
+    from pipeline.data.synthetic import write_video
 
     rng = np.random.default_rng(seed)
     sources = background_frames()

@@ -73,8 +73,8 @@ def peak_rss_mb(cmd: list[str], cwd: Path) -> tuple[float, float]:
 
 def extract_project(folder: Path, video: Path) -> list[str]:
     """A manifest of the one video (train split) and params for it; -> the extract stage's command."""
-    from pipeline.params import DataParams
-    from pipeline.sources import ingest, write_manifest
+    from pipeline.core.params import DataParams
+    from pipeline.data.sources import ingest, write_manifest
 
     root = folder / "videos"
     (root / "long").mkdir(parents=True)
@@ -111,7 +111,7 @@ def main(argv=None) -> None:
             report = json.loads((work / "extract.json").read_text())
             if report["kept"] != 1:
                 raise SystemExit(f"extract skipped the {label} video: {report['skipped']}")
-            stream, stream_s = peak_rss_mb([sys.executable, "-m", "pipeline.cli", "predict", str(model), str(video),
+            stream, stream_s = peak_rss_mb([sys.executable, "-m", "pipeline.serve.cli", "predict", str(model), str(video),
                                             "--stream", "--json"], REPO)
             rss[label] = (ext, stream)
             print(f"{label}: peak RSS extract {ext:.0f} MB ({ext_s:.1f} s), predict --stream {stream:.0f} MB "

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 import prernn
-from pipeline.checkpoint import load_backbone
-from pipeline.dataset import ClipDataset
-from pipeline.features import prepare_splits
-from pipeline.seeds import mean_interval
-from pipeline.train import Trainer, seed_everything
+from pipeline.core.checkpoint import load_backbone
+from pipeline.data.dataset import ClipDataset
+from pipeline.search.trunk_cache import prepare_splits
+from pipeline.report.seeds import mean_interval
+from pipeline.training.trainer import Trainer, seed_everything
 
 ARCHS = (("prernn-gru-fc6", "gru", ["fc6"]), ("prernn-lstm-fc6", "lstm", ["fc6"]), ("traditional-lstm-1", "lstm", None))
 

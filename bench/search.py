@@ -1,6 +1,6 @@
 """Benchmark of the search: `python -m bench.search [--trials 4] [--epochs 3] [--gpus-per-trial 0.25] [--skip-ray]`.
 
-1. Scheduling efficiency (Ray Tune through ``pipeline.tuner.run_search`` and the pipeline's trainable): a search
+1. Scheduling efficiency (Ray Tune through ``pipeline.search.tuner.run_search`` and the pipeline's trainable): a search
    of N equal trials (the same config repeated under distinct names, default N=4) vs the same search of that one
    trial alone, both in this run on one local Ray instance (started once, so neither pays Ray's start-up).
    Ratio = span(N trials) / (one trial x ceil(N / slots)), slots = concurrent trials the resources allow
@@ -13,11 +13,11 @@
    wall times (run_search call) and Ray's ``time_total_s`` per trial are printed too. Target
    ``search_efficiency <= 1.25``.
 2. Cost of the cached trunk: the default space (21 configurations for a VGG-style backbone: 9 PreRNN gate-dependent /
-   SIH x fc6, fc7, fc6+fc7 conversions + 6 SIH... see pipeline.space) trained one after another on cached trunk
+   SIH x fc6, fc7, fc6+fc7 conversions + 6 SIH... see pipeline.search.space) trained one after another on cached trunk
    features (``prepare_splits(cache_trunk=True)``, the trunk run once, included in the time) vs ONE configuration
    fine-tuned end to end (``cache_trunk=False``: raw clips, every layer trained), same epochs / data / Trainer.
    Serial compute time, no Ray (the scheduling part is measured in 1.). Target ``search21_vs_full_finetune < 3``.
-Data: synthetic Arrow clips (``pipeline.clipstore``) read by ``pipeline.dataset.ClipDataset``, vgg_mini at 32 px, T=8.
+Data: synthetic Arrow clips (``pipeline.data.clipstore``) read by ``pipeline.data.dataset.ClipDataset``, vgg_mini at 32 px, T=8.
 """
 from __future__ import annotations
 
@@ -35,13 +35,13 @@ import torch
 
 import prernn
 from bench.data import synthetic_clip
-from pipeline.clipstore import ClipWriter
-from pipeline.dataset import ClipDataset
-from pipeline.features import prepare_splits
-from pipeline.params import MlflowParams, SearchParams
-from pipeline.space import build_space
-from pipeline.train import Trainer, seed_everything
-from pipeline.trainable import build_model
+from pipeline.data.clipstore import ClipWriter
+from pipeline.data.dataset import ClipDataset
+from pipeline.search.trunk_cache import prepare_splits
+from pipeline.core.params import MlflowParams, SearchParams
+from pipeline.search.space import build_space
+from pipeline.training.trainer import Trainer, seed_everything
+from pipeline.search.trainable import build_model
 
 
 def make_split_clips(out: Path, per_split: dict, frames: int, size: int, classes: int = 4) -> Path:
@@ -102,10 +102,10 @@ def trial_windows(exp_dir) -> list[dict]:
 
 def ray_efficiency(ckpt: dict, splits: dict, arch: dict, search: SearchParams, n: int, slots: int, tmp: Path,
                    repeat_alone: int = 2) -> dict:
-    """The N-trial search vs the single trial through pipeline.tuner.run_search (see the module docstring):
+    """The N-trial search vs the single trial through pipeline.search.tuner.run_search (see the module docstring):
     {"span": first start..last end of the n trials, "one": median single-trial wall time, "ratio",
     "many_wall" / "one_wall": whole run_search seconds, "ray_total": Ray's time_total_s per trial}."""
-    from pipeline.tuner import run_search
+    from pipeline.search.tuner import run_search
 
     candidates, boundary = prernn.candidate_layers(ckpt["model"]), prernn.trunk_boundary(ckpt["model"])
     ck = {"config": ckpt["config"], "state_dict": ckpt["state_dict"], "meta": {"class_names": ckpt["classes"]}}
@@ -184,7 +184,7 @@ def main(argv=None) -> list[tuple[str, float, float, str]]:
             import ray
             ngpu = torch.cuda.device_count() if device == "cuda" else 0
             ncpu = os.cpu_count() or 1
-            from pipeline.ray_cluster import connect
+            from pipeline.core.ray_cluster import connect
 
             connect(None, num_cpus=ncpu, num_gpus=ngpu, log_to_driver=False)  # as the search stage starts Ray
             try:

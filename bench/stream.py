@@ -1,6 +1,6 @@
 """Benchmark of `prernn predict --stream` on the CPU: `python -m bench.stream [--model final.pt] [--video v.avi]`.
 
-Streams one video frame by frame through `pipeline.predict.Predictor.stream` (decode, resize, DIS flow, normalise,
+Streams one video frame by frame through `pipeline.serve.predict.Predictor.stream` (decode, resize, DIS flow, normalise,
 `SequenceModel.step` per stream, running fused probabilities) and compares the frames per second achieved with the
 video's own frame rate. Without `--model`, a two-stream (rgb + flow) vgg_mini at the default extract settings
 (32 px, fc6 + fc7 made LSTM) is built and saved in the models/final.pt format; without `--video`, a synthetic
@@ -21,10 +21,10 @@ import cv2
 import torch
 
 import prernn
-from pipeline.evaluation import final_checkpoint
-from pipeline.params import ExtractParams, SyntheticParams
-from pipeline.predict import Predictor
-from pipeline.synthetic import generate, render, write_video
+from pipeline.report.evaluation import final_checkpoint
+from pipeline.core.params import ExtractParams, SyntheticParams
+from pipeline.serve.predict import Predictor
+from pipeline.data.synthetic import generate, render, write_video
 
 
 def make_model(path: Path, size: int) -> Path:

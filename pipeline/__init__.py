@@ -1,4 +1,5 @@
-"""Glue shared by the DVC stages: params, data, training, Ray Tune, MLflow, reports. Imports prernn.
+"""Glue shared by the DVC stages, in packages that follow the data: core (plumbing), data, training, search, report, serve.
+Imports prernn.
 
 Patent references ([0024], claim 12, Table 1, FIG. 2A) are to US 2018/0373985 A1.
 """

@@ -9,7 +9,7 @@ Out (atomic): `models/final.pt` (one stream: {"config", "state_dict", "meta"}; s
 long form: epoch, series, test_acc), `reports/evaluation.json` (confusion matrices, train configs) and the task's
 plot in a folder named by the task: `reports/classification/confusion.csv` (actual,predicted per test clip, fused
 selected model). Task regression: metrics.json holds test_auc / test_nme / test_failure_rate
-(pipeline/regression_eval.py), history.csv and curves.csv test_auc (+ test_nme) per epoch, and
+(pipeline/report/regression_summary.py), history.csv and curves.csv test_auc (+ test_nme) per epoch, and
 `reports/regression/ced.csv` (role,error,fraction) the cumulative error distribution of the selected model and the
 baseline (last epoch). dvc.yaml declares `reports/${task}` (DVC interpolates params.yaml's `task`), so each task
 has exactly the plots that apply to it.
@@ -22,9 +22,9 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.csv_text import csv_text
-from pipeline.params import load_stage_params
+from pipeline.core.atomic import atomic_path, write_json, write_text
+from pipeline.core.csv_text import csv_text
+from pipeline.core.params import load_stage_params
 
 
 def _read_json(path: Path, what: str, required: bool = True) -> dict:
@@ -41,7 +41,7 @@ def _read_json(path: Path, what: str, required: bool = True) -> dict:
 def comparison_lines(metrics: dict) -> list[str]:
     """One line per view and metric: selected and baseline (mean [95% interval] over seeds) and their difference
     (paired bootstrap over test clips)."""
-    from pipeline.seeds import Interval
+    from pipeline.report.seeds import Interval
 
     def text(d):
         return Interval(d["mean"], d["ci_low"], d["ci_high"], d["n"]).text()
@@ -73,9 +73,9 @@ def main(argv=None) -> None:
 
     import torch
 
-    from pipeline.clipstore import ClipFileError
-    from pipeline.evaluation import FUSION, FusedModel, curve_rows, final_checkpoint, run_evaluation, summary
-    from pipeline.train import pick_device
+    from pipeline.data.clipstore import ClipFileError
+    from pipeline.report.evaluation import FUSION, FusedModel, curve_rows, final_checkpoint, run_evaluation, summary
+    from pipeline.training.trainer import pick_device
 
     params = load_stage_params(args.params, "evaluate")
     p = params.evaluate
@@ -96,8 +96,7 @@ def main(argv=None) -> None:
         sys.exit(f"evaluate: {err}")
     regression = result.get("task") == "regression"
     if regression:  # landmarks: AUC / NME / failure rate; reports/ced.csv instead of a confusion matrix
-        from pipeline import regression_eval
-
+        from pipeline.report import regression_summary as regression_eval
         metrics, report, history, ced = regression_eval.summary(result, choices, list(p.modalities),
                                                                 params.regression.model_dump())
         confusion = []
@@ -130,7 +129,7 @@ def main(argv=None) -> None:
     search_meta = _read_json(Path(args.search) / "search.json", "", required=False)
     mlflow_info = None
     if search_meta.get("parent_run_id"):
-        from pipeline.mlflow_model import log_final_model, log_reports
+        from pipeline.serve.mlflow_model import log_final_model, log_reports
 
         channels = {m: int(models[m].config["backbone"].get("in_channels", 3)) for m in p.modalities}
         fused = FusedModel(models, channels, regression=regression)

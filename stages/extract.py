@@ -10,10 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.atomic import DiskFull, atomic_path, space_for, write_json
-from pipeline.extraction import extract_manifest, failure
-from pipeline.params import load_stage_params
-from pipeline.sources import SourceError, read_manifest
+from pipeline.core.atomic import DiskFull, atomic_path, space_for, write_json
+from pipeline.data.extraction import extract_manifest, failure
+from pipeline.core.params import load_stage_params
+from pipeline.data.sources import SourceError, read_manifest
 
 
 def main(argv=None) -> None:

@@ -10,9 +10,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from pipeline.atomic import atomic_path
-from pipeline.params import load_stage_params
-from pipeline.sources import SourceError, ingest, write_manifest
+from pipeline.core.atomic import atomic_path
+from pipeline.core.params import load_stage_params
+from pipeline.data.sources import SourceError, ingest, write_manifest
 
 
 def main(argv=None) -> None:

@@ -22,9 +22,9 @@ def pretrain_modality(p, extract, clips_dir: Path, modality: str, regression: di
     `regression` params, the best epoch is the one with the best val AUC (metrics `val_frame_auc`, `val_frame_nme`).
     """
     import prernn
-    from pipeline.augment import from_params
-    from pipeline.dataset import FrameDataset
-    from pipeline.train import Trainer, seed_everything
+    from pipeline.data.augment import from_params
+    from pipeline.data.dataset import FrameDataset
+    from pipeline.training.trainer import Trainer, seed_everything
 
     seed_everything(p.seed)
     kwargs = {"input_size": extract.size} if p.backbone == "vgg_mini" else {}
@@ -81,9 +81,9 @@ def main(argv=None) -> None:
 
     import torch
 
-    from pipeline.atomic import atomic_path
-    from pipeline.clipstore import ClipFileError
-    from pipeline.params import load_stage_params
+    from pipeline.core.atomic import atomic_path
+    from pipeline.data.clipstore import ClipFileError
+    from pipeline.core.params import load_stage_params
 
     params = load_stage_params(args.params, "pretrain")
     p = params.pretrain

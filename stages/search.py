@@ -25,7 +25,7 @@ def frame_reference(backbone, val, params) -> dict:
     """The trained CNN alone on the val clips (per frame, outputs averaged over the clip; regression: per frame):
     Table 1's reference column. {"val_acc"} or {"val_auc", "val_nme", "val_failure_rate"}."""
     import prernn
-    from pipeline.train import evaluate_model
+    from pipeline.training.trainer import evaluate_model
 
     regression = params.regression.model_dump() if params.task == "regression" else None
     return {f"val_{k}": v for k, v in evaluate_model(prernn.frame_model(backbone), val, regression=regression)["metrics"].items()}
@@ -33,9 +33,9 @@ def frame_reference(backbone, val, params) -> dict:
 
 def storage_full(storage, since: float, what: str) -> None:
     """Exit with one line: search.storage_path ran out of space; first remove what Ray's writes cut short there
-    (pipeline.storage.remove_partial_writes), so that the rerun restores from whole files."""
-    from pipeline.atomic import disk_full_message
-    from pipeline.storage import remove_partial_writes
+    (pipeline.core.storage.remove_partial_writes), so that the rerun restores from whole files."""
+    from pipeline.core.atomic import disk_full_message
+    from pipeline.core.storage import remove_partial_writes
 
     removed = remove_partial_writes(storage, since) if isinstance(storage, Path) else []
     cut = f"; removed {len(removed)} file(s) cut short" if removed else ""
@@ -55,19 +55,19 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING, format="search: %(message)s")
 
     import prernn
-    from pipeline.atomic import DiskFull, nearly_full, out_of_space, space_for
-    from pipeline.clipstore import ClipFileError
-    from pipeline.dataset import ClipDataset
-    from pipeline.augment import from_params
-    from pipeline.features import prepare_splits
-    from pipeline.params import ParamsError, load_stage_params
-    from pipeline.ray_cluster import ClusterUnavailable
-    from pipeline.seeds import seed_values, with_seeds
-    from pipeline.space import SpaceError, build_space
-    from pipeline.tracking import TrackingUnavailable
-    from pipeline.train import seed_everything
-    from pipeline.checkpoint import backbone_from, load_checkpoint
-    from pipeline.tuner import SearchInterrupted, run_search, write_outputs
+    from pipeline.core.atomic import DiskFull, nearly_full, out_of_space, space_for
+    from pipeline.data.clipstore import ClipFileError
+    from pipeline.data.dataset import ClipDataset
+    from pipeline.data.augment import from_params
+    from pipeline.search.trunk_cache import prepare_splits
+    from pipeline.core.params import ParamsError, load_stage_params
+    from pipeline.core.ray_cluster import ClusterUnavailable
+    from pipeline.report.seeds import seed_values, with_seeds
+    from pipeline.search.space import SpaceError, build_space
+    from pipeline.core.tracking import TrackingUnavailable
+    from pipeline.training.trainer import seed_everything
+    from pipeline.core.checkpoint import backbone_from, load_checkpoint
+    from pipeline.search.tuner import SearchInterrupted, run_search, write_outputs
 
     params = load_stage_params(args.params, "search")
     search = params.search

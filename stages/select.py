@@ -6,7 +6,7 @@ the selected configuration and the best traditional baseline), `table1.md`, `tab
 metric cells in long form, drawn by `dvc plots show`), and `plots/`
 (`saturation_lstm_<layer>.png`, `histogram_gru_<layer>.png`, `convergence.png`), `convergence.csv` (the
 validation metric per epoch of each family's best configuration, mean and 95% band over seeds, [0066]). Every
-configuration is judged and ranked by its mean over seeds (`pipeline.seeds.aggregate`). The same files are logged to the search's
+configuration is judged and ranked by its mean over seeds (`pipeline.report.seeds.aggregate`). The same files are logged to the search's
 MLflow parent run under `select/`.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.csv_text import csv_text
-from pipeline.params import load_stage_params
+from pipeline.core.atomic import atomic_path, write_json, write_text
+from pipeline.core.csv_text import csv_text
+from pipeline.core.params import load_stage_params
 
 
 def read_search(search_dir: Path) -> tuple[list[dict], dict]:
@@ -45,11 +45,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="reports", help="folder for selection.json, table1.md/.csv and plots/")
     args = ap.parse_args(argv)
 
-    from pipeline.convergence import convergence_plot, convergence_rows
-    from pipeline.plots import write_plots
-    from pipeline.seeds import aggregate
-    from pipeline.selection import SelectionError, select_configuration
-    from pipeline.table1 import build_table, to_cells_csv, to_csv, to_markdown
+    from pipeline.report.convergence import convergence_plot, convergence_rows
+    from pipeline.report.plots import write_plots
+    from pipeline.report.seeds import aggregate
+    from pipeline.report.selection import SelectionError, select_configuration
+    from pipeline.report.table1 import build_table, to_cells_csv, to_csv, to_markdown
 
     p = load_stage_params(args.params, "select").select
     trials, meta = read_search(Path(args.search))
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     print(f"select: {selection['counts']}; selected: "
           + (f"{sel['name']} (layers {sel['layers'] or 'none'}, {p.metric} {sel['score']:.3f})" if sel else "none"))
     if meta.get("parent_run_id"):
-        from pipeline.mlflow_model import log_reports
+        from pipeline.serve.mlflow_model import log_reports
 
         log_reports(meta, [out / "table1.md", out / "table1.csv", out / "selection.json", out / "convergence.csv",
                            out / "plots"],

@@ -1,7 +1,7 @@
 """Test-only fault injection for the search; none of it is in the product's code paths.
 
 `with_faults(trainable, faults, signal_dir)` wraps the trainable the search driver runs
-(pipeline.tuner.train_trial) so that, inside the Ray workers, the trials named in `faults` misbehave:
+(pipeline.search.tuner.train_trial) so that, inside the Ray workers, the trials named in `faults` misbehave:
   "nan"         one new weight is NaN before the first epoch of every attempt, so its first loss is NaN;
   "raise"       InjectedFault before the first epoch, every attempt;
   "raise_once"  InjectedFault after epoch 1 was reported and checkpointed, on an attempt that started from
@@ -75,7 +75,7 @@ def _before_epoch(trainer) -> None:
 
 def _patch_trainer() -> None:
     """Route Trainer.fit_epoch through `_before_epoch` in this process (once; reused actors keep it)."""
-    from pipeline.train import Trainer
+    from pipeline.training.trainer import Trainer
 
     if getattr(Trainer.fit_epoch, "_with_faults", False):
         return
@@ -115,8 +115,7 @@ def with_faults(trainable, faults: dict, signal_dir=None):
 
 
 def _patch(setattr_, faults: dict, signal_dir=None) -> None:
-    from pipeline import tuner
-
+    from pipeline.search import tuner
     run_search = tuner.run_search
 
     @functools.wraps(run_search)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.clipstore import ClipWriter
+from pipeline.data.clipstore import ClipWriter
 
 CLASSES = ["a", "b", "c"]
 
@@ -41,7 +41,7 @@ def make_clips(out_dir: Path, per_split=None, frames: int = 4, size: int = 16, s
 def toy_tensors(n_per_class: int = 6, classes: int = 3, frames: int = 4, size: int = 16, seed: int = 0,
                 raw: bool = False):
     """(x float32 (N, T, 3, H, W) normalised, y int64 (N,)) of toy clips; raw: x as stored, uint8 (N, T, H, W, 3)
-    (normalised by pipeline.dataset.Normalize(TOY_MEAN, TOY_STD))."""
+    (normalised by pipeline.data.dataset.Normalize(TOY_MEAN, TOY_STD))."""
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for k in range(classes):

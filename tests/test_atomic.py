@@ -1,7 +1,7 @@
-"""pipeline.atomic: outputs appear whole or not at all."""
+"""pipeline.core.atomic: outputs appear whole or not at all."""
 import pytest
 
-from pipeline.atomic import atomic_path, write_json
+from pipeline.core.atomic import atomic_path, write_json
 
 
 def test_file_replaced_only_on_success(tmp_path):

@@ -3,8 +3,8 @@ trunk cache makes `copies` augmented passes of the train split only."""
 import torch
 
 import prernn
-from pipeline.augment import ClipAugment
-from pipeline.features import prepare_splits, trunk_features
+from pipeline.data.augment import ClipAugment
+from pipeline.search.trunk_cache import prepare_splits, trunk_features
 from tests.search_fixtures import toy_tensors
 
 
@@ -40,8 +40,8 @@ def test_the_trunk_cache_augments_only_the_train_split_in_copies():
 
 def test_regression_is_never_augmented():
     """A shifted frame would no longer match its landmark coordinates: landmark tasks train on the frames as they are."""
-    from pipeline.augment import from_params
-    from pipeline.params import SearchParams
+    from pipeline.data.augment import from_params
+    from pipeline.core.params import SearchParams
 
     search = SearchParams(augment_shift=3, augment_jitter=0.3)
     assert isinstance(from_params(search), ClipAugment)

@@ -9,8 +9,8 @@ import torch
 import yaml
 
 import prernn
-from pipeline.clipstore import ClipFileError, open_clip_file, read_meta
-from pipeline.dataset import ClipDataset
+from pipeline.data.clipstore import ClipFileError, open_clip_file, read_meta
+from pipeline.data.dataset import ClipDataset
 from tests.search_fixtures import CLASSES, make_clips
 
 

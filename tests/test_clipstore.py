@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.clipstore import ClipWriter, read_meta, split_files
+from pipeline.data.clipstore import ClipWriter, read_meta, split_files
 
 
 def _clip(rng, t=3, s=8):

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.dataset import ClipDataset, FrameDataset
-from pipeline.extraction import extract_manifest
-from pipeline.params import DataParams, ExtractParams, SyntheticParams
-from pipeline.sources import ingest
+from pipeline.data.dataset import ClipDataset, FrameDataset
+from pipeline.data.extraction import extract_manifest
+from pipeline.core.params import DataParams, ExtractParams, SyntheticParams
+from pipeline.data.sources import ingest
 
 CLASSES = ["swipe_left", "swipe_right", "push"]
 
@@ -116,8 +116,8 @@ def test_raw_items_are_the_stored_bytes_and_normalize_on_device_gives_the_float_
 
 def test_trainer_on_raw_clips_matches_the_float_dataset(clips):
     import prernn
-    from pipeline.features import prepare_splits
-    from pipeline.train import Trainer
+    from pipeline.search.trunk_cache import prepare_splits
+    from pipeline.training.trainer import Trainer
 
     folder, _ = clips
     runs = []
@@ -135,8 +135,8 @@ def test_trainer_on_raw_clips_matches_the_float_dataset(clips):
 
 def test_uncached_splits_keep_uint8_clips_and_train_as_the_float_ones(clips):
     import prernn
-    from pipeline.features import prepare_splits
-    from pipeline.train import Trainer
+    from pipeline.search.trunk_cache import prepare_splits
+    from pipeline.training.trainer import Trainer
 
     folder, _ = clips
     runs = {}

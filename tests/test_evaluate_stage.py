@@ -8,8 +8,8 @@ import torch
 import yaml
 
 import prernn
-from pipeline.clipstore import ClipWriter
-from pipeline.predict import Predictor
+from pipeline.data.clipstore import ClipWriter
+from pipeline.serve.predict import Predictor
 from stages import evaluate
 
 CLASSES = ["left", "right"]
@@ -118,7 +118,7 @@ def test_no_selection_stops_with_a_clear_message(workdir):
 def test_select_then_evaluate_log_to_the_parent_run_and_register(workdir, monkeypatch):
     """select + evaluate with MLflow: reports on the search's parent run, the final model registered."""
     import mlflow
-    from pipeline import tracking
+    from pipeline.core import tracking
     from report_fixtures import layer, trial
     from stages import select
 
@@ -188,8 +188,8 @@ def test_select_then_evaluate_log_to_the_parent_run_and_register(workdir, monkey
 def test_results_do_not_depend_on_what_drew_random_numbers_before(workdir):
     """The new weights are initialised from the choice's seed, not from whatever state the global RNG was left in
     (it once was: the number of DataLoader passes before the first model decided the test accuracy)."""
-    from pipeline.evaluation import run_evaluation
-    from pipeline.params import SearchParams
+    from pipeline.report.evaluation import run_evaluation
+    from pipeline.core.params import SearchParams
 
     choices = {"selected": _selected(["fc6"], []), "baseline": None}
     runs = []

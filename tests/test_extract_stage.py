@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.extraction import extract_manifest, failure
-from pipeline.params import DataParams, ExtractParams, SyntheticParams
-from pipeline.sources import ingest, write_manifest
-from pipeline.synthetic import write_video
+from pipeline.data.extraction import extract_manifest, failure
+from pipeline.core.params import DataParams, ExtractParams, SyntheticParams
+from pipeline.data.sources import ingest, write_manifest
+from pipeline.data.synthetic import write_video
 
 VIDEOS = Path(__file__).parents[1] / ".." / "shared" / "videos"
 EXTRACT = dict(frames=4, size=16, modalities=["rgb", "flow"], workers=1)
@@ -136,7 +136,7 @@ def test_depth_only_where_the_source_has_it(tmp_path, messy):
 
 
 def test_plan_tasks_puts_costly_videos_first_in_each_window_and_covers_every_row():
-    from pipeline.extraction import in_manifest_order, plan_tasks
+    from pipeline.data.extraction import in_manifest_order, plan_tasks
 
     rows = [{"frames": 10, "width": 48, "height": 48} for _ in range(150)]
     for i in (5, 70, 149):

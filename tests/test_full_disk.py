@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from pipeline.params import DataParams, SyntheticParams
-from pipeline.sources import ingest, write_manifest
+from pipeline.core.params import DataParams, SyntheticParams
+from pipeline.data.sources import ingest, write_manifest
 from tests.disk_fixtures import fill, hidden_leftovers, small_fs  # noqa: F401 - the fixture
 
 EXTRACT = {"frames": 4, "size": 16, "modalities": ["rgb", "flow"], "workers": 1}

@@ -1,10 +1,10 @@
-"""pipeline.landmarks: the .pts reader, coordinate normalisation, 300VW scan, the synthetic set."""
+"""pipeline.data.landmarks: the .pts reader, coordinate normalisation, 300VW scan, the synthetic set."""
 import numpy as np
 import pytest
 
-from pipeline.landmarks import (LandmarkError, annotation_files, normalise_points, read_pts, render_clip,
+from pipeline.data.landmarks import (LandmarkError, annotation_files, normalise_points, read_pts, render_clip,
                                 scan_300vw, write_pts)
-from pipeline.params import SyntheticLandmarkParams
+from pipeline.core.params import SyntheticLandmarkParams
 
 
 def test_read_pts_written_by_hand(tmp_path):

@@ -1,11 +1,11 @@
-"""pipeline.metrics: NME, CED AUC and failure rate against hand-computed values."""
+"""pipeline.training.metrics: NME, CED AUC and failure rate against hand-computed values."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import (ced_auc, ced_curve, decode, failure_rate, landmark_loss, nme, normaliser,
+from pipeline.training.metrics import (ced_auc, ced_curve, decode, failure_rate, landmark_loss, nme, normaliser,
                               regression_metrics)
 
 

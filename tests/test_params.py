@@ -1,10 +1,10 @@
-"""pipeline.params: the schema accepts the shipped params.yaml and names every bad key, value and combination."""
+"""pipeline.core.params: the schema accepts the shipped params.yaml and names every bad key, value and combination."""
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.params import ParamsError, load_params, validate_params
+from pipeline.core.params import ParamsError, load_params, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,8 +114,8 @@ def test_every_stage_prints_the_params_error_and_exits_2(stage, tmp_path, capsys
     {"layers": []},
 ])
 def test_params_refuse_every_space_the_search_stage_refuses_with_the_same_lines(search):
-    from pipeline.params import SearchParams, backbone_candidates
-    from pipeline.space import SpaceError, build_space
+    from pipeline.core.params import SearchParams, backbone_candidates
+    from pipeline.search.space import SpaceError, build_space
 
     raw = _shipped()
     raw["search"].update(search)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.stage_deps import module_file
+from pipeline.core.stage_deps import module_file
 from tests.browser import needs_chromium, page, page_with
 from tests.dvc_project import make_project
 from tests.dvc_project import run as _run
@@ -98,7 +98,7 @@ def test_every_module_a_stage_loads_is_one_of_its_deps(project):
     assert set(stages) <= set(loaded)
     for stage, spec in stages.items():
         assert loaded[stage] - set(spec["deps"]) == set(), stage
-    assert "pipeline/trainable.py" in loaded["search:child"]  # the Ray workers' imports were recorded
+    assert "pipeline/search/trainable.py" in loaded["search:child"]  # the Ray workers' imports were recorded
 
 
 def test_second_repro_reruns_nothing(project):
@@ -162,7 +162,7 @@ def test_mlflow_ui_shows_runs_curves_table1_and_the_champion(project, tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from pipeline.mlflow_links import experiments, runs_url
+    from pipeline.core.mlflow_links import experiments, runs_url
 
     root, env, _ = project
     with socket.socket() as s:

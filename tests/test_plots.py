@@ -1,5 +1,5 @@
-"""pipeline.plots: FIG. 2A-2C files are written, are PNGs and are not empty."""
-from pipeline.plots import reference_trial, write_plots
+"""pipeline.report.plots: FIG. 2A-2C files are written, are PNGs and are not empty."""
+from pipeline.report.plots import reference_trial, write_plots
 from report_fixtures import space
 
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 import prernn
-from pipeline.clipstore import split_files
-from pipeline.dataset import ClipDataset
-from pipeline.evaluation import FusedModel, final_checkpoint
-from pipeline.evaluation import test_metrics as clip_metrics
-from pipeline.extraction import extract_manifest
-from pipeline.params import DataParams, ExtractParams, SyntheticParams
-from pipeline.predict import Predictor, PredictError, expand_inputs, resolve_model
-from pipeline.sources import ingest, resolve
+from pipeline.data.clipstore import split_files
+from pipeline.data.dataset import ClipDataset
+from pipeline.report.evaluation import FusedModel, final_checkpoint
+from pipeline.report.evaluation import test_metrics as clip_metrics
+from pipeline.data.extraction import extract_manifest
+from pipeline.core.params import DataParams, ExtractParams, SyntheticParams
+from pipeline.serve.predict import Predictor, PredictError, expand_inputs, resolve_model
+from pipeline.data.sources import ingest, resolve
 from tests.mlflow_store import use_mlflow_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def test_inputs_expand_folders_and_cameras(world):
 
 def _cli(*args):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", *map(str, args)], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "pipeline.serve.cli", "predict", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -190,7 +190,7 @@ def test_mlflow_pyfunc_round_trip(world, tmp_path, monkeypatch):
     import mlflow
     import pandas as pd
 
-    from pipeline.pyfunc import log_predictor
+    from pipeline.serve.pyfunc import log_predictor
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     use_mlflow_store(monkeypatch, uri)  # resolve_model below sets the URIs again; restored after the test

@@ -33,9 +33,9 @@ def test_cuda_fast_path_matches_reference(backbone, layer, cell, sih, reset):
 def test_raw_clips_normalised_on_the_gpu_equal_the_cpu_float_items(tmp_path):
     import numpy as np
 
-    from pipeline.clipstore import ClipWriter
-    from pipeline.dataset import ClipDataset
-    from pipeline.train import batches
+    from pipeline.data.clipstore import ClipWriter
+    from pipeline.data.dataset import ClipDataset
+    from pipeline.training.trainer import batches
 
     rng = np.random.default_rng(0)
     w = ClipWriter(tmp_path, ["rgb"], 4, 8, 1 << 20, splits=("train",))

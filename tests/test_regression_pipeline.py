@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.params import ParamsError, validate_params
+from pipeline.core.params import ParamsError, validate_params
 from tests.dvc_project import make_project, run
 from tests.mlflow_store import use_mlflow_store
 
@@ -67,7 +67,7 @@ def test_ingest_and_extract_write_landmarks(run_dir):
     pts = col.to_numpy_ndarray()
     assert 0.0 < pts.min() and pts.max() < 1.0
 
-    from pipeline.dataset import ClipDataset, FrameDataset
+    from pipeline.data.dataset import ClipDataset, FrameDataset
 
     ds = ClipDataset(run_dir / "data/clips", "train", "rgb")
     x, y = ds[0]
@@ -108,7 +108,7 @@ def test_evaluate_reports_auc_nme_and_predict_prints_landmarks(run_dir, capsys):
     assert "errors" not in plots and "reports/regression/ced.csv" in plots["data"]
     assert not any("confusion" in p or "classification" in p for p in plots["data"])
 
-    from pipeline.cli import main
+    from pipeline.serve.cli import main
 
     rows = list(csv.DictReader((run_dir / "data/ingest/manifest.csv").open()))
     video = str(run_dir / rows[0]["path"])
@@ -129,7 +129,7 @@ def test_mlflow_pyfunc_predictor_returns_landmarks(run_dir, monkeypatch):
     import mlflow
     import pandas as pd
 
-    from pipeline.predict import Predictor
+    from pipeline.serve.predict import Predictor
 
     use_mlflow_store(monkeypatch, f"sqlite:///{run_dir / 'mlflow.db'}")
     assert json.loads((run_dir / "reports/evaluation.json").read_text())["mlflow"]["predictor_uri"]
@@ -154,11 +154,11 @@ def test_pretrain_and_prernn_learn_landmarks(tmp_path):
     import torch
 
     import prernn
-    from pipeline.dataset import ClipDataset
-    from pipeline.extraction import extract_manifest
-    from pipeline.params import DataParams, ExtractParams, PretrainParams, SyntheticLandmarkParams
-    from pipeline.sources import ingest
-    from pipeline.train import Trainer, fit
+    from pipeline.data.dataset import ClipDataset
+    from pipeline.data.extraction import extract_manifest
+    from pipeline.core.params import DataParams, ExtractParams, PretrainParams, SyntheticLandmarkParams
+    from pipeline.data.sources import ingest
+    from pipeline.training.trainer import Trainer, fit
     from stages.pretrain import pretrain_modality
 
     torch.set_num_threads(2)

@@ -22,7 +22,7 @@ def workdir(tmp_path_factory):
 
 
 def test_faulty_trials_fail_alone_are_retried_and_show_as_failed(workdir, monkeypatch):
-    from pipeline import tracking
+    from pipeline.core import tracking
     from stages import search, select
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -72,7 +72,7 @@ def test_faulty_trials_fail_alone_are_retried_and_show_as_failed(workdir, monkey
 
 
 def test_more_gpus_per_trial_than_the_cluster_has_stops_before_any_trial(workdir, monkeypatch, capsys):
-    from pipeline import tracking
+    from pipeline.core import tracking
     from stages import search
 
     raw = yaml.safe_load((workdir / "params.yaml").read_text())
@@ -97,8 +97,7 @@ def test_more_gpus_per_trial_than_the_cluster_has_stops_before_any_trial(workdir
 
 def test_the_fault_plugin_refuses_unknown_kinds_and_trials(monkeypatch):
     """A typo in a test's faults is an error, not a search that silently injects nothing."""
-    from pipeline import tuner
-
+    from pipeline.search import tuner
     with pytest.raises(ValueError, match=r"'explode': expected one of .* or pause:N"):
         faults.install(monkeypatch, {"prernn-gru-fc7": "explode"})
     faults.install(monkeypatch, {"prernn-gru-fc9": "nan"})

@@ -82,8 +82,7 @@ def _paused(root: Path, *names: str, every: bool = True) -> bool:
 
 def _ended(root: Path, name: str) -> bool:
     """The trial's MLflow child run is FINISHED (its trainable returned)."""
-    from pipeline import tracking
-
+    from pipeline.core import tracking
     client = tracking.client(f"sqlite:///{root}/mlflow.db")
     try:
         exp = client.get_experiment_by_name("resume")
@@ -94,8 +93,7 @@ def _ended(root: Path, name: str) -> bool:
 
 
 def _children(root: Path) -> dict:
-    from pipeline import tracking
-
+    from pipeline.core import tracking
     info = json.loads((root / "search" / "search.json").read_text())
     runs = tracking.child_runs(info["tracking_uri"], info["experiment_id"], info["parent_run_id"])
     assert len(runs) == len(TRIALS)
@@ -104,8 +102,7 @@ def _children(root: Path) -> dict:
 
 def _histories(root: Path) -> dict:
     """{trial: {metric: [(step, value or None for a timing), ...] in logged order}}, `attempts` left out."""
-    from pipeline import tracking
-
+    from pipeline.core import tracking
     client = tracking.client(f"sqlite:///{root}/mlflow.db")
     out = {}
     for name, run in _children(root).items():
@@ -146,8 +143,7 @@ MOMENTS = {  # faults of the interrupted run, when to kill it, whether Ray's sta
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_a_search_killed_at_any_moment_resumes_to_the_uninterrupted_result(moment, project, uninterrupted, tmp_path):
-    from pipeline import tracking
-
+    from pipeline.core import tracking
     faults, ready, stale = MOMENTS[moment]
     root = _copy(project, tmp_path / "p")
     with open(root / "driver.log", "w") as log:
@@ -196,9 +192,9 @@ def test_a_search_killed_at_any_moment_resumes_to_the_uninterrupted_result(momen
 def test_code_change_changes_the_fingerprint_so_no_stale_results_are_restored(tmp_path, monkeypatch):
     import torch
 
-    from pipeline import tuner
-    from pipeline.features import SplitTensors
-    from pipeline.params import SearchParams
+    from pipeline.search import tuner
+    from pipeline.search.trunk_cache import SplitTensors
+    from pipeline.core.params import SearchParams
 
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)

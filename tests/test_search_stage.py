@@ -72,7 +72,7 @@ def test_pretrain_keeps_user_weights_without_finetuning(workdir, tmp_path):
 
 
 def test_search_stage_writes_trials_and_nested_mlflow_runs(workdir, monkeypatch):
-    from pipeline import tracking
+    from pipeline.core import tracking
     from stages import search
 
     uri = f"sqlite:///{workdir}/mlflow.db"

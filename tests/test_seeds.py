@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.comparison import compare
-from pipeline.convergence import convergence_plot, convergence_rows
-from pipeline.seeds import aggregate, mean_interval, paired_bootstrap, seed_values, with_seeds
-from pipeline.selection import select_configuration
-from pipeline.table1 import build_table, to_csv, to_markdown
+from pipeline.report.comparison import compare
+from pipeline.report.convergence import convergence_plot, convergence_rows
+from pipeline.report.seeds import aggregate, mean_interval, paired_bootstrap, seed_values, with_seeds
+from pipeline.report.selection import select_configuration
+from pipeline.report.table1 import build_table, to_csv, to_markdown
 
 
 def test_seed_values_and_trial_names():

@@ -1,7 +1,7 @@
-"""pipeline.selection: claim 12 on crafted gate statistics."""
+"""pipeline.report.selection: claim 12 on crafted gate statistics."""
 import pytest
 
-from pipeline.selection import SelectionError, select_configuration
+from pipeline.report.selection import SelectionError, select_configuration
 from report_fixtures import layer, space, trial
 
 SAT, UNSAT, TIE = (2, 8), (8, 2), (5, 5)
@@ -127,7 +127,7 @@ def test_select_stage_names_a_missing_search(tmp_path):
 
 
 def test_ties_go_to_fewer_recurrent_parameters_then_the_name_and_say_so():
-    from pipeline.selection import TIE_BREAK
+    from pipeline.report.selection import TIE_BREAK
 
     trials = [trial("b-small", layers=["fc6"], val_acc=0.6, params=500, stats={"fc6": layer("lstm", *SAT)}),
               trial("a-small", layers=["fc6"], val_acc=0.6, params=500, stats={"fc6": layer("lstm", *SAT)}),

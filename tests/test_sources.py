@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.params import DataParams, SyntheticParams
-from pipeline.sources import MANIFEST_COLUMNS, SourceError, ingest, read_manifest, stratified_split, write_manifest
-from pipeline.synthetic import write_video
+from pipeline.core.params import DataParams, SyntheticParams
+from pipeline.data.sources import MANIFEST_COLUMNS, SourceError, ingest, read_manifest, stratified_split, write_manifest
+from pipeline.data.synthetic import write_video
 
 ROOT = Path(__file__).parents[1]
 

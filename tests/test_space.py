@@ -1,8 +1,8 @@
-"""pipeline.space: the size of the configuration space and its errors."""
+"""pipeline.search.space: the size of the configuration space and its errors."""
 import pytest
 
-from pipeline.params import SearchParams
-from pipeline.space import SpaceError, build_space, layer_combinations
+from pipeline.core.params import SearchParams
+from pipeline.search.space import SpaceError, build_space, layer_combinations
 
 VGG = ["fc6", "fc7"]
 

@@ -1,12 +1,12 @@
-"""pipeline.stage_deps: each stage's code deps in dvc.yaml are the project modules the stage imports."""
+"""pipeline.core.stage_deps: each stage's code deps in dvc.yaml are the project modules the stage imports."""
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline import stage_deps
-from pipeline.stage_deps import DepsError, check, closure, code_files, rewrite, write
+from pipeline.core import stage_deps
+from pipeline.core.stage_deps import DepsError, check, closure, code_files, rewrite, write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,27 +117,27 @@ def test_imports_it_cannot_follow_are_errors_naming_file_and_line(project, line,
 
 def test_this_projects_dvc_yaml_lists_exactly_the_code_each_stage_runs():
     problems = check(ROOT)
-    assert problems == [], "\n".join(problems + ["fix: python -m pipeline.stage_deps --write"])
+    assert problems == [], "\n".join(problems + ["fix: python -m pipeline.core.stage_deps --write"])
 
 
 def test_the_search_stage_depends_on_the_code_ray_trials_run():
     deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["search"]["deps"]
-    assert {"pipeline/trainable.py", "pipeline/train.py", "pipeline/storage.py", "pipeline/checkpoint.py",
-            "pipeline/params.py", "prernn/cells.py"} <= set(deps)
+    assert {"pipeline/search/trainable.py", "pipeline/training/trainer.py", "pipeline/core/storage.py", "pipeline/core/checkpoint.py",
+            "pipeline/core/params.py", "prernn/cells.py"} <= set(deps)
 
 
 def test_a_dropped_dep_of_this_project_is_reported(tmp_path):
     text = (ROOT / "dvc.yaml").read_text()
     evaluate = text.index("  evaluate:")
-    dropped = text[:evaluate] + text[evaluate:].replace("      - pipeline/tracking.py\n", "", 1)
+    dropped = text[:evaluate] + text[evaluate:].replace("      - pipeline/core/tracking.py\n", "", 1)
     (tmp_path / "dvc.yaml").write_text(dropped)
     problems = check(ROOT, tmp_path / "dvc.yaml")
-    assert len(problems) == 1 and problems[0].startswith("dvc.yaml: stage evaluate: runs pipeline/tracking.py (")
+    assert len(problems) == 1 and problems[0].startswith("dvc.yaml: stage evaluate: runs pipeline/core/tracking.py (")
 
 
 def test_cli_exit_codes(project, capsys):
     assert stage_deps.main(["--root", str(project)]) == 1
-    assert "stage_deps: run `python -m pipeline.stage_deps --write`" in capsys.readouterr().err
+    assert "stage_deps: run `python -m pipeline.core.stage_deps --write`" in capsys.readouterr().err
     assert stage_deps.main(["--root", str(project), "--write"]) == 0
     assert stage_deps.main(["--root", str(project)]) == 0
     (project / "pipeline" / "x.py").write_text("__import__('os')\n")

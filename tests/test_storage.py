@@ -1,7 +1,7 @@
-"""pipeline.storage: the search's storage_path as a local folder or a pyarrow filesystem URI (same behaviour)."""
+"""pipeline.core.storage: the search's storage_path as a local folder or a pyarrow filesystem URI (same behaviour)."""
 import pytest
 
-from pipeline.storage import StoragePath
+from pipeline.core.storage import StoragePath
 
 
 @pytest.mark.parametrize("form", ["relative", "uri"])

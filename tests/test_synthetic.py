@@ -4,8 +4,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline.params import SyntheticParams
-from pipeline.synthetic import PAIRS, classify, generate, render, sample_motion, write_dataset
+from pipeline.core.params import SyntheticParams
+from pipeline.data.synthetic import PAIRS, classify, generate, render, sample_motion, write_dataset
 
 SMALL = dict(classes=["swipe_left", "swipe_right", "rotate_cw"], clips_per_class=3, frames=6, size=16)
 

@@ -1,9 +1,9 @@
-"""pipeline.table1: the patent's Table 1 laid out from a crafted trials list."""
+"""pipeline.report.table1: the patent's Table 1 laid out from a crafted trials list."""
 import csv
 import io
 
-from pipeline.selection import select_configuration
-from pipeline.table1 import build_table, to_csv, to_markdown
+from pipeline.report.selection import select_configuration
+from pipeline.report.table1 import build_table, to_csv, to_markdown
 from report_fixtures import layer, space, trial
 
 TITLES = ["Traditional 1 layer", "Traditional 2 layers", "PreRNN fc6", "PreRNN fc7", "PreRNN fc6/fc7",
@@ -57,8 +57,8 @@ def test_markdown_marks_selected_and_reverted_and_shows_sih_saving():
 
 
 def test_cells_in_long_form_for_dvc_plots_and_the_tie_break_in_the_caption():
-    from pipeline.selection import TIE_BREAK
-    from pipeline.table1 import to_cells_csv
+    from pipeline.report.selection import TIE_BREAK
+    from pipeline.report.table1 import to_cells_csv
 
     trials = space()
     sel = select_configuration(trials)

@@ -1,13 +1,13 @@
-"""pipeline.tracking (MLflow) and pipeline.ray_cluster: URIs, fail-fast checks, nested runs."""
+"""pipeline.core.tracking (MLflow) and pipeline.core.ray_cluster: URIs, fail-fast checks, nested runs."""
 import json
 import socket
 import time
 
 import pytest
 
-from pipeline import ray_cluster, tracking
+from pipeline.core import ray_cluster
 
-
+from pipeline.core import tracking
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,7 +122,7 @@ def test_mlflow_telemetry_is_off_unless_the_user_says_otherwise():
     import subprocess
     import sys
 
-    code = "import pipeline.tracking, os; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])"
+    code = "import pipeline.core.tracking, os; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "true"

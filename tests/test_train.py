@@ -1,12 +1,12 @@
-"""pipeline.train: the loop learns a separable toy set, is reproducible and resumable, stops on NaN."""
+"""pipeline.training.trainer: the loop learns a separable toy set, is reproducible and resumable, stops on NaN."""
 import math
 
 import pytest
 import torch
 
 import prernn
-from pipeline.features import trunk_features
-from pipeline.train import (NonFiniteLoss, Trainer, clip_loss_and_probs, epochs_to_fraction, fit, param_groups,
+from pipeline.search.trunk_cache import trunk_features
+from pipeline.training.trainer import (NonFiniteLoss, Trainer, clip_loss_and_probs, epochs_to_fraction, fit, param_groups,
                             seed_everything, summarize)
 from tests.search_fixtures import toy_tensors
 
@@ -104,7 +104,7 @@ def test_epochs_to_95_and_summary():
 def test_a_recurrent_model_is_read_at_its_last_step_a_frame_model_over_time():
     """Readout: the loss and prediction of a recurrent model come from its last step only; a frame model averages."""
     import prernn
-    from pipeline.train import clip_loss_and_probs
+    from pipeline.training.trainer import clip_loss_and_probs
 
     bb = prernn.create_backbone("vgg_mini", 3, input_size=16, width=8)
     assert prernn.readout(prernn.convert(bb, ["fc6"], "gru")) == "last"

@@ -1,15 +1,15 @@
-"""pipeline.trainable + pipeline.tuner: real Ray trials on a local Ray, MLflow child runs, NaN trial, restore."""
+"""pipeline.search.trainable + pipeline.search.tuner: real Ray trials on a local Ray, MLflow child runs, NaN trial, restore."""
 import json
 
 import pytest
 import torch
 
 import prernn
-from pipeline import tracking
-from pipeline.features import SplitTensors, trunk_features
-from pipeline.params import MlflowParams, SearchParams
-from pipeline.space import build_space
-from pipeline.tuner import ROW_KEYS, run_search, write_outputs
+from pipeline.core import tracking
+from pipeline.search.trunk_cache import SplitTensors, trunk_features
+from pipeline.core.params import MlflowParams, SearchParams
+from pipeline.search.space import build_space
+from pipeline.search.tuner import ROW_KEYS, run_search, write_outputs
 from tests import faults
 from tests.search_fixtures import toy_tensors
 
@@ -43,8 +43,7 @@ def _search(tmp, **kw):
 
 
 def test_search_runs_trials_logs_child_runs_and_marks_nan_trial_failed(ray_session, inputs, tmp_path, monkeypatch):
-    from pipeline import tuner
-
+    from pipeline.search import tuner
     ckpt, splits, candidates, boundary = inputs
     search = _search(tmp_path, baseline_hidden_size=8)
     space = build_space(search, candidates) + [build_space(SearchParams(cells=["vrnn"], sih=[False],
@@ -102,7 +101,7 @@ def test_search_runs_trials_logs_child_runs_and_marks_nan_trial_failed(ray_sessi
 def test_same_seed_same_trial_metrics_without_cached_trunk(ray_session, inputs, tmp_path):
     """Two trials with the same config (under two names) in one search train to the same metrics, on uint8 clips
     that travel through Ray's object store with their normaliser and are normalised in the trial."""
-    from pipeline.dataset import Normalize
+    from pipeline.data.dataset import Normalize
     from tests.search_fixtures import TOY_MEAN, TOY_STD
 
     ckpt, _, candidates, boundary = inputs

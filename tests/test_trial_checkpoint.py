@@ -1,10 +1,10 @@
-"""pipeline.trial_checkpoint: a restarted trial finds the newest loadable checkpoint of its own name, wherever Ray
+"""pipeline.search.trial_checkpoint: a restarted trial finds the newest loadable checkpoint of its own name, wherever Ray
 left it (stale experiment state, new trial ids after a restart without state), on a folder or a pyarrow URI."""
 import pytest
 import torch
 
-from pipeline import trial_checkpoint
-from pipeline.storage import StoragePath
+from pipeline.search import trial_checkpoint
+from pipeline.core.storage import StoragePath
 
 
 def _state(epoch: int) -> dict:

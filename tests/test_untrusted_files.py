@@ -78,8 +78,9 @@ def test_a_restored_trial_checkpoint_with_pickled_code_is_refused(tmp_path, monk
     """The trainable's own restore path (tune.get_checkpoint -> epoch-NNNN.pt), fed a crafted checkpoint."""
     from ray import tune
 
-    from pipeline import trainable, trial_checkpoint
+    from pipeline.search import trainable
 
+    from pipeline.search import trial_checkpoint
     marker = tmp_path / "ran"
     ckpt_dir = tmp_path / "checkpoint_000000"
     ckpt_dir.mkdir()

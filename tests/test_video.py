@@ -1,13 +1,13 @@
-"""Decode / sample / resize / flow of one video (pipeline.video), on real clips and on videos made here."""
+"""Decode / sample / resize / flow of one video (pipeline.data.video), on real clips and on videos made here."""
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from pipeline.params import ExtractParams
-from pipeline.synthetic import write_video
-from pipeline.video import VideoError, decode_flow, encode_flow, read_clip, resize_frame, sample_indices, stream_frames
+from pipeline.core.params import ExtractParams
+from pipeline.data.synthetic import write_video
+from pipeline.data.video import VideoError, decode_flow, encode_flow, read_clip, resize_frame, sample_indices, stream_frames
 
 VIDEOS = Path(__file__).parents[1] / ".." / "shared" / "videos"
 REAL = ["test.avi", "test.mp4", "part_0.mp4"]

@@ -1,0 +1,257 @@
+"""MLflow helpers: one parent run per search, one nested child run per trial.
+
+The tracking URI comes from MLFLOW_TRACKING_URI in the environment, else `mlflow.tracking_uri`
+from params.yaml. A relative `sqlite:///x.db` is made absolute (trials run in their own working
+directories, possibly on other nodes). An http(s) URI is checked first: a server that does not
+answer within a few seconds stops the stage with a message saying what to do.
+All functions use an explicit `MlflowClient`, so nothing depends on MLflow's global active run.
+
+Every run is tagged with the git commit (a trial, running in a Ray worker's own directory, takes its parent's),
+`mlflow.source.name` (the stage's script) and the DVC stage. Per-epoch values are metrics (curves in the UI);
+values a run has once (best score, epochs to 95%, parameter count, clips/s) are tags (`log_summary`), rounded
+for reading. MLflow's telemetry is off unless MLFLOW_DISABLE_TELEMETRY is set otherwise (like DVC's analytics).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+# MLflow 3.17 reads MLFLOW_DISABLE_TELEMETRY (mlflow/telemetry/utils.py); off by default, a user's value wins
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+PARENT_TAG = "mlflow.parentRunId"
+COMMIT_TAG = "mlflow.source.git.commit"
+TRIAL_TAG = "prernn.trial"
+TRIAL_ID_TAG = "ray.trial_id"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server named by the URI does not answer."""
+
+
+def resolve_tracking_uri(params_uri: Optional[str] = None, base: str | os.PathLike | None = None) -> tuple[str, str]:
+    """(uri, where it came from). MLFLOW_TRACKING_URI wins over params; relative sqlite paths become absolute."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri, source = (env, "MLFLOW_TRACKING_URI") if env else (params_uri or "sqlite:///mlflow.db", "mlflow.tracking_uri")
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if not path.startswith("/") and path != ":memory:":
+            uri = "sqlite:///" + str((Path(base or os.getcwd()) / path).resolve())
+    elif "://" not in uri:  # a bare path: MLflow's (deprecated) file store
+        uri = str((Path(base or os.getcwd()) / uri).resolve())
+    return uri, source
+
+
+def check_reachable(uri: str, source: str = "the tracking URI", timeout: float = 3.0) -> None:
+    """For an http(s) URI, raise TrackingUnavailable within `timeout` s unless the server answers."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy in front may not serve /health)
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} (from {source}) did not answer within {timeout:g} s: {reason}. "
+            "Start it (e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`; "
+            "bind another address only on a trusted network), "
+            "fix the address, or unset MLFLOW_TRACKING_URI to log to the local sqlite:///mlflow.db."
+        ) from None
+
+
+_clients: dict[str, Any] = {}
+
+
+def client(uri: str):
+    """A cached MlflowClient for `uri` (one per process), its registry the same store: the models are registered
+    where their runs are (pipeline.serve.mlflow_model), whatever MLFLOW_REGISTRY_URI an environment carries."""
+    if uri not in _clients:
+        from mlflow.tracking import MlflowClient
+
+        _clients[uri] = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return _clients[uri]
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str:
+    """The checked-out commit, or "unknown" outside a git work tree / before the first commit."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment `name`, created if needed (restored when it was deleted)."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        return c.create_experiment(name, artifact_location=default_artifact_location(uri))
+    if exp.lifecycle_stage == "deleted":
+        c.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def default_artifact_location(uri: str) -> Optional[str]:
+    """For a sqlite store, `mlruns/` beside the database file (not the current directory); else the server's."""
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        return Path(uri[len("sqlite:///"):]).parent.joinpath("mlruns").as_uri()
+    return None
+
+
+def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str,
+                   name: Optional[str] = None) -> Optional[str]:
+    """The child run of `parent_run_id` already made for Ray trial `trial_id` (a retried trial), else the one made
+    for trial `name` (a search restarted after Ray lost its experiment state), or None: one child run per trial."""
+    for tag, value in ((TRIAL_ID_TAG, trial_id), (TRIAL_TAG, name)):
+        if value is None:
+            continue
+        runs = client(uri).search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{tag}` = '{value}'",
+            max_results=1)
+        if runs:
+            return runs[0].info.run_id
+    return None
+
+
+def _param_items(params: dict, prefix: str = "") -> dict[str, str]:
+    """Flatten nested params to dotted keys with string values (MLflow params are strings <= 6000 chars)."""
+    out = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_param_items(v, key + "."))
+        else:
+            out[key] = (json.dumps(v) if not isinstance(v, str) else v)[:6000]
+    return out
+
+
+def _retry(fn, *args, tries: int = 5, **kw):
+    """Retry a store call a few times (concurrent trials share one sqlite file)."""
+    for attempt in range(tries):
+        try:
+            return fn(*args, **kw)
+        except Exception as err:  # noqa: BLE001 - sqlite "database is locked" surfaces as MlflowException
+            if attempt == tries - 1 or "locked" not in str(err).lower():
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def start_run(uri: str, experiment_id: str, name: str, *, parent_run_id: Optional[str] = None,
+              params: Optional[dict] = None, tags: Optional[dict] = None, stage: Optional[str] = None) -> str:
+    """Create a run (a child of `parent_run_id` if given); log `params` and tags (git commit, source, DVC stage)."""
+    c = client(uri)
+    commit = git_commit()
+    if commit == "unknown" and parent_run_id:  # a trial in a Ray worker's directory: the search's commit
+        commit = _retry(c.get_run, parent_run_id).data.tags.get(COMMIT_TAG, commit)
+    all_tags = {"mlflow.runName": name, COMMIT_TAG: commit, "mlflow.source.type": "LOCAL", **(tags or {})}
+    if stage:
+        all_tags.update({"dvc_stage": stage, "mlflow.source.name": f"stages/{stage}.py"})
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = _retry(c.create_run, experiment_id, tags=all_tags, run_name=name)
+    if params:
+        log_params(uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(uri: str, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in _param_items(params).items()]
+    for i in range(0, len(items), 100):
+        _retry(client(uri).log_batch, run_id, params=items[i:i + 100])
+
+
+def _readable(value: float) -> float:
+    """`value` to 6 significant digits; whole numbers as they are."""
+    return value if value.is_integer() or not math.isfinite(value) else float(f"{value:.6g}")
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict, step: Optional[int] = None) -> None:
+    """Log the numeric entries of `metrics` (others are skipped) at `step`, to 6 significant digits (float32 noise
+    such as 0.5833333134651184 is not what a person should read)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, _readable(float(v)), now, step or 0) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None]
+    if items:
+        _retry(client(uri).log_batch, run_id, metrics=items)
+
+
+def logged_steps(uri: str, run_id: str) -> set[tuple[str, int]]:
+    """(metric key, step) of every value already logged to the run."""
+    c = client(uri)
+    return {(key, m.step) for key in _retry(c.get_run, run_id).data.metrics
+            for m in _retry(c.get_metric_history, run_id, key)}
+
+
+class MetricLog:
+    """Logs metrics to one run at most once per (key, step): what a run already holds is skipped, so a trial
+    that resumes (after a killed driver, a lost node, a tracking outage) never logs an epoch twice.
+    `new_run`: the run was just created (nothing to read back)."""
+
+    def __init__(self, uri: str, run_id: str, new_run: bool = False):
+        self.uri, self.run_id = uri, run_id
+        self.logged = set() if new_run else logged_steps(uri, run_id)
+
+    def log(self, metrics: dict, step: int = 0) -> None:
+        """Log the numeric entries of `metrics` at `step` that the run does not have yet."""
+        new = {k: v for k, v in metrics.items() if (k, step) not in self.logged}
+        log_metrics(self.uri, self.run_id, new, step=step)
+        self.logged |= {(k, step) for k in new}
+
+
+def log_json(uri: str, run_id: str, obj, filename: str) -> None:
+    """Store `obj` as a JSON artifact `filename` of the run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / filename
+        path.write_text(json.dumps(obj, indent=1, default=str))
+        _retry(client(uri).log_artifact, run_id, str(path))
+
+
+def summary_text(value) -> str:
+    """A summary value as a person reads it: integers as they are, other numbers to 3 decimals (as Table 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
+
+
+def log_summary(uri: str, run_id: str, values: dict) -> None:
+    """Values a run has once (best score, epochs to 95%, parameter count, clips/s) as tags, not one-point metric
+    series; None values are skipped."""
+    set_tags(uri, run_id, {k: summary_text(v) for k, v in values.items() if v is not None})
+
+
+def set_tags(uri: str, run_id: str, tags: dict) -> None:
+    for k, v in tags.items():
+        _retry(client(uri).set_tag, run_id, k, str(v)[:5000])
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Mark the run FINISHED / FAILED / KILLED."""
+    _retry(client(uri).set_terminated, run_id, status)
+
+
+def run_status(uri: str, run_id: str) -> Optional[str]:
+    try:
+        return client(uri).get_run(run_id).info.status
+    except Exception:  # noqa: BLE001 - a run id from another store
+        return None
+
+
+def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
+    """The runs whose parent is `parent_run_id`."""
+    return client(uri).search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                                   max_results=10_000)

@@ -1,9 +1,0 @@
-"""Models-from-code entry of the MLflow pyfunc predictor (MLflow runs this file when it loads the model).
-
-Logged by `pipeline.pyfunc.log_predictor` instead of a cloudpickled object, so loading the model unpickles nothing.
-"""
-import mlflow.models
-
-from pipeline.pyfunc import VideoClassifier
-
-mlflow.models.set_model(VideoClassifier())

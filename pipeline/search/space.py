@@ -1,0 +1,128 @@
+"""The configuration space of the search: which layers to make recurrent, with which cell.
+
+In: the `search` params section and the candidate layers of the trained backbone
+(`prernn.candidate_layers`). Out: a list of plain JSON-able "arch" dicts, one per trial:
+
+    {"name": "prernn-lstm-sih-fc6+fc7", "kind": "prernn", "cell": "lstm", "sih": True,
+     "layers": ["fc6", "fc7"], "num_layers": 2, "hidden_size": None}
+    {"name": "traditional-gru-2", "kind": "traditional", "cell": "gru", "sih": False,
+     "layers": [], "num_layers": 2, "hidden_size": None}
+
+PreRNN trials ([0023]-[0028], [0054], [0064]): every cell x {gate-dependent, SIH} x layer combination; SIH (single
+input-to-hidden state, [0052]-[0053]) needs gates, so it does not apply to the vanilla RNN. Traditional
+baselines ([0033]): an RNN of 1 or 2 layers on top of the last feature layer, per cell.
+For a VGG-style backbone (candidates fc6, fc7) the default is 3*3 + 2*3 + 3*2 = 21 trials.
+"""
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Iterable, Optional, Sequence
+
+from prernn import CELLS, GATED_CELLS, check_layers
+
+
+class SpaceError(ValueError):
+    """An impossible search space; the message names the params key (one line per problem)."""
+
+
+def _layer_sets(candidates: Sequence[str], layers, backbone: Optional[str] = None) -> tuple[list[list[str]], list[str]]:
+    """(the layer sets in forward order, one problem line per bad `search.layers` entry); the rule for one set
+    is the library's (`prernn.check_layers`). `backbone`: the pretrain.backbone name, for the messages."""
+    candidates = list(candidates)
+    of = f" (pretrain.backbone {backbone!r})" if backbone else ""
+    if not candidates:
+        return [], [f"the backbone{of} has no candidate layers to make recurrent"]
+    if layers is None:
+        return [list(c) for n in range(1, len(candidates) + 1) for c in combinations(candidates, n)], []
+    out: list[list[str]] = []
+    problems = []
+    for i, entry in enumerate(layers):
+        entry = list(entry)
+        try:
+            ordered = check_layers(entry, candidates)
+        except ValueError as err:
+            problems.append(f"search.layers.{i}: {entry!r}: {err}{of}")
+            continue
+        if ordered in out:
+            problems.append(f"search.layers.{i}: {entry!r}: listed twice")
+        else:
+            out.append(ordered)
+    if not out and not problems:
+        problems.append("search.layers: []: no layer sets; use null for every combination")
+    return out, problems
+
+
+def layer_combinations(candidates: Sequence[str], layers: Optional[Iterable[Iterable[str]]] = None) -> list[list[str]]:
+    """The layer sets to convert, each in forward order.
+
+    `layers` None: every non-empty combination of `candidates` (fc6, fc7, fc6+fc7 for VGG).
+    Otherwise each entry is checked against `candidates` (SpaceError naming `search.layers`).
+    """
+    out, problems = _layer_sets(candidates, layers)
+    if problems:
+        raise SpaceError("\n".join(problems))
+    return out
+
+
+def _getter(search):
+    return (lambda k: search[k]) if isinstance(search, dict) else (lambda k: getattr(search, k))
+
+
+def space_problems(search, candidates: Sequence[str], backbone: Optional[str] = None) -> list[str]:
+    """Every reason the `search` section (SearchParams or a mapping) gives no valid space over the backbone's
+    `candidates`, one line each naming the key; [] when it gives one. pipeline.core.params calls this too."""
+    get = _getter(search)
+    cells, sihs, baselines = list(get("cells")), list(get("sih")), list(get("baselines"))
+    problems = []
+    if not cells:
+        problems.append(f"search.cells: []: give at least one of {', '.join(CELLS)}")
+    if not sihs:
+        problems.append("search.sih: []: give false, true or both")
+    ungated = [c for c in cells if c not in GATED_CELLS]
+    if sihs == [True] and ungated:
+        gated = [c for c in cells if c in GATED_CELLS]
+        problems.append(
+            f"search.sih: [True] with search.cells {cells}: SIH needs a gated cell ({', '.join(GATED_CELLS)}) and "
+            f"{', '.join(ungated)} has no gates, so no "
+            + ("trial" if not gated and not baselines else f"{', '.join(ungated)} PreRNN trial")
+            + f" is possible; add false to search.sih or remove {', '.join(ungated)} from search.cells")
+    for key, values in (("cells", cells), ("sih", sihs), ("baselines", baselines)):
+        twice = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if twice:
+            problems.append(f"search.{key}: {values}: {twice} listed twice (each trial would run twice)")
+    problems += _layer_sets(candidates, get("layers"), backbone)[1]
+    return problems
+
+
+def trial_name(kind: str, cell: str, sih: bool = False, layers: Sequence[str] = (), num_layers: int = 1) -> str:
+    """`prernn-lstm-sih-fc6+fc7`, `prernn-gru-fc7`, `traditional-vrnn-2`."""
+    if kind == "traditional":
+        return f"traditional-{cell}-{num_layers}"
+    return "-".join(["prernn", cell] + (["sih"] if sih else []) + ["+".join(layers)])
+
+
+def build_space(search, candidates: Sequence[str]) -> list[dict]:
+    """All trial "arch" dicts for the `search` params section (pipeline.core.params.SearchParams or a
+    mapping with the same keys) and the backbone's candidate layers; SpaceError lists `space_problems`.
+    """
+    problems = space_problems(search, candidates)
+    if problems:
+        raise SpaceError("\n".join(problems))
+    get = _getter(search)
+    cells, sihs, baselines = list(get("cells")), list(get("sih")), list(get("baselines"))
+    combos = layer_combinations(candidates, get("layers"))
+    prernn = [
+        {"kind": "prernn", "cell": cell, "sih": sih, "layers": layers, "num_layers": len(layers), "hidden_size": None}
+        for cell in cells
+        for sih in sihs
+        if not (sih and cell not in GATED_CELLS)
+        for layers in combos
+    ]
+    traditional = [
+        {"kind": "traditional", "cell": cell, "sih": False, "layers": [], "num_layers": int(n),
+         "hidden_size": get("baseline_hidden_size")}
+        for cell in cells
+        for n in baselines
+    ]
+    return [{"name": trial_name(**{k: a[k] for k in ("kind", "cell", "sih", "layers", "num_layers")}), **a}
+            for a in prernn + traditional]

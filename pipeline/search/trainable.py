@@ -1,0 +1,179 @@
+"""The Ray Tune trainable: one search trial = one PreRNN conversion (or traditional baseline) fine-tuned.
+
+`train_trial(config, data, experiment_dir)` is a plain function of the trial config (Ray's function API):
+  config: {"arch": <a pipeline.search.space arch dict>, "epochs", "batch_size", "lr_inherited", "lr_new",
+           "weight_decay", "hh_init", "seed", "cpus_per_trial", "use_gpu", "tracking_uri",
+           "experiment_id", "parent_run_id", "gate_stats_every_epoch"}
+  data (via tune.with_parameters, i.e. the Ray object store): {"backbone": {"config", "state_dict"},
+           "train": SplitTensors, "val": SplitTensors} (cached trunk features or raw clips);
+  experiment_dir (the same way): the search's experiment folder under search.storage_path.
+Each epoch it reports the epoch's metrics (`val_acc`, `val_loss`, ...), the history so far
+(`history_json`), `recurrent_params`, the MLflow child run id, the Ray node (`node_id`, `node_ip`) and
+`trial_wall_clock` ([time.time() when this attempt's train_trial began, time.time() at this report]), with a
+checkpoint (pipeline.search.trial_checkpoint). A restarted trial (a killed driver, a lost node, a retry) continues
+from the newest checkpoint it wrote, whatever Ray had recorded; one that had trained every epoch reports its
+last epoch again, untrained. Metrics go to MLflow once per key and step (tracking.MetricLog): a resumed trial
+first logs what its checkpoint holds and the run lacks, then only epochs the run does not have, so the run's
+history equals an uninterrupted run's. The last epoch (every epoch with `gate_stats_every_epoch`, for ASHA,
+which may stop a trial early) adds the gate statistics of each recurrent layer on the val clips
+(`gate_stats_json`: the saturation of [0055]-[0062] that the selection of [0065] uses); the last
+epoch also reports `best_val_acc`, `epochs_to_95` and `mean_clips_per_sec`. A loss that is not
+finite raises, so Ray marks the trial failed (and the other trials go on).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from pipeline.core import tracking
+
+from pipeline.search import trial_checkpoint
+from pipeline.core.checkpoint import backbone_from
+from pipeline.core.storage import StoragePath
+from pipeline.training.trainer import REGRESSION_KEYS, Trainer, pick_device, seed_everything, summarize
+
+COMMON_KEYS = ("epochs", "batch_size", "lr_inherited", "lr_new", "weight_decay", "hh_init", "seed")
+
+
+def flat_config(config: dict) -> dict:
+    """The trial config with the arch dict merged in (what MLflow params and trials.json show)."""
+    cfg = {k: v for k, v in config.items() if k != "arch"}
+    cfg.update(config.get("arch", {}))
+    return cfg
+
+
+def build_model(backbone: torch.nn.Module, cfg: dict):
+    """The SequenceModel of one trial: prernn.convert for kind "prernn", prernn.traditional otherwise."""
+    import prernn
+
+    if cfg["kind"] == "prernn":
+        return prernn.convert(backbone, list(cfg["layers"]), cfg["cell"], sih=bool(cfg["sih"]), hh_init=cfg["hh_init"])
+    if cfg["kind"] == "traditional":
+        return prernn.traditional(backbone, cfg["cell"], num_layers=int(cfg["num_layers"]),
+                                  hidden_size=cfg.get("hidden_size"), hh_init=cfg["hh_init"])
+    raise ValueError(f"trial config kind: {cfg['kind']!r}: expected 'prernn' or 'traditional'")
+
+
+def _node() -> dict:
+    """Where this trial runs: the Ray node id and IP (the cluster tests check that both nodes ran trials)."""
+    import ray
+
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+        ips = [n.get("NodeManagerAddress") for n in ray.nodes() if n.get("NodeID") == node_id]
+        return {"node_id": node_id, "node_ip": ips[0] if ips else ray.util.get_node_ip_address()}
+    except Exception:  # noqa: BLE001 - not inside a Ray worker (unit tests)
+        return {"node_id": None, "node_ip": None}
+
+
+def _count_attempt(uri: str, run_id: str) -> int:
+    """Log and return this attempt's number on the child run (metric `attempts`, at step = the attempt)."""
+    attempt = int(tracking.client(uri).get_run(run_id).data.metrics.get("attempts", 0)) + 1
+    tracking.log_metrics(uri, run_id, {"attempts": attempt}, step=attempt)
+    return attempt
+
+
+def _gate_stats(model, val, device) -> dict:
+    import prernn
+
+    model.eval()
+    with torch.no_grad():
+        return prernn.gate_statistics(model, val.inputs(device), start=val.start)
+
+
+def _open_child_run(cfg: dict, state: dict, trial_id: str) -> tuple[str, bool]:
+    """(run id, whether it is new): the trial's MLflow child run from its checkpoint, else the run of an earlier
+    attempt, else a new one."""
+    uri = cfg["tracking_uri"]
+    run_id = state.get("mlflow_run_id") or tracking.find_child_run(uri, cfg["experiment_id"], cfg["parent_run_id"],
+                                                                   trial_id, name=cfg["name"])
+    if run_id:
+        tracking.client(uri).update_run(run_id, status="RUNNING")
+        return run_id, False
+    return tracking.start_run(uri, cfg["experiment_id"], cfg["name"], parent_run_id=cfg["parent_run_id"],
+                              params={k: v for k, v in cfg.items() if k != "tracking_uri"},
+                              tags={tracking.TRIAL_TAG: cfg["name"], tracking.TRIAL_ID_TAG: trial_id,
+                                    "kind": cfg["kind"]}, stage="search"), True
+
+
+def batch_augment(cfg: dict, start):
+    """The per-batch augmentation of an uncached trial (raw clips, start None); a cached trunk was augmented when
+    the train features were made (pipeline.search.trunk_cache.prepare_splits)."""
+    shift, jitter = (cfg.get("augment") or [0, 0.0])
+    if start is not None or not (shift or jitter):
+        return None
+    from pipeline.data.augment import ClipAugment
+
+    return ClipAugment(int(shift), float(jitter), torch.Generator().manual_seed(int(cfg["seed"])))
+
+
+def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) -> None:
+    """Train one configuration; report metrics + a checkpoint every epoch (see module docstring)."""
+    started = time.time()  # trial_wall_clock[0]
+    import prernn
+    from ray import tune
+
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one INFO line per checkpoint
+    cfg = flat_config(config)
+    torch.set_num_threads(max(1, int(cfg.get("cpus_per_trial", 1))))
+    seed_everything(int(cfg["seed"]))
+    device = pick_device(bool(cfg.get("use_gpu")))
+    # a restarted trial continues from the newest epoch it checkpointed, and in the same MLflow run
+    folder = StoragePath.resolve(experiment_dir, "/") if experiment_dir else None
+    state = trial_checkpoint.newest_state(folder, cfg["name"], tune.get_checkpoint(), device)
+    uri = cfg["tracking_uri"]
+    run_id, new_run = _open_child_run(cfg, state, tune.get_context().get_trial_id() or cfg["name"])
+    epochs = int(cfg["epochs"])
+    node = _node()
+    try:
+        _count_attempt(uri, run_id)
+        mlflow_log = tracking.MetricLog(uri, run_id, new_run)
+        tracking.set_tags(uri, run_id, {f"ray.{k}": v for k, v in node.items()})
+        model = build_model(backbone_from(data["backbone"]), cfg)
+        train, val = data["train"], data["val"]
+        trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"],
+                          weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"], seed=int(cfg["seed"]),
+                          start=train.start, device=device, regression=cfg.get("regression"),
+                          augment=batch_augment(cfg, train.start))
+        if state:
+            trainer.load_state_dict(state["trainer"])
+        recurrent_params = int(prernn.count_recurrent_parameters(model))
+        tracking.log_summary(uri, run_id, {"recurrent_params": recurrent_params})
+        for row in trainer.history:  # epochs checkpointed before an interruption cut off their logging
+            mlflow_log.log(row, step=row["epoch"])
+        # finished before a killed driver recorded it: report the last epoch again (nothing is retrained)
+        replay = bool(state) and trainer.epoch >= epochs and bool(trainer.history)
+        while trainer.epoch < epochs or replay:
+            if replay:
+                row, replay = trainer.history[-1], False
+            else:
+                row = trainer.fit_epoch(train, val)
+                mlflow_log.log(row, step=row["epoch"])
+            metrics = {**row, "name": cfg["name"], "mlflow_run_id": run_id, "recurrent_params": recurrent_params,
+                       "history_json": json.dumps(trainer.history), **node}
+            if trainer.epoch == epochs:
+                summary = summarize(trainer.history)
+                final = {"best_val_acc": summary["val_acc"], "best_val_loss": summary["val_loss"],
+                         "epochs_to_95": summary["epochs_to_95"], "mean_clips_per_sec": summary["clips_per_sec"],
+                         **{f"best_{k}": summary[k] for k in REGRESSION_KEYS if k in summary}}
+                metrics.update(final)
+                tracking.log_summary(uri, run_id, final)
+            if trainer.epoch == epochs or cfg.get("gate_stats_every_epoch"):
+                stats = _gate_stats(model, val, device)
+                metrics["gate_stats_json"] = json.dumps(stats)
+                tracking.log_json(uri, run_id, stats, "gate_stats.json")
+            metrics["trial_wall_clock"] = [started, time.time()]  # the trial's own wall time so far
+            with tempfile.TemporaryDirectory() as tmp:
+                trial_checkpoint.save(Path(tmp), trainer.state_dict(), run_id)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+    except Exception as err:
+        tracking.set_tags(uri, run_id, {"error": f"{type(err).__name__}: {err}"})
+        tracking.end_run(uri, run_id, "FAILED")
+        raise
+    tracking.end_run(uri, run_id, "FINISHED")

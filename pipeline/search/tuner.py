@@ -1,0 +1,298 @@
+"""The search driver: one Ray Tune trial per configuration, MLflow parent run, trial table.
+
+`run_search(...)` takes the validated `search` and `mlflow` params sections, the pretrained backbone
+checkpoint (save format of the contract), the prepared splits (pipeline.search.trunk_cache) and returns
+(rows, info): one row per trial with the contract's keys (trials.json) and the search summary
+(search.json). Ray results live under `search.storage_path`/<name>; the name is a fingerprint of
+the params and inputs, so rerunning a killed search with the same inputs restores it there
+(`Tuner.restore`: finished trials are kept, unfinished ones continue from the newest epoch they
+checkpointed, see pipeline.search.trainable).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from pipeline.core import tracking
+from pipeline.search.space import build_space
+from pipeline.core.storage import StoragePath
+from pipeline.search.trainable import COMMON_KEYS, flat_config, train_trial
+from pipeline.training.trainer import REGRESSION_KEYS, summarize
+
+log = logging.getLogger(__name__)
+DRIVER_STATE = "prernn_search.json"
+ROW_KEYS = ("name", "configuration", "seed", "kind", "cell", "sih", "layers", "num_layers", "status", "error", "val_acc", "val_loss",
+            "epochs_to_95", "clips_per_sec", "recurrent_params", "mlflow_run_id")
+
+
+def trial_name(trial) -> str:
+    return trial.config["arch"]["name"]
+
+
+def trial_dirname(trial) -> str:
+    return f"{trial.config['arch']['name']}_{trial.trial_id}"
+
+
+def code_digest(packages=None) -> str:
+    """sha256 of the source of `packages` (default: the `prernn` and `pipeline` packages, the code a trial runs;
+    every .py file, by relative path). Part of the fingerprint, so a search rerun after a code change (DVC reruns
+    the stage for it) trains afresh instead of restoring results the old code computed."""
+    import prernn
+
+    h = hashlib.sha256()
+    for pkg in packages or (Path(prernn.__file__).parent, Path(__file__).parents[1]):
+        pkg = Path(pkg)
+        for f in sorted(pkg.rglob("*.py")):
+            h.update(f"{pkg.name}/{f.relative_to(pkg).as_posix()}".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(search, tracking_uri: str, experiment: str, backbone_ckpt: dict, splits: dict, space: list,
+                regression: Optional[dict] = None) -> str:
+    """A short hash of everything that decides the trial results (not the resources): the search params,
+    the MLflow target, the space, the regression params, the pretrained weights, the cached inputs and the
+    code (`code_digest`)."""
+    h = hashlib.sha256(code_digest().encode())
+    keep = {k: v for k, v in search.model_dump().items()
+            if k not in ("address", "max_concurrent", "storage_path", "cpus_per_trial", "gpus_per_trial")}
+    h.update(json.dumps([keep, tracking_uri, experiment, space] + ([regression] if regression else []),
+                        sort_keys=True, default=str).encode())
+    for name, tensor in sorted(backbone_ckpt["state_dict"].items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for split in sorted(splits):
+        h.update(splits[split].x.contiguous().numpy().tobytes())
+        h.update(splits[split].y.numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _short_error(error) -> str:
+    """The root cause of a Ray trial error as one line `Type: message`."""
+    cause = error
+    for _ in range(5):
+        inner = getattr(cause, "cause", None) or getattr(cause, "__cause__", None)
+        if inner is None or inner is cause:
+            break
+        cause = inner
+    text = f"{type(cause).__name__}: {cause}"
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+    if len(lines) > 1:  # a traceback: keep its last line (the exception)
+        text = lines[-1]
+    return text[:1000]
+
+
+class SearchInterrupted(RuntimeError):
+    """Ray Tune stopped before every trial finished (Ctrl-C, SIGTERM); rerunning resumes the search."""
+
+
+def _row(result, run_ids: dict, archs: dict, common: dict) -> dict:
+    """One trials.json row from a Ray Result."""
+    config = result.config
+    if config is None:  # a restored trial that failed before its first report: Ray keeps no config for it
+        name = Path(result.path).name.rsplit("_", 2)[0]  # trial_dirname: <name>_<trial_id (xxxxx_NNNNN)>
+        config = {**common, "arch": archs[name]}
+    cfg = flat_config(config)
+    metrics = result.metrics or {}
+    history = json.loads(metrics.get("history_json", "[]"))
+    summary = summarize(history)
+    failed = result.error is not None
+    return {
+        "name": cfg["name"], "configuration": cfg.get("configuration", cfg["name"]), "seed": cfg.get("seed"),
+        "kind": cfg["kind"], "cell": cfg["cell"], "sih": bool(cfg["sih"]),
+        "layers": list(cfg["layers"]), "num_layers": int(cfg["num_layers"]),
+        "status": "failed" if failed else "ok", "error": _short_error(result.error) if failed else None,
+        "val_acc": summary["val_acc"], "val_loss": summary["val_loss"], "epochs_to_95": summary["epochs_to_95"],
+        **{k: summary[k] for k in REGRESSION_KEYS if k in summary},  # task: regression (val_auc, ...)
+        "clips_per_sec": summary["clips_per_sec"], "recurrent_params": metrics.get("recurrent_params"),
+        "mlflow_run_id": metrics.get("mlflow_run_id") or run_ids.get(cfg["name"]),
+        "gate_stats": json.loads(metrics["gate_stats_json"]) if metrics.get("gate_stats_json") else None,
+        "node_id": metrics.get("node_id"), "node_ip": metrics.get("node_ip"),
+        "history": history, "epochs_run": len(history), "best_epoch": summary["best_epoch"],
+        "stopped_early": not failed and len(history) < int(cfg["epochs"]),
+        "config": {k: v for k, v in cfg.items() if k not in ("tracking_uri", "parent_run_id", "experiment_id")},
+    }
+
+
+def _open_parent(uri, experiment_id, exp_dir: StoragePath, search, info: dict, restoring: bool) -> str:
+    """The parent run: reused from the driver state of an earlier run of the same search (restored, or killed
+    before Ray saved any experiment state), else created."""
+    state_file = exp_dir / DRIVER_STATE
+    if state_file.exists():
+        run_id = json.loads(state_file.read_text()).get("parent_run_id")
+        if run_id and tracking.run_status(uri, run_id) is not None:
+            tracking.client(uri).update_run(run_id, status="RUNNING")
+            return run_id
+    run_id = tracking.start_run(uri, experiment_id, exp_dir.name,
+                                params={"search": search.model_dump(), **{k: info[k] for k in
+                                        ("backbone", "modality", "trunk_boundary", "num_trials")}},
+                                tags={"kind": "search"}, stage="search")
+    state_file.write_text(json.dumps({"parent_run_id": run_id, "experiment_id": experiment_id}))
+    return run_id
+
+
+def check_resources(search) -> None:
+    """ParamsError unless one node of the running Ray cluster has search.gpus_per_trial GPUs and
+    search.cpus_per_trial CPUs (a trial never spans nodes); checked before any trial starts."""
+    import ray
+
+    from pipeline.core.params import ParamsError
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    total = {k: sum(n.get(k, 0) for n in nodes) for k in ("GPU", "CPU")}
+    most = {k: max((n.get(k, 0) for n in nodes), default=0) for k in ("GPU", "CPU")}
+    problems = []
+    for key, res, value in (("search.gpus_per_trial", "GPU", search.gpus_per_trial),
+                            ("search.cpus_per_trial", "CPU", search.cpus_per_trial)):
+        if value > most[res]:
+            problems.append(f"{key}: {value:g}: more than the Ray cluster has: {total[res]:g} {res}s in all, "
+                            f"at most {most[res]:g} on one node ({len(nodes)} nodes); allowed: at most {most[res]:g} "
+                            "(a trial runs on one node)")
+    if problems:
+        raise ParamsError("\n".join(problems))
+
+
+def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, candidates: list, boundary: str,
+               space: Optional[list] = None, base_dir: str | os.PathLike | None = None,
+               verbose: int = 1, fresh: bool = False, regression: Optional[dict] = None) -> tuple[list[dict], dict]:
+    """Run (or restore) the search; returns (trial rows in space order, search info).
+
+    `regression`: the `regression` params (task: regression) every trial's Trainer uses for its landmark
+    loss and metrics; trials then report and are ranked by `val_auc`.
+
+    `fresh`: discard a previous experiment with the same fingerprint instead of restoring it.
+    """
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from pipeline.core import ray_cluster
+    t0 = time.perf_counter()
+    base_dir = Path(base_dir or os.getcwd())
+    uri, source = tracking.resolve_tracking_uri(mlflow_params.tracking_uri, base_dir)
+    tracking.check_reachable(uri, source)
+    space = space if space is not None else build_space(search, candidates)
+    started = ray_cluster.connect(search.address)
+    try:
+        check_resources(search)
+        use_gpu = search.gpus_per_trial > 0
+        storage = StoragePath.resolve(search.storage_path, base_dir)  # a shared folder or a pyarrow URI
+        meta = backbone_ckpt.get("meta", {})
+        name = f"search-{search.modality}-" + fingerprint(search, uri, mlflow_params.experiment, backbone_ckpt,
+                                                          splits, space, regression)
+        exp_dir = storage / name
+        if fresh and exp_dir.exists():
+            exp_dir.rmtree()
+        info = {"experiment_id": tracking.ensure_experiment(uri, mlflow_params.experiment), "tracking_uri": uri,
+                "backbone": backbone_ckpt["config"]["name"], "modality": search.modality,
+                "candidates": list(candidates), "trunk_boundary": boundary, "num_trials": len(space),
+                "storage_path": str(storage), "experiment_dir": str(exp_dir), "class_names": meta.get("class_names")}
+        restoring = tune.Tuner.can_restore(str(exp_dir)) and (exp_dir / DRIVER_STATE).exists()
+        parent = _open_parent(uri, info["experiment_id"], exp_dir, search, info, restoring)
+        common = {k: getattr(search, k) for k in COMMON_KEYS}
+        param_space = {
+            "arch": tune.grid_search(space), **common,
+            "cpus_per_trial": search.cpus_per_trial, "use_gpu": use_gpu,
+            "gate_stats_every_epoch": search.scheduler == "asha", "tracking_uri": uri,
+            "experiment_id": info["experiment_id"], "parent_run_id": parent,
+            **({"regression": dict(regression)} if regression else {}),
+            "augment": [0, 0.0] if regression else [search.augment_shift, search.augment_jitter],  # per batch, uncached
+        }
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, data={"backbone": {"config": backbone_ckpt["config"],
+                                                                 "state_dict": backbone_ckpt["state_dict"]},
+                                                    "train": splits["train"], "val": splits["val"]},
+                                experiment_dir=str(exp_dir)),  # where a restarted trial finds its checkpoints
+            {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial if use_gpu else 0},
+        )
+        if restoring:
+            log.warning("restoring the search from %s (finished trials are kept)", exp_dir)
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, param_space=param_space)
+        else:
+            scheduler = (ASHAScheduler(max_t=search.epochs, grace_period=max(1, search.epochs // 4),
+                                       reduction_factor=2) if search.scheduler == "asha" else None)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    metric=("val_auc" if regression else "val_acc") if scheduler else None,
+                    mode="max" if scheduler else None,
+                    scheduler=scheduler, max_concurrent_trials=search.max_concurrent or None, reuse_actors=True,
+                    trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=str(storage), verbose=verbose,
+                    failure_config=tune.FailureConfig(max_failures=search.max_failures),
+                    # keep every epoch's checkpoint: with a limit, the driver deletes the previous one as soon
+                    # as a new one lands, and a driver killed before it saves its state leaves a restore that
+                    # points at a deleted checkpoint; and a restarted trial looks for the newest of them itself
+                    # (pipeline.search.trial_checkpoint), which Ray, counting by its own index, could delete
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
+            )
+        grid = tuner.fit()
+        unfinished = len(grid) - grid.num_terminated - grid.num_errors
+        if unfinished:
+            tracking.end_run(uri, parent, "KILLED")
+            raise SearchInterrupted(
+                f"the search stopped with {unfinished} of {len(grid)} trials unfinished; rerun the stage with the "
+                f"same params to resume them from {exp_dir}")
+        children = {r.data.tags.get(tracking.TRIAL_TAG): r.info.run_id
+                    for r in tracking.child_runs(uri, info["experiment_id"], parent)}
+        order = {a["name"]: i for i, a in enumerate(space)}
+        archs = {a["name"]: a for a in space}
+        rows = sorted((_row(result, children, archs, param_space) for result in grid),
+                      key=lambda r: order.get(r["name"], 1 << 30))
+        _finish_runs(uri, parent, rows)
+        info.update({"parent_run_id": parent, "restored": restoring, "wall_seconds": time.perf_counter() - t0,
+                     "num_ok": sum(r["status"] == "ok" for r in rows),
+                     "num_failed": sum(r["status"] == "failed" for r in rows)})
+        return rows, info
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _finish_runs(uri: str, parent: str, rows: list[dict]) -> None:
+    """Close child runs Ray stopped early (ASHA) or killed, log the search summary, close the parent."""
+    for row in rows:
+        rid = row["mlflow_run_id"]
+        if rid and tracking.run_status(uri, rid) == "RUNNING":
+            tracking.end_run(uri, rid, "FAILED" if row["status"] == "failed" else "KILLED")
+    key = "val_auc" if any(r.get("val_auc") is not None for r in rows) else "val_acc"  # regression: val_auc
+    ok = [r for r in rows if r["status"] == "ok" and r[key] is not None]
+    summary = {"num_ok": len(ok), "num_failed": len(rows) - len(ok)}
+    if ok:
+        summary[f"best_{key}"] = max(r[key] for r in ok)
+    tracking.log_summary(uri, parent, summary)
+    tracking.log_json(uri, parent, [{k: r[k] for k in ROW_KEYS} for r in rows], "trials_summary.json")
+    tracking.end_run(uri, parent, "FINISHED")
+
+
+def trials_csv(rows: list[dict]) -> str:
+    """The trial table as CSV (one line per trial, the scalar keys of trials.json)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    extra = [k for k in REGRESSION_KEYS if any(k in r for r in rows)]  # task: regression
+    writer = csv.DictWriter(buf, fieldnames=list(ROW_KEYS) + extra + ["epochs_run"], extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "layers": "+".join(row["layers"])})
+    return buf.getvalue()
+
+
+def write_outputs(out_dir: str | os.PathLike, rows: list[dict], info: dict) -> None:
+    """search/trials.json, trials.csv, search.json, written together atomically (one folder rename)."""
+    from pipeline.core.atomic import atomic_path
+
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        (tmp / "trials.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
+        (tmp / "trials.csv").write_text(trials_csv(rows))
+        (tmp / "search.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+

@@ -1,0 +1,1 @@
+"""The chosen model on new video: `prernn predict`, the MLflow pyfunc predictor and the logged/registered model."""
