@@ -89,6 +89,7 @@ def _vrnn_forward(u, w_hh, b_hh, relu: bool):
 
 
 def _vrnn_backward(grad, w_hh, out, relu: bool):
+    """Backward through time of Eq. (1)/(5)/(6)."""
     B, T, H = out.shape
     slope = (out > 0).to(out.dtype) if relu else 1 - out * out  # (B, T, H) dH/da
     d_a = out.new_empty(B, T, H)
@@ -126,6 +127,7 @@ def _lstm_forward(u, w_hh, b_hh, sih: bool):
 
 
 def _lstm_backward(grad, w_hh, out, acts, cells, tanh_c, sih: bool):
+    """Backward through time of Eq. (2)/(8)/(11); under SIH the four gates' gradients sum into d v_t."""
     B, T, H = out.shape
     i, f, g, o = acts.chunk(4, 2)
     # d pre-activation = (dc, dc, dc, dh) * factor, per gate, every step at once
@@ -174,6 +176,7 @@ def _gru_before_forward(u, w_hh, b_hh, sih: bool):
 
 
 def _gru_before_backward(grad, w_hh, out, rz, rh, n, sih: bool):
+    """Backward through time of Eq. (3)/(9)/(12); dW_hh of the h~ row from r_t * h_{t-1}."""
     B, T, H = out.shape
     w_rz, w_n = w_hh[:2 * H], w_hh[2 * H:]
     hprev = _shifted(out)
@@ -216,6 +219,7 @@ def _gru_after_forward(u, w_hh, b_hh, sih: bool):
 
 
 def _gru_after_backward(grad, w_hh, out, rz, hn, n, sih: bool):
+    """Backward through time of the reset-after GRU."""
     B, T, H = out.shape
     r, z = rz[..., :H], rz[..., H:]
     hprev = _shifted(out)
@@ -312,7 +316,7 @@ class Recurrence(nn.Module):
         self.weight_hh = nn.Parameter(torch.empty(G * H, H))
         self.bias_hh = nn.Parameter(torch.zeros(G * H))
         init_hidden_weight(self.weight_hh, hh_init, H)
-        self._torch_rnns: dict = {}  # (D, device, dtype) -> parameter-less (meta) nn.LSTM / nn.RNN (run_fused)
+        self._torch_rnns: dict = {}  # (D, device, dtype) -> parameter-less (meta) nn.LSTM / RNN / GRU (run_fused)
         self._z_signs: dict = {}  # (device, dtype) -> (3H, 1) sign column (run_fused, GRU)
 
     @property
@@ -379,7 +383,8 @@ class Recurrence(nn.Module):
         """x (B, T, D), W_ih (G*H, D), b_ih (G*H) -> (B, T, H) from a zero state on torch's module.
 
         Only for ``torch_form``: nn.LSTM (Eqs. 7/8), nn.RNN (Eq. 5) or nn.GRU (reset after W_hh) run with our
-        weights through ``torch.func.functional_call``; the module computes W_ih x for all time steps at once.
+        weights (assigned to the module, or for other tensors through ``torch.func.functional_call``); the module
+        computes W_ih x for all time steps at once.
         """
         if not self.torch_form:
             raise ValueError(f"run_fused supports cell in ['lstm', 'vrnn'] and gru with gru_reset='after', without "
@@ -390,22 +395,35 @@ class Recurrence(nn.Module):
             sign = self._z_sign(x)  # (3H, 1): +1 (r), -1 (z), +1 (h~)
             w_ih, w_hh, b_ih, b_hh = w_ih * sign, w_hh * sign, b_ih * sign[:, 0], b_hh * sign[:, 0]
         rnn = self._torch_rnn(x)
-        rnn.training = self.training
+        if rnn.training != self.training:
+            rnn.train(self.training)
         weights = {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh, "bias_ih_l0": b_ih, "bias_hh_l0": b_hh}
-        return torch.func.functional_call(rnn, weights, (x,))[0]
+        # A torch RNN module keeps the weights it last ran with (and on CUDA compacts them into one cuDNN buffer
+        # when they are new to it). Our parameters (LSTM, VRNN) are assigned to it and kept: no swap per call, and
+        # CUDA compacts them once. Other tensors go in through functional_call for the call.
+        if all(isinstance(w, nn.Parameter) for w in weights.values()):
+            for name, w in weights.items():
+                if getattr(rnn, name) is not w:
+                    setattr(rnn, name, w)
+            return rnn(x)[0]
+        out = torch.func.functional_call(rnn, weights, (x,))[0]
+        if self.cell == "gru":  # new sign-flipped copies every call: re-assigning its own weights lets go of them
+            for name, own in list(rnn.named_parameters()):
+                setattr(rnn, name, own)
+        return out
 
     def _torch_rnn(self, x: torch.Tensor) -> nn.RNNBase:
-        """The torch module of this form for inputs x (B, T, D), on the meta device: no weights of its own and not a
-        submodule (not in the state dict). A torch RNN module keeps references to the last weights it ran with and,
-        on CUDA, compacts them into one buffer when they change: kept per (D, device, dtype) for the LSTM / VRNN,
-        whose weights are our parameters; built per call for the GRU, whose weights are per-call sign-flipped copies."""
-        H, D, kw = self.hidden_size, x.shape[-1], {"batch_first": True, "device": "meta"}
-        if self.cell == "gru":
-            return nn.GRU(D, H, **kw)
-        key = (D, x.device, x.dtype)
+        """The torch module of this form for inputs x (B, T, D), built once per (D, device, dtype) on the meta
+        device: no weights of its own, and not a submodule (neither it nor what it holds is in the state dict)."""
+        key = (x.shape[-1], x.device, x.dtype)
         if key not in self._torch_rnns:
-            self._torch_rnns[key] = (nn.LSTM(D, H, **kw) if self.cell == "lstm"
-                                     else nn.RNN(D, H, nonlinearity=self.activation, **kw))
+            H, D, kw = self.hidden_size, x.shape[-1], {"batch_first": True, "device": "meta"}
+            if self.cell == "lstm":
+                self._torch_rnns[key] = nn.LSTM(D, H, **kw)
+            elif self.cell == "gru":
+                self._torch_rnns[key] = nn.GRU(D, H, **kw)
+            else:
+                self._torch_rnns[key] = nn.RNN(D, H, nonlinearity=self.activation, **kw)
         return self._torch_rnns[key]
 
     def _z_sign(self, like: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,20 @@ def test_torch_module_holds_no_state_of_its_own(cell, reset):
     assert low.run_fused(x.float(), w_ih.float(), b_ih.float()).dtype == torch.float32
 
 
+def test_gru_module_path_keeps_no_copy_of_the_weights():
+    """The GRU runs on sign-flipped copies of its weights; after the call nothing holds them (nor, through their
+    autograd graph, the weights they came from)."""
+    import gc
+    import weakref
+    rec = _recurrence("gru", False, "after", "tanh")
+    w_ih = torch.randn(3 * H, D, dtype=torch.float64, requires_grad=True)
+    rec.run_fused(torch.randn(B, T, D, dtype=torch.float64), w_ih, torch.zeros(3 * H, dtype=torch.float64)).sum().backward()
+    alive = weakref.ref(w_ih)
+    del w_ih
+    gc.collect()
+    assert alive() is None
+
+
 @pytest.mark.parametrize("cell,sih", [("lstm", True), ("gru", False)])
 def test_fast_loop_under_autocast_runs_in_the_weights_dtype(cell, sih):
     rec = _recurrence(cell, sih, "before", "tanh").float()
