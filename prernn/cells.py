@@ -10,8 +10,8 @@ Three paths; tests check they agree:
   gate statistics).
 - ``run_fused(x, W_ih, b_ih)``: the forms a torch module computes exactly (``torch_form``), on ``nn.LSTM``
   (gate-dependent LSTM, Eqs. 7/8), ``nn.RNN`` (VRNN, Eq. 5) and ``nn.GRU`` (gate-dependent GRU with the reset
-  applied after W_hh, z rows negated), called with ``torch.func.functional_call`` and the inherited W_ih as
-  their weight_ih, so the kernel projects every time step at once.
+  applied after W_hh, z rows negated): modules without weights of their own that run with ours, the inherited
+  W_ih as their weight_ih, so the kernel projects every time step at once.
 - ``run(u)``: any form over a precomputed u / v (B, T, P): what torch has no module for (the Eq. (3)/(9)/(12)
   GRU with the reset before W_hh, SIH Eqs. (11)/(12)) and the conv case (Eqs. 6, 7/10 conv), whose u comes
   from a convolution. ``_RecurrenceLoop``: one addmm per step (two for the Eq. 3 GRU) and a hand-written
@@ -316,7 +316,7 @@ class Recurrence(nn.Module):
         self.weight_hh = nn.Parameter(torch.empty(G * H, H))
         self.bias_hh = nn.Parameter(torch.zeros(G * H))
         init_hidden_weight(self.weight_hh, hh_init, H)
-        self._torch_rnns: dict = {}  # (D, device, dtype) -> parameter-less (meta) nn.LSTM / RNN / GRU (run_fused)
+        self._torch_rnns: dict = {}  # input width D -> parameter-less (meta) nn.LSTM / RNN / GRU (run_fused)
         self._z_signs: dict = {}  # (device, dtype) -> (3H, 1) sign column (run_fused, GRU)
 
     @property
@@ -413,18 +413,24 @@ class Recurrence(nn.Module):
         return out
 
     def _torch_rnn(self, x: torch.Tensor) -> nn.RNNBase:
-        """The torch module of this form for inputs x (B, T, D), built once per (D, device, dtype) on the meta
-        device: no weights of its own, and not a submodule (neither it nor what it holds is in the state dict)."""
-        key = (x.shape[-1], x.device, x.dtype)
-        if key not in self._torch_rnns:
-            H, D, kw = self.hidden_size, x.shape[-1], {"batch_first": True, "device": "meta"}
+        """The torch module of this form for inputs x (B, T, D), built once per D on the meta device: no weights
+        of its own, and not a submodule (neither it nor what it holds is in the state dict)."""
+        D = x.shape[-1]
+        if D not in self._torch_rnns:
+            H, kw = self.hidden_size, {"batch_first": True, "device": "meta"}
             if self.cell == "lstm":
-                self._torch_rnns[key] = nn.LSTM(D, H, **kw)
+                self._torch_rnns[D] = nn.LSTM(D, H, **kw)
             elif self.cell == "gru":
-                self._torch_rnns[key] = nn.GRU(D, H, **kw)
+                self._torch_rnns[D] = nn.GRU(D, H, **kw)
             else:
-                self._torch_rnns[key] = nn.RNN(D, H, nonlinearity=self.activation, **kw)
-        return self._torch_rnns[key]
+                self._torch_rnns[D] = nn.RNN(D, H, nonlinearity=self.activation, **kw)
+        return self._torch_rnns[D]
+
+    def _apply(self, fn, recurse=True):
+        """.to() / .cuda() / .double() ...: the torch modules are built again at the next call, so that on CUDA
+        they compact the moved weights once more (as ``nn.RNNBase._apply`` does for its own)."""
+        self._torch_rnns.clear()
+        return super()._apply(fn, recurse)
 
     def _z_sign(self, like: torch.Tensor) -> torch.Tensor:
         key = (like.device, like.dtype)

@@ -40,9 +40,10 @@ def test_cuda_fast_path_matches_reference(backbone, layer, cell, sih, reset):
                                             ("gru", False, "after"), ("lstm", True, "before"),
                                             ("gru", False, "before")])
 def test_cuda_training_steps_equal_the_cpu_and_warn_nothing(cell, sih, reset):
-    """Three SGD steps of one FC layer on the GPU and on the CPU (float64) end at the same weights. On CUDA the
-    torch module compacts our weights into one cuDNN buffer on its first call: the optimizer must keep updating
-    them, and no 'weights are not part of single contiguous chunk' (or any other) warning may appear."""
+    """Four SGD steps of one FC layer on the GPU (moved to the CPU and back after two) and on the CPU (float64) end
+    at the same weights. On CUDA the torch module compacts our weights into one cuDNN buffer on its first call
+    after each move: the optimizer must keep updating them, and no 'weights are not part of single contiguous
+    chunk' (or any other) warning may appear."""
     torch.manual_seed(0)
     layers = {}
     for dev in ("cpu", "cuda"):
@@ -54,7 +55,9 @@ def test_cuda_training_steps_equal_the_cpu_and_warn_nothing(cell, sih, reset):
         opt = torch.optim.SGD(layer.parameters(), lr=0.1)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            for _ in range(3):
+            for step in range(4):
+                if step == 2:
+                    layer.cpu().to(dev)  # the parameters' data move, the Parameter objects stay
                 opt.zero_grad()
                 layer(x.to(dev)).square().mean().backward()
                 opt.step()
