@@ -2,10 +2,12 @@
 
 Forward + backward (loss = sum of outputs, gradients w.r.t. every parameter) of one layer over a clip batch
 x (B, T, D), side by side in one run, interleaved repeats, medians:
-  lstm:  gate-dependent PreLSTM (``FCRecurrent.from_linear(.., "lstm")``, Eqs. 7/8) vs ``nn.LSTM(D, H)``;
-  vrnn:  PreVRNN (Eq. 5, ReLU as in VGG's fc layers) vs ``nn.RNN(D, H, nonlinearity="relu")``;
-  gru:   the Eq. (3) PreGRU (reset applied before W_hh) vs ``nn.GRU(D, H)``; the reset-after form is printed too;
-  sih:   SIH LSTM / SIH GRU (Eqs. 10-12) vs the gate-dependent layer of the same cell at D = ``--sih-in`` (4096).
+  lstm:  gate-dependent PreLSTM (``FCRecurrent.from_linear(.., "lstm")``, Eqs. 7/8; nn.LSTM with W_ih folded in)
+         vs ``nn.LSTM(D, H)``;
+  vrnn:  PreVRNN (Eq. 5, ReLU as in VGG's fc layers; nn.RNN) vs ``nn.RNN(D, H, nonlinearity="relu")``;
+  gru:   the Eq. (3) PreGRU (reset applied before W_hh; the loop with a hand-written backward) vs ``nn.GRU(D, H)``;
+         the reset-after form (nn.GRU, z rows negated) is printed too;
+  sih:   SIH LSTM / SIH GRU (Eqs. 10-12; the loop) vs the gate-dependent layer of the same cell at D = ``--sih-in``.
 Ends with one line per target: `target NAME: X (goal Y) ok|miss`
 (lstm_vs_nn <= 1.1, vrnn_vs_nn <= 1.1, gru_eq3_vs_nn <= 1.5, sih_lstm_vs_gd <= 0.5, sih_gru_vs_gd <= 0.5).
 With CUDA (``--device cuda``, the default when available) the same table is computed on the GPU and a second
@@ -47,18 +49,6 @@ def _pre(cell: str, D: int, H: int, **kw) -> nn.Module:
     return FCRecurrent.from_linear(nn.Linear(D, H), cell, activation=act, **kw)
 
 
-class _CPUGRUPath(nn.Module):
-    """A PreGRU whose recurrence takes the CPU path (hand-written backward) on any device, to compare on CUDA."""
-
-    def __init__(self, layer: FCRecurrent):
-        super().__init__()
-        self.layer, self.in_features = layer, layer.in_features
-
-    def forward(self, x):
-        import torch.nn.functional as F
-        return self.layer.recurrence.run(F.linear(x, self.layer.weight_ih, self.layer.bias_ih), fused=False)
-
-
 def make_cases(D: int, H: int, sih_in: int) -> dict[str, nn.Module]:
     """Name -> module mapping (B, T, D) -> (B, T, H) [torch modules with batch_first]."""
     torch.manual_seed(0)
@@ -85,7 +75,7 @@ def measure(cases: dict[str, nn.Module], inputs: dict[int, torch.Tensor], repeat
         for name, mod in cases.items():
             x = inputs[_in_features(mod)]
             t = fwd_bwd(mod, x, device, autocast)
-            if r:  # round 0 is the warm-up (allocations, TorchScript profiling)
+            if r:  # round 0 is the warm-up (allocations, kernel selection)
                 times[name].append(t)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -149,8 +139,6 @@ def main(argv=None) -> list[tuple[str, float, float]]:
     print(f"device {a.device}, threads {torch.get_num_threads()}, B={a.batch} T={a.steps} D={a.in_features} "
           f"H={a.hidden} (SIH at D={a.sih_in}), median of {a.repeat}, load average {os.getloadavg()[0]:.2f}")
     cases = {k: m.to(a.device) for k, m in make_cases(a.in_features, a.hidden, a.sih_in).items()}
-    if a.device == "cuda":  # the default CUDA GRU path is TorchScript; this row shows the hand-written backward
-        cases["PreGRU eq3 hand-bwd"] = _CPUGRUPath(_pre("gru", a.in_features, a.hidden)).to(a.device)
     inputs = {D: torch.randn(a.batch, a.steps, D, device=a.device) for D in {a.in_features, a.sih_in}}
     med = measure(cases, inputs, a.repeat, a.device, a.bf16)
     print_table("forward+backward per layer", med)

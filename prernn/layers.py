@@ -132,8 +132,8 @@ class FCRecurrent(_RecurrentLayer):
         """(B, T, *F) -> (B, T, H) from a zero state (fast path)."""
         x = x.flatten(2)  # (B, T, D)
         rec = self.recurrence
-        if rec.cell == "vrnn" or (not rec.sih and (rec.cell == "lstm" or rec.gru_reset == "after")):
-            out = rec.run_fused(x.contiguous(), self.weight_ih, self.bias_ih)  # W_ih folded into the kernel
+        if rec.torch_form:  # gate-dependent LSTM, VRNN, reset-after GRU
+            out = rec.run_fused(x.contiguous(), self.weight_ih, self.bias_ih)  # W_ih folded into torch's module
         else:
             out = rec.run(F.linear(x, self.weight_ih, self.bias_ih))  # u / v for all steps in one op
         return self.dropout(out)

@@ -1,9 +1,9 @@
-"""The CPU fast paths added for speed (hand-written GRU backward, fused reset-after GRU) against autograd over
-the step-by-step reference, and a smoke run of bench.layers (tiny shapes; no timing assertions)."""
+"""The fast paths of the FC layers (torch's modules with W_ih folded in, the loop with a hand-written backward)
+against autograd over the step-by-step reference, and smoke runs of the benchmarks (tiny shapes; no timing
+assertions). Per-path gradchecks over every form: test_prernn_cells.py."""
 import pytest
 import torch
 
-from prernn.cells import Recurrence, _GRUBeforeFn
 from prernn.layers import FCRecurrent
 
 
@@ -11,18 +11,6 @@ def _randomize(module, scale=0.4):
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn_like(p) * scale)
-
-
-@pytest.mark.parametrize("sih", [False, True])
-def test_gru_before_function_gradcheck(sih):
-    torch.manual_seed(0)
-    B, T, H = 2, 4, 3
-    P = H if sih else 3 * H
-    u = torch.randn(B, T, P, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(3 * H, H, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(3 * H, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: _GRUBeforeFn.apply(*a, sih), (u, w, b, h0))
 
 
 @pytest.mark.parametrize("cell,sih,reset", [("gru", False, "before"), ("gru", True, "before"),

@@ -247,16 +247,3 @@ def test_hh_init_options():
     assert xav.abs().max() <= math.sqrt(6 / 32) + 1e-6
     with pytest.raises(ValueError, match="orthogonal"):
         FCRecurrent.from_linear(lin, "lstm", hh_init="zeros")
-
-
-@pytest.mark.parametrize("cell,sih,reset", VARIANTS)
-def test_recurrence_fused_and_loop_paths_agree_with_reference(cell, sih, reset):
-    """Both fast implementations (fused kernels / TorchScript, used on CUDA; plain loop, used on CPU)."""
-    from prernn.cells import Recurrence
-    torch.manual_seed(7)
-    rec = Recurrence(cell, 6, sih=sih, activation="relu", gru_reset=reset).double()
-    randomize(rec)
-    u = torch.randn(3, 5, rec.input_size, dtype=torch.float64)
-    ref, _ = rec.run_reference(u)
-    for fused in (True, False):
-        assert torch.allclose(rec.run(u, fused=fused), ref, atol=1e-10), fused
