@@ -110,6 +110,9 @@ class Backbone(nn.Module):
         self.config = config
         self.is_3d = bool(is_3d)
         names = list(self.stages)
+        unknown = [c for c in list(candidates) + list(default_candidates or []) if c not in self.stages]
+        if unknown:
+            raise ValueError(f"candidates {unknown} are not stages; expected names from {names}")
         self.candidates = sorted(candidates, key=names.index)
         self.default_candidates = sorted(default_candidates or candidates, key=names.index)
         if not set(self.default_candidates) <= set(self.candidates):
