@@ -263,7 +263,7 @@ class ConvRecurrent(_RecurrentLayer):
     def _map(self, a: torch.Tensor, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The map fed upward: pools(ReLU(a_copy) + (y - y0)), a (N, reps*C, *S), u (N, P), y (N, C)."""
         C = self.hidden_size
-        y0, _, _ = self.recurrence.step(u)  # the cell on u from a zero state
+        y0, _, _ = self.recurrence.step(u, self.recurrence.zero_state(u.shape[0], u))  # the cell on u, no memory
         m = F.relu(a[:, self.map_copy * C:(self.map_copy + 1) * C])
         return self.after(m + (y - y0).reshape(*y.shape, *[1] * (m.dim() - 2)))
 
