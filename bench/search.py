@@ -75,7 +75,7 @@ def train_one(backbone, arch: dict, splits: dict, search: SearchParams, device="
 def cost_of_cached_search(backbone, datasets: dict, search: SearchParams, full_name: str, device="cpu"):
     """(seconds of the 21-config search on cached features incl. the trunk pass, seconds of one full fine-tune)."""
     candidates, boundary = prernn.candidate_layers(backbone), prernn.trunk_boundary(backbone)
-    space = build_space(search, candidates)
+    space = build_space(search, candidates, prernn.default_candidates(backbone))
     warm = prepare_splits(backbone, datasets, boundary, cache_trunk=True, device=device)
     train_one(backbone, space[0], warm, search.model_copy(update={"epochs": 1}), device)  # warm-up, not timed
     t0 = time.perf_counter()
@@ -113,8 +113,8 @@ def ray_efficiency(ckpt: dict, splits: dict, arch: dict, search: SearchParams, n
 
     def run(space, tag):
         t0 = time.perf_counter()
-        rows, info = run_search(search, mlflow, ck, splits, candidates=candidates, boundary=boundary, space=space,
-                                base_dir=tmp, verbose=0, fresh=True)
+        rows, info = run_search(search, mlflow, ck, {boundary: splits}, candidates=candidates, boundary=boundary,
+                                space=space, base_dir=tmp, verbose=0, fresh=True)
         wall = time.perf_counter() - t0
         bad = [r for r in rows if r["status"] != "ok"]
         if bad:
@@ -193,7 +193,8 @@ def main(argv=None) -> list[tuple[str, float, float, str]]:
                     slots = min(slots, int(ngpu // a.gpus_per_trial))
                 boundary = prernn.trunk_boundary(backbone)
                 splits = prepare_splits(backbone, datasets, boundary, cache_trunk=True, device=device)
-                arch = next(x for x in build_space(search, prernn.candidate_layers(backbone)) if x["name"] == a.full_config)
+                arch = next(x for x in build_space(search, prernn.candidate_layers(backbone),
+                                                   prernn.default_candidates(backbone)) if x["name"] == a.full_config)
                 ck = {"config": backbone.config, "state_dict": backbone.state_dict(), "model": backbone,
                       "classes": datasets["train"].class_names}
                 eff = ray_efficiency(ck, splits, arch, search, a.trials, slots, tmp)

@@ -18,13 +18,13 @@ from .pretrained import load_pretrained
 from .registry import create_backbone, list_backbones, register_backbone
 from .counting import count_recurrent_parameters
 from .sequence import (SequenceModel, build_from_config, candidate_layers, check_layers, clip_output, convert,
-                       frame_model, readout, traditional, trunk_boundary)
+                       default_candidates, frame_model, readout, traditional, trunk_boundary)
 from .stats import gate_statistics, is_saturated
 
 __all__ = [
     "Backbone", "SequenceModel", "FCRecurrent", "ConvRecurrent", "CELLS", "GATE_NAMES", "GATED_CELLS", "GRU_RESETS",
     "HH_INITS", "check_sih", "check_layers",
     "create_backbone", "list_backbones", "register_backbone", "load_pretrained", "candidate_layers",
-    "trunk_boundary", "convert", "traditional", "build_from_config", "count_recurrent_parameters",
+    "default_candidates", "trunk_boundary", "convert", "traditional", "build_from_config", "count_recurrent_parameters",
     "gate_statistics", "is_saturated", "readout", "clip_output", "frame_model",
 ]

@@ -4,12 +4,23 @@ Every backbone is a ``Backbone`` whose ``.stages`` is an ordered ``nn.ModuleDict
 (N, ...) -> (N, ...). Parameter names follow torchvision where feasible so that torchvision
 VGG16 / ResNet-18 state_dicts can be mapped (see ``prernn.pretrained``).
 
-- ``vgg16``: the real VGG16 (224x224 input): conv1..conv5 (conv5 ends with the 7x7 adaptive avgpool),
-  fc6 (25088->4096, ReLU, dropout), fc7 (4096->4096, ReLU, dropout), classifier.
-- ``vgg_mini``: same shape, channels 16-32-64 with batch norm, fc6/fc7 width 128; for 16-112 px frames.
-- ``resnet18``: the real ResNet-18; its last residual block ``layer4_1`` feeds global average pooling.
-- ``resnet_mini``: channels 16-32-64, last block ``layer3_1`` feeds global average pooling.
-- ``c3d_mini``: a small 3D CNN over snippets (N, C, L, H, W) with fc6/fc7.
+- ``vgg16``: the real VGG16 (224x224 input). Each conv block is two stages: ``conv{b}`` (its convs but the last)
+  and the block's last conv layer ``conv1_2``, ``conv2_2``, ``conv3_3``, ``conv4_3``, ``conv5_3`` (conv, ReLU, the
+  block's max pool; conv5_3 also the 7x7 adaptive avgpool); then fc6 (25088->4096, ReLU, dropout), fc7
+  (4096->4096, ReLU, dropout), classifier.
+- ``vgg_mini``: same shape, one conv per block (``conv1``..``conv3``, 16-32-64 channels with batch norm), fc6/fc7
+  width 128; for 16-112 px frames.
+- ``resnet18``: the real ResNet-18; every stage's last residual block is a stage of its own (``layer1_1`` ..
+  ``layer4_1``, after ``layer1`` .. ``layer4`` holding block 0); ``layer4_1`` feeds global average pooling.
+- ``resnet_mini``: channels 16-32-64, blocks 1-1-2: ``layer1``, ``layer2`` (one block each), ``layer3`` (block 0),
+  ``layer3_1`` (feeds global average pooling).
+- ``c3d_mini``: a small 3D CNN over snippets (N, C, L, H, W): conv1..conv3 (3D conv, BN, ReLU, pool), fc6/fc7.
+
+Candidates (``Backbone.candidates``, the layers ``prernn.convert`` can make recurrent, forward order): the last conv
+layer of every VGG block and fc6, fc7 (FIG. 1B, [0036]: conv layers 125; [0044] Eq. 4-6); c3d_mini's last 3D conv,
+fc6, fc7; every ResNet stage's last residual block ([0043], FIG. 1D/1E). ``default_candidates`` are the patent's
+Table 1 embodiment ([0067]: fc6, fc7 of VGG/C3D) and, for a ResNet, the last block that feeds the pooling: the
+layers the search combines unless ``search.layers`` names others.
 """
 from __future__ import annotations
 
@@ -87,17 +98,25 @@ class Backbone(nn.Module):
 
     Attributes: ``stages`` (nn.ModuleDict, forward order), ``config`` (JSON-able
     ``{"name", "num_classes", "in_channels", "kwargs"}``), ``is_3d``, ``candidates`` (stages that can be made
-    recurrent), ``absorbs`` ({conv candidate: the pooling stage it absorbs}), ``feature_layer`` (last
-    feature stage, input of the classifier), ``feature_dim``, ``torchvision_prefixes`` ([(tv, ours)]).
+    recurrent, forward order), ``default_candidates`` (the subset the search combines by default), ``absorbs``
+    ({conv candidate: the pooling stage it absorbs}), ``feature_layer`` (last feature stage, input of the
+    classifier), ``feature_dim``, ``torchvision_prefixes`` ([(tv, ours)]).
     """
 
     def __init__(self, stages, *, config, is_3d, candidates, feature_layer, feature_dim,
-                 absorbs=None, torchvision_prefixes=None):
+                 default_candidates=None, absorbs=None, torchvision_prefixes=None):
         super().__init__()
         self.stages = nn.ModuleDict(stages)
         self.config = config
         self.is_3d = bool(is_3d)
-        self.candidates = list(candidates)
+        names = list(self.stages)
+        unknown = [c for c in list(candidates) + list(default_candidates or []) if c not in self.stages]
+        if unknown:
+            raise ValueError(f"candidates {unknown} are not stages; expected names from {names}")
+        self.candidates = sorted(candidates, key=names.index)
+        self.default_candidates = sorted(default_candidates or candidates, key=names.index)
+        if not set(self.default_candidates) <= set(self.candidates):
+            raise ValueError(f"default candidates {self.default_candidates} not all in candidates {self.candidates}")
         self.absorbs = dict(absorbs or {})
         self.feature_layer = feature_layer
         self.feature_dim = int(feature_dim)
@@ -128,30 +147,46 @@ def _config(name, num_classes, in_channels, kwargs):
     return {"name": name, "num_classes": int(num_classes), "in_channels": int(in_channels), "kwargs": dict(kwargs)}
 
 
+def _vgg_layers(cin, widths, bn):
+    """[(conv, (bn), relu) per width], channels out."""
+    layers = []
+    for w in widths:
+        layers.append(nn.Conv2d(cin, w, 3, padding=1))
+        if bn:
+            layers.append(nn.BatchNorm2d(w))
+        layers.append(nn.ReLU(inplace=True))
+        cin = w
+    return layers, cin
+
+
 def _vgg(name, num_classes, in_channels, blocks, fc_width, pool, bn, dropout, kwargs) -> Backbone:
-    stages, tv, idx, c = [], [], 0, in_channels
+    """Per block b: stage ``conv{b}`` (its convs but the last; absent for a one-conv block) and the block's last
+    conv layer as its own stage (``conv{b}_{k}``, or ``conv{b}`` for a one-conv block) with the block's pools."""
+    stages, tv, idx, c, convs = [], [], 0, in_channels, []
     for b, widths in enumerate(blocks, 1):
-        layers = []
-        for w in widths:
-            layers.append(nn.Conv2d(c, w, 3, padding=1))
-            if bn:
-                layers.append(nn.BatchNorm2d(w))
-            layers.append(nn.ReLU(inplace=True))
-            c = w
-        layers.append(nn.MaxPool2d(2))
-        for j in range(len(layers)):  # torchvision features.N <-> stages.conv{b}.{j}
-            tv.append((f"features.{idx + j}.", f"stages.conv{b}.{j}."))
-        idx += len(layers)
+        last = f"conv{b}" if len(widths) == 1 else f"conv{b}_{len(widths)}"
+        parts = []
+        if len(widths) > 1:
+            lower, c = _vgg_layers(c, widths[:-1], bn)
+            parts.append((f"conv{b}", lower))
+        top, c = _vgg_layers(c, widths[-1:], bn)
+        parts.append((last, top + [nn.MaxPool2d(2)]))
+        for stage, layers in parts:
+            for j in range(len(layers)):  # torchvision features.N <-> stages.<stage>.{j}
+                tv.append((f"features.{idx + j}.", f"stages.{stage}.{j}."))
+            idx += len(layers)
         if b == len(blocks):
-            layers.append(nn.AdaptiveAvgPool2d(pool))  # torchvision's model.avgpool (no parameters)
-        stages.append((f"conv{b}", nn.Sequential(*layers)))
+            parts[-1][1].append(nn.AdaptiveAvgPool2d(pool))  # torchvision's model.avgpool (no parameters)
+        stages += [(stage, nn.Sequential(*layers)) for stage, layers in parts]
+        convs.append(last)
     stages.append(("fc6", FCStage(c * pool * pool, fc_width, "relu", dropout)))
     stages.append(("fc7", FCStage(fc_width, fc_width, "relu", dropout)))
     stages.append(("classifier", FCStage(fc_width, num_classes, None, 0.0)))
     tv += [("classifier.0.", "stages.fc6.linear."), ("classifier.3.", "stages.fc7.linear."),
            ("classifier.6.", "stages.classifier.linear.")]
     return Backbone(stages, config=_config(name, num_classes, in_channels, kwargs), is_3d=False,
-                    candidates=["fc6", "fc7"], feature_layer="fc7", feature_dim=fc_width, torchvision_prefixes=tv)
+                    candidates=convs + ["fc6", "fc7"], default_candidates=["fc6", "fc7"], feature_layer="fc7",
+                    feature_dim=fc_width, torchvision_prefixes=tv)
 
 
 @register_backbone
@@ -173,39 +208,44 @@ def vgg_mini(num_classes: int, in_channels: int = 3, *, input_size: int = 32, wi
 
 
 def _resnet(name, num_classes, in_channels, widths, blocks, stem, kwargs) -> Backbone:
+    """Per stage li of n blocks: ``layer{li}`` (blocks 0..n-2) and its last block ``layer{li}_{n-1}`` as a stage of
+    its own; a one-block stage is ``layer{li}`` alone. Every stage's last block is a candidate."""
     stages = [("stem", Stem(in_channels, widths[0], *stem))]
     tv = [("conv1.", "stages.stem.conv1."), ("bn1.", "stages.stem.bn1.")]
-    c = widths[0]
+    c, lasts = widths[0], []
     for li, (w, n) in enumerate(zip(widths, blocks), 1):
         layer = [BasicBlock(c if j == 0 else w, w, 2 if (j == 0 and li > 1) else 1) for j in range(n)]
         c = w
-        if li < len(widths):
+        if n == 1:
             stages.append((f"layer{li}", nn.Sequential(*layer)))
             tv.append((f"layer{li}.", f"stages.layer{li}."))
-        else:  # split the last layer: its last block is the conv candidate (feeds global avg pooling)
-            if n > 1:
-                stages.append((f"layer{li}", nn.Sequential(*layer[:-1])))
-                tv += [(f"layer{li}.{j}.", f"stages.layer{li}.{j}.") for j in range(n - 1)]
-            last = f"layer{li}_{n - 1}"
-            stages.append((last, layer[-1]))
-            tv.append((f"layer{li}.{n - 1}.", f"stages.{last}."))
+            lasts.append(f"layer{li}")
+            continue
+        stages.append((f"layer{li}", nn.Sequential(*layer[:-1])))
+        tv += [(f"layer{li}.{j}.", f"stages.layer{li}.{j}.") for j in range(n - 1)]
+        last = f"layer{li}_{n - 1}"
+        stages.append((last, layer[-1]))
+        tv.append((f"layer{li}.{n - 1}.", f"stages.{last}."))
+        lasts.append(last)
     stages.append(("pool", GlobalPool()))
     stages.append(("classifier", FCStage(c, num_classes, None, 0.0)))
     tv.append(("fc.", "stages.classifier.linear."))
     return Backbone(stages, config=_config(name, num_classes, in_channels, kwargs), is_3d=False,
-                    candidates=[last], absorbs={last: "pool"}, feature_layer="pool", feature_dim=c,
-                    torchvision_prefixes=tv)
+                    candidates=lasts, default_candidates=lasts[-1:], absorbs={lasts[-1]: "pool"},
+                    feature_layer="pool", feature_dim=c, torchvision_prefixes=tv)
 
 
 @register_backbone
 def resnet18(num_classes: int, in_channels: int = 3) -> Backbone:
-    """The real ResNet-18 layout; stages stem, layer1..3, layer4 (block 0), layer4_1 (last block), pool, classifier."""
+    """The real ResNet-18 layout; stages stem, layer1, layer1_1, .., layer4, layer4_1 (block 0 and the last block of
+    each stage), pool, classifier."""
     return _resnet("resnet18", num_classes, in_channels, [64, 128, 256, 512], [2, 2, 2, 2], (7, 2, True), {})
 
 
 @register_backbone
 def resnet_mini(num_classes: int, in_channels: int = 3) -> Backbone:
-    """Small ResNet (16-32-64, blocks 1-1-2, 3x3 stem, no maxpool); last block ``layer3_1`` feeds pooling."""
+    """Small ResNet (16-32-64, blocks 1-1-2, 3x3 stem, no maxpool): stem, layer1, layer2, layer3, layer3_1 (the last
+    block, feeds pooling), pool, classifier."""
     return _resnet("resnet_mini", num_classes, in_channels, [16, 32, 64], [1, 1, 2], (3, 1, False), {})
 
 
@@ -228,6 +268,7 @@ def c3d_mini(num_classes: int, in_channels: int = 3, *, snippet: int = 4, width:
     stages.append(("classifier", FCStage(width, num_classes, None, 0.0)))
     kwargs = {"snippet": int(snippet), "width": int(width), "dropout": dropout}
     bb = Backbone(stages, config=_config("c3d_mini", num_classes, in_channels, kwargs), is_3d=True,
-                  candidates=["fc6", "fc7"], feature_layer="fc7", feature_dim=width)
+                  candidates=["conv3", "fc6", "fc7"], default_candidates=["fc6", "fc7"], feature_layer="fc7",
+                  feature_dim=width)
     bb.snippet = int(snippet)
     return bb

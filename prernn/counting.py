@@ -9,7 +9,7 @@ def count_recurrent_parameters(model) -> int:
     """Parameters that making the network recurrent adds beyond the trained layers ([0053], [0068]).
 
     PreRNN SIH: W_hh + b_hh only. PreRNN gate-dependent: also the (G-1) extra copies of the inherited
-    input weights + bias. Traditional: all weights of its RNN layers (W_ih, b_ih, W_hh, b_hh); its new
+    input weights + bias (a conv layer: its kernel, bias and batch norm scale and shift, Eq. 7's conv case). Traditional: all weights of its RNN layers (W_ih, b_ih, W_hh, b_hh); its new
     classifier is not counted (it replaces the trained classifier, it is not recurrent). Backbone: 0.
     """
     if isinstance(model, Backbone):

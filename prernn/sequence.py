@@ -1,8 +1,8 @@
 """SequenceModel and the conversion entry points (claim 1: replace non-recurrent layers by recurrent ones).
 
-``convert``: the chosen candidate layers of a trained Backbone become PreRNN layers (``prernn.layers``);
-stages below the first converted layer run per frame, converted layers run over time, stages above
-run per time step. ``traditional``: the prior-art baselines of FIG. 1C/1D, a randomly initialised RNN of
+``convert``: the chosen candidate layers of a trained Backbone (fc and conv, any combination, [0065]) become
+PreRNN layers (``prernn.layers``); stages below the first converted layer run per frame, converted layers run
+over time, stages above run per time step. ``traditional``: the prior-art baselines of FIG. 1C/1D, a randomly initialised RNN of
 1 or 2 layers on top of the last feature layer, then a new classifier.
 """
 from __future__ import annotations
@@ -27,18 +27,38 @@ def _backbone(model) -> Backbone:
 def candidate_layers(model) -> list[str]:
     """Names of the layers that can be made recurrent, in forward order.
 
-    VGG/C3D: ["fc6", "fc7"]; ResNet: the last residual block (with its global average pooling).
+    vgg_mini: conv1, conv2, conv3 (the last conv layer of each block), fc6, fc7; vgg16: conv1_2 .. conv5_3, fc6,
+    fc7; c3d_mini: conv3 (its last 3D conv), fc6, fc7; ResNet: every stage's last residual block.
     """
     if isinstance(model, SequenceModel):
         return list(model.config["candidates"])
     return list(_backbone(model).candidates)
 
 
-def trunk_boundary(model) -> str:
-    """The lowest candidate stage; everything before it is the frozen per-frame trunk (cacheable)."""
+def default_candidates(model) -> list[str]:
+    """The candidates a search combines when it names no layers: fc6, fc7 of VGG / C3D (Table 1, [0067]); the last
+    residual block of a ResNet (it feeds the global pooling, FIG. 1E)."""
+    return list(_backbone(model).default_candidates)
+
+
+def trunk_boundary(model, layers=None) -> str:
+    """The first stage that is not part of the frozen per-frame trunk (the trunk's output is cacheable).
+
+    Backbone without ``layers``: the lowest default candidate (fc6 for VGG / C3D), the boundary every
+    traditional baseline and every default conversion shares. With ``layers`` (a conversion): the lower of
+    that and the lowest converted layer, so the trunk ends below every converted layer and a conversion of
+    default candidates keeps the boundary (and the fine-tuned layers) it had. SequenceModel: the boundary
+    recorded when it was built.
+    """
     if isinstance(model, SequenceModel):
         return model.config["trunk_boundary"]
-    return _backbone(model).candidates[0]
+    bb = _backbone(model)
+    names = list(bb.stages)
+    default = bb.default_candidates[0]
+    if layers is None:
+        return default
+    lowest = _ordered_layers(bb, layers)[0]
+    return min(default, lowest, key=names.index)
 
 
 class SequenceModel(nn.Module):
@@ -156,7 +176,10 @@ def convert(model, layers, cell: str, sih: bool = False, *, hh_init: str = "orth
 
     Fully connected layers: Eq. (5) VRNN (the layer's own activation as H, its dropout kept), Eqs. (7)-(9)
     gate-dependent LSTM/GRU (every gate starts from a copy of W_xy, b), Eqs. (10)-(12) SIH (one shared
-    v_t = W_xy x_t + b). Convolutional (last ResNet block): Eq. (6) and the conv cases of Eqs. (7), (10).
+    v_t = W_xy x_t + b). Convolutional (a ResNet stage's last block, a VGG block's last conv, C3D's last 3D
+    conv): Eq. (6) and the conv cases of Eqs. (7), (10) (``ConvRecurrent``); a conv layer below the global
+    pooling absorbs it (output the pooled state), any other feeds the layer above the trained map plus the
+    recurrent change (``ConvRecurrent``'s ``output="map"``). Any set of candidates, conv and fc together ([0065]).
     Hidden-to-hidden weights start random (``hh_init``) with zero biases.
     """
     bb = _backbone(model)
@@ -177,12 +200,13 @@ def convert(model, layers, cell: str, sih: bool = False, *, hh_init: str = "orth
             p = stage.dropout.p if isinstance(stage.dropout, nn.Dropout) else 0.0
             stages.append((name, FCRecurrent.from_linear(stage.linear, cell, activation=act, dropout=p, **kw)))
         else:
-            stages.append((name, ConvRecurrent(stage, cell, **kw)))
+            output = "state" if name in bb.absorbs else "map"
+            stages.append((name, ConvRecurrent(stage, cell, output=output, **kw)))
             if name in bb.absorbs:
                 skip.add(bb.absorbs[name])
     config = {"kind": "prernn", "backbone": copy.deepcopy(bb.config), "layers": order, "cell": cell,
               "sih": bool(sih), "hh_init": hh_init, "gru_reset": gru_reset,
-              "candidates": list(bb.candidates), "trunk_boundary": bb.candidates[0]}
+              "candidates": list(bb.candidates), "trunk_boundary": trunk_boundary(bb, order)}
     return SequenceModel(stages, order, config, is_3d=bb.is_3d)
 
 
@@ -216,7 +240,7 @@ def traditional(model, cell: str, num_layers: int = 1, hidden_size: int | None =
     stages.append(("classifier", FCStage(H, bb.num_classes, None, 0.0)))
     config = {"kind": "traditional", "backbone": copy.deepcopy(bb.config), "layers": [], "cell": cell,
               "sih": False, "num_layers": int(num_layers), "hidden_size": H, "hh_init": hh_init,
-              "gru_reset": gru_reset, "candidates": list(bb.candidates), "trunk_boundary": bb.candidates[0]}
+              "gru_reset": gru_reset, "candidates": list(bb.candidates), "trunk_boundary": trunk_boundary(bb)}
     return SequenceModel(stages, rnn, config, is_3d=bb.is_3d, new_stages=["classifier"])
 
 
@@ -225,7 +249,7 @@ def frame_model(model) -> SequenceModel:
     (B, T, ...) -> (B, T, K); its clip readout is the mean over T (``readout``)."""
     bb = _backbone(model)
     config = {"kind": "frames", "backbone": copy.deepcopy(bb.config), "layers": [], "cell": None, "sih": False,
-              "candidates": list(bb.candidates), "trunk_boundary": bb.candidates[0]}
+              "candidates": list(bb.candidates), "trunk_boundary": trunk_boundary(bb)}
     return SequenceModel([(n, copy.deepcopy(s)) for n, s in bb.stages.items()], [], config, is_3d=bb.is_3d)
 
 

@@ -2,7 +2,8 @@
 
 In: `--clips` (extract stage), `--pretrained` (pretrain stage: `{modality}.pt`), params sections
 `search` and `mlflow`. The frozen trunk is run once per clip (`search.cache_trunk`), trials train the
-layers above it. Out (under --out, one atomic folder): `trials.json`, `trials.csv`, `search.json`
+layers above it: one cache per distinct trial boundary (the lower of a trial's lowest converted layer and the
+default boundary, pipeline.search.trunk_cache), shared by the trials with that boundary. Out (under --out, one atomic folder): `trials.json`, `trials.csv`, `search.json`
 (contract keys). Ray trial results and checkpoints: `search.storage_path`/search-<modality>-<fingerprint
 of params and inputs>; rerunning with the same inputs (after a kill) restores that experiment: finished
 trials are kept, unfinished ones continue from the newest epoch they checkpointed (`--fresh` retrains all). MLflow: one
@@ -59,7 +60,7 @@ def main(argv=None) -> None:
     from pipeline.data.clipstore import ClipFileError
     from pipeline.data.dataset import ClipDataset
     from pipeline.data.augment import from_params
-    from pipeline.search.trunk_cache import prepare_splits
+    from pipeline.search.trunk_cache import space_boundaries, trunk_caches
     from pipeline.core.params import ParamsError, load_stage_params
     from pipeline.core.ray_cluster import ClusterUnavailable
     from pipeline.report.seeds import seed_values, with_seeds
@@ -80,7 +81,7 @@ def main(argv=None) -> None:
     backbone = backbone_from(ckpt)
     candidates, boundary = prernn.candidate_layers(backbone), prernn.trunk_boundary(backbone)
     try:
-        space = with_seeds(build_space(search, candidates), seed_values(search))
+        space = with_seeds(build_space(search, candidates, prernn.default_candidates(backbone)), seed_values(search))
     except SpaceError as err:
         print(f"search: {args.params}: {err}", file=sys.stderr)
         sys.exit(2)
@@ -95,16 +96,20 @@ def main(argv=None) -> None:
         sys.exit(2)
     except (FileNotFoundError, ValueError) as err:  # no clips yet, a modality that was not extracted
         sys.exit(f"search: {err}")
-    augment = from_params(search, search.seed, params.task)  # cached trunk: `augment_copies` augmented passes of the train clips
-    splits = prepare_splits(backbone, datasets, boundary, cache_trunk=search.cache_trunk,
-                            train_augment=(augment, search.augment_copies) if augment else None)
+    def train_augment():  # cached trunk: `augment_copies` augmented passes of the train clips, alike for every cache
+        augment = from_params(search, search.seed, params.task)
+        return (augment, search.augment_copies) if augment else None
+
+    boundaries = space_boundaries(backbone, space)
+    caches = trunk_caches(backbone, datasets, boundaries, cache_trunk=search.cache_trunk, train_augment=train_augment)
+    splits = caches.get(boundary) or next(iter(caches.values()))  # the default boundary's when a trial has it
     frames = frame_reference(backbone, splits["val"], params)
     print(f"search: {len(space)} trials on {search.modality} ({ckpt['config']['name']}, candidates {candidates}, "
-          f"{'cached trunk below ' + boundary if search.cache_trunk else 'whole net fine-tuned'}; "
+          f"{'cached trunk below ' + ', '.join(boundaries) if search.cache_trunk else 'whole net fine-tuned'}; "
           f"train {len(splits['train'])} / val {len(splits['val'])} clips)")
     started = time.time()
     try:
-        rows, info = run_search(search, params.mlflow, ckpt, splits, candidates=candidates, boundary=boundary,
+        rows, info = run_search(search, params.mlflow, ckpt, caches, candidates=candidates, boundary=boundary,
                                 space=space, base_dir=Path.cwd(), verbose=0 if args.quiet else 1, fresh=args.fresh,
                                 regression=params.regression.model_dump() if params.task == "regression" else None)
     except ParamsError as err:  # a value only the running cluster can refute (search.gpus_per_trial)

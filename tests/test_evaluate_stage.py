@@ -110,6 +110,30 @@ def test_all_reverted_is_the_plain_backbone_and_single_stream(workdir):
     assert models["rgb"](x).shape == (1, T, len(CLASSES))
 
 
+def test_a_conv_and_fc_selection_trains_on_its_own_trunk_cache(workdir):
+    """A selected conv3+fc6 configuration (and the baseline on the default cache below fc6): the evaluate stage
+    caches the trunk below conv3 for it; the saved model steps frame by frame as it runs over a clip."""
+    torch.set_num_threads(1)
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["evaluate"].update(modalities=["rgb"], epochs=1)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    sel = {"selected": _selected(["conv3", "fc6"], [], cell="gru", num_layers=2, name="prernn-gru-conv3+fc6"),
+           "baseline": _selected([], [], kind="traditional", cell="gru", name="traditional-gru-1")}
+    _run(workdir, sel)
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["selected"] == "prernn-gru-conv3+fc6" and 0 <= metrics["test_acc"] <= 1
+    model = Predictor.from_file(workdir / "models" / "final.pt").models["rgb"].eval()
+    assert list(model.recurrent_layers()) == ["conv3", "fc6"] and prernn.trunk_boundary(model) == "conv3"
+    x = torch.randn(1, T, 3, SIZE, SIZE)
+    with torch.no_grad():
+        clip = model(x)
+        state, steps = None, []
+        for t in range(T):
+            out, state = model.step(x[:, t], state)
+            steps.append(out)
+    assert torch.allclose(torch.stack(steps, 1), clip, atol=1e-5)
+
+
 def test_no_selection_stops_with_a_clear_message(workdir):
     with pytest.raises(SystemExit, match="no configuration was selected"):
         _run(workdir, {"selected": None, "baseline": None})

@@ -72,9 +72,31 @@ def test_search_layers_must_be_candidates_of_the_chosen_backbone():
     raw["pretrain"]["backbone"] = "resnet_mini"
     raw["search"]["layers"] = [["fc7"]]
     message = _errors(raw)
-    assert "search.layers.0: ['fc7']" in message and "'resnet_mini'" in message and "['layer3_1']" in message
-    raw["search"]["layers"] = [["layer3_1"]]
-    assert validate_params(raw).search.layers == [["layer3_1"]]
+    assert "search.layers.0: ['fc7']" in message and "'resnet_mini'" in message
+    assert "['layer1', 'layer2', 'layer3_1']" in message
+    raw["search"]["layers"] = [["layer3_1"], ["layer1", "layer3_1"]]
+    assert validate_params(raw).search.layers == [["layer3_1"], ["layer1", "layer3_1"]]
+
+
+@pytest.mark.parametrize("layers,max_layers,line", [
+    ("some", None, "search.layers: 'some': expected null (the default candidates' combinations), 'all'"),
+    ([["fc6"], "fc7"], None, "search.layers: [['fc6'], 'fc7']: entry 1: 'fc7' is not a list of layer names"),
+    (None, 0, "search.max_layers: 0: Input should be greater than or equal to 1"),
+    ([["conv1", "conv3", "fc6"]], 2, "search.layers.0: ['conv1', 'conv3', 'fc6']: 3 layers, more than "
+                                     "search.max_layers 2"),
+])
+def test_search_layers_and_max_layers_errors_name_the_key(layers, max_layers, line):
+    raw = _shipped()
+    raw["search"].update({"layers": layers, "max_layers": max_layers})
+    assert line in _errors(raw)
+
+
+def test_search_layers_all_and_mixed_sets_are_accepted():
+    raw = _shipped()
+    raw["search"].update({"layers": "all", "max_layers": 2})
+    assert validate_params(raw).search.layers == "all" and validate_params(raw).search.max_layers == 2
+    raw["search"].update({"layers": [["conv3", "fc6"], ["fc7"]], "max_layers": None})
+    assert validate_params(raw).search.layers == [["conv3", "fc6"], ["fc7"]]
 
 
 def test_sih_with_only_vrnn_is_refused():
@@ -112,6 +134,7 @@ def test_every_stage_prints_the_params_error_and_exits_2(stage, tmp_path, capsys
     {"layers": [["fc7", "fc6"], ["fc6", "fc7"]]},
     {"baselines": [1, 1]},
     {"layers": []},
+    {"layers": [["conv3", "fc6", "fc7"]], "max_layers": 2},
 ])
 def test_params_refuse_every_space_the_search_stage_refuses_with_the_same_lines(search):
     from pipeline.core.params import SearchParams, backbone_candidates
@@ -121,6 +144,6 @@ def test_params_refuse_every_space_the_search_stage_refuses_with_the_same_lines(
     raw["search"].update(search)
     params_lines = _errors(raw).splitlines()[1:]
     with pytest.raises(SpaceError) as info:
-        build_space(SearchParams(**raw["search"]), backbone_candidates(raw["pretrain"]["backbone"]))
+        build_space(SearchParams(**raw["search"]), *backbone_candidates(raw["pretrain"]["backbone"]))
     space_lines = str(info.value).splitlines()
     assert [line.removesuffix(" (pretrain.backbone 'vgg_mini')") for line in params_lines] == space_lines

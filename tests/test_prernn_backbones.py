@@ -42,14 +42,18 @@ def test_vgg16_real_layout_on_meta():
         for name in bb.stages:
             x = bb.stages[name](x)
             shapes[name] = tuple(x.shape)
-    assert list(bb.stages) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "classifier"]
-    assert shapes["conv5"] == (1, 512, 7, 7)
+    assert list(bb.stages) == ["conv1", "conv1_2", "conv2", "conv2_2", "conv3", "conv3_3", "conv4", "conv4_3",
+                               "conv5", "conv5_3", "fc6", "fc7", "classifier"]
+    assert shapes["conv5"] == (1, 512, 14, 14) and shapes["conv5_3"] == (1, 512, 7, 7)
+    assert [type(m).__name__ for m in bb.stages["conv3"]] == ["Conv2d", "ReLU"] * 2  # conv3_1, conv3_2
+    assert [type(m).__name__ for m in bb.stages["conv5_3"]] == ["Conv2d", "ReLU", "MaxPool2d", "AdaptiveAvgPool2d"]
     assert tuple(bb.stages["fc6"].linear.weight.shape) == (4096, 25088)
     assert tuple(bb.stages["fc7"].linear.weight.shape) == (4096, 4096)
     assert shapes["classifier"] == (1, 1000)
     n = sum(p.numel() for p in bb.parameters())
     assert n == 138357544  # torchvision vgg16 parameter count
-    assert prernn.candidate_layers(bb) == ["fc6", "fc7"] and prernn.trunk_boundary(bb) == "fc6"
+    assert prernn.candidate_layers(bb) == ["conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3", "fc6", "fc7"]
+    assert prernn.default_candidates(bb) == ["fc6", "fc7"] and prernn.trunk_boundary(bb) == "fc6"
 
 
 def test_resnet18_real_layout_on_meta():
@@ -60,10 +64,31 @@ def test_resnet18_real_layout_on_meta():
         for name in bb.stages:
             x = bb.stages[name](x)
             shapes[name] = tuple(x.shape)
-    assert list(bb.stages) == ["stem", "layer1", "layer2", "layer3", "layer4", "layer4_1", "pool", "classifier"]
+    assert list(bb.stages) == ["stem", "layer1", "layer1_1", "layer2", "layer2_1", "layer3", "layer3_1", "layer4",
+                               "layer4_1", "pool", "classifier"]
+    assert shapes["layer1_1"] == (1, 64, 56, 56) and shapes["layer3_1"] == (1, 256, 14, 14)
     assert shapes["layer4_1"] == (1, 512, 7, 7) and shapes["pool"] == (1, 512) and shapes["classifier"] == (1, 1000)
     assert sum(p.numel() for p in bb.parameters()) == 11689512  # torchvision resnet18 parameter count
-    assert prernn.candidate_layers(bb) == ["layer4_1"]
+    assert prernn.candidate_layers(bb) == ["layer1_1", "layer2_1", "layer3_1", "layer4_1"]
+    assert prernn.default_candidates(bb) == ["layer4_1"] and bb.absorbs == {"layer4_1": "pool"}
+
+
+@pytest.mark.parametrize("name,candidates,defaults", [
+    ("vgg_mini", ["conv1", "conv2", "conv3", "fc6", "fc7"], ["fc6", "fc7"]),
+    ("resnet_mini", ["layer1", "layer2", "layer3_1"], ["layer3_1"]),
+    ("c3d_mini", ["conv3", "fc6", "fc7"], ["fc6", "fc7"]),
+])
+def test_mini_candidates_and_defaults(name, candidates, defaults):
+    """Conv candidates are offered by every backbone; the defaults (what a search combines unless told
+    otherwise) are the candidates of before: fc6 / fc7, or the ResNet's last block."""
+    bb = prernn.create_backbone(name, 3)
+    assert prernn.candidate_layers(bb) == candidates and prernn.default_candidates(bb) == defaults
+    assert prernn.trunk_boundary(bb) == defaults[0]
+    for layer in candidates:  # a conversion's trunk ends below every converted layer, never above the default one
+        names = list(bb.stages)
+        want = min(layer, defaults[0], key=names.index)
+        assert prernn.trunk_boundary(bb, [layer]) == want
+        assert prernn.trunk_boundary(prernn.convert(bb, [layer], "gru")) == want
 
 
 def test_forward_stages_start_stop():

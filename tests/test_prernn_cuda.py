@@ -13,7 +13,8 @@ from prernn.layers import FCRecurrent
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.parametrize("backbone,layer", [("vgg_mini", ["fc6", "fc7"]), ("resnet_mini", ["layer3_1"])])
+@pytest.mark.parametrize("backbone,layer", [("vgg_mini", ["fc6", "fc7"]), ("resnet_mini", ["layer3_1"]),
+                                            ("vgg_mini", ["conv2", "conv3", "fc6"]), ("resnet_mini", ["layer1", "layer3_1"])])
 @pytest.mark.parametrize("cell,sih,reset", [("vrnn", False, "before"), ("lstm", False, "before"),
                                             ("lstm", True, "before"), ("gru", False, "before"),
                                             ("gru", True, "before"), ("gru", False, "after"),

@@ -91,10 +91,10 @@ def test_fc_layer_matches_slow_reference(cell, sih, reset):
 
 def bn_ref(x, bn, rows=None):
     rows = rows if rows is not None else slice(None)
-    rm, rv = bn.running_mean[rows], bn.running_var[rows]
-    w, b = bn.weight[rows], bn.bias[rows]
-    return (x - rm[None, :, None, None]) / torch.sqrt(rv[None, :, None, None] + bn.eps) * w[None, :, None, None] \
-        + b[None, :, None, None]
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    rm, rv = bn.running_mean[rows].view(shape), bn.running_var[rows].view(shape)
+    w, b = bn.weight[rows].view(shape), bn.bias[rows].view(shape)
+    return (x - rm) / torch.sqrt(rv + bn.eps) * w + b
 
 
 def make_block(downsample):
@@ -106,36 +106,104 @@ def make_block(downsample):
     return block.eval()
 
 
-@pytest.mark.parametrize("downsample", [False, True])
+def make_conv_stage(kind):
+    """A VGG (2D, with / without batch norm) or C3D (3D) conv stage: conv, [bn,] ReLU, pools; 4 -> 6 channels."""
+    torch.manual_seed(2)
+    nn = torch.nn
+    if kind == "vgg_bn":
+        layers = [nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2)]
+    elif kind == "vgg":
+        layers = [nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(2)]
+    else:
+        layers = [nn.Conv3d(4, 6, 3, padding=1), nn.BatchNorm3d(6), nn.ReLU(), nn.MaxPool3d(2, ceil_mode=True)]
+    stage = nn.Sequential(*layers).double()
+    randomize(stage)
+    return stage.eval()
+
+
+STAGE_KINDS = ["block", "block_downsample", "vgg_bn", "vgg", "c3d"]
+
+
+def _stage_and_input(kind, B, T):
+    if kind.startswith("block"):
+        down = kind == "block_downsample"
+        return make_block(down), torch.randn(B, T, 4 if down else 6, 8, 8, dtype=torch.float64)
+    spatial = (4, 8, 8) if kind == "c3d" else (8, 8)
+    return make_conv_stage(kind), torch.randn(B, T, 4, *spatial, dtype=torch.float64)
+
+
+def _conv_nd(x, weight, bias=None, **kw):
+    return (F.conv3d if x.dim() == 5 else F.conv2d)(x, weight, bias, **kw)
+
+
+@pytest.mark.parametrize("output", ["state", "map"])
+@pytest.mark.parametrize("kind", STAGE_KINDS)
 @pytest.mark.parametrize("cell,sih,reset", VARIANTS)
-def test_conv_layer_matches_slow_reference(cell, sih, reset, downsample):
+def test_conv_layer_matches_slow_reference(cell, sih, reset, kind, output):
+    """Eq. (6) / conv Eqs. (7), (10) against explicit convs and loops, for residual blocks and VGG / C3D conv
+    layers, both outputs: the pooled state, or the map fed upward, pools(ReLU(a_t) + (y_t - y0_t))."""
     B, T, C = 2, 3, 6
-    block = make_block(downsample)
-    layer = ConvRecurrent(block, cell, sih=sih, gru_reset=reset).double()
+    stage, x = _stage_and_input(kind, B, T)
+    layer = ConvRecurrent(stage, cell, sih=sih, gru_reset=reset, output=output).double()
     randomize(layer)
     layer.train()  # Eq. 6: batch norm uses the trained running statistics even while training
-    cin = 4 if downsample else 6
-    x = torch.randn(B, T, cin, 8, 8, dtype=torch.float64)
+    G = 1 if (sih or cell == "vrnn") else {"lstm": 4, "gru": 3}[cell]
 
-    def u(t, g):  # Eq. 6/7/10 conv: P(B(W_g * x_t) + gamma_t)
+    def pre(t, g):  # B(W_g * x_t) + gamma_t of gate copy g, from the layer's own (randomised) weights
         xt = x[:, t]
-        gamma = xt
-        if layer.downsample is not None:
-            gamma = bn_ref(F.conv2d(xt, layer.downsample[0].weight, stride=2), layer.downsample[1])
-        y = torch.clamp(bn_ref(F.conv2d(xt, layer.conv1.weight, stride=layer.conv1.stride, padding=1), layer.bn1), min=0)
-        g = 0 if (sih or cell == "vrnn") else g
         rows = slice(g * C, (g + 1) * C)
-        y = bn_ref(F.conv2d(y, layer.conv2.weight[rows], padding=1), layer.bn2, rows)
-        return (y + gamma).mean((2, 3))
+        if kind.startswith("block"):
+            gamma = xt
+            if layer.downsample is not None:
+                gamma = bn_ref(F.conv2d(xt, layer.downsample[0].weight, stride=2), layer.downsample[1])
+            z = torch.clamp(bn_ref(F.conv2d(xt, layer.conv1.weight, stride=layer.conv1.stride, padding=1),
+                                   layer.bn1), min=0)
+            return bn_ref(F.conv2d(z, layer.conv.weight[rows], padding=1), layer.bn, rows) + gamma
+        bias = layer.conv.bias[rows]
+        a = _conv_nd(xt, layer.conv.weight[rows], bias, padding=1)
+        return bn_ref(a, layer.bn, rows) if layer.bn is not None else a
 
-    ref = reference_recurrence(u, layer.recurrence.weight_hh.detach(), layer.recurrence.bias_hh.detach(),
-                               cell, C, T, B, "relu", reset)
+    def u(t, g):  # Eq. 6/7/10 conv: P(B(W_g * x_t) + gamma_t), the shared copy for SIH / VRNN
+        return pre(t, 0 if G == 1 else g).flatten(2).mean(2)
+
+    W, b = layer.recurrence.weight_hh.detach(), layer.recurrence.bias_hh.detach()
+    ref = reference_recurrence(u, W, b, cell, C, T, B, "relu", reset)
+    if output == "map":
+        pools = [] if kind.startswith("block") else \
+            list(stage)[next(i for i, m in enumerate(stage) if isinstance(m, torch.nn.ReLU)) + 1:]
+        copy = 0 if G == 1 else 2  # the candidate state's copy (LSTM c~, GRU h~)
+        maps = []
+        for t in range(T):
+            y0 = reference_recurrence(lambda _t, g: u(t, g), W, b, cell, C, 1, B, "relu", reset)[:, 0]
+            delta = (ref[:, t] - y0).reshape(B, C, *[1] * (x.dim() - 3))
+            m = torch.clamp(pre(t, copy), min=0) + delta
+            for p in pools:
+                m = p(m)
+            maps.append(m)
+        ref = torch.stack(maps, 1)
     with torch.no_grad():
         fast = layer(x)
         slow, _ = layer.forward_reference(x)
-    assert fast.shape == (B, T, C)
+        state, steps = None, []
+        for t in range(T):
+            o, state = layer.step(x[:, t], state)
+            steps.append(o)
+    assert fast.shape == ref.shape and (output == "map" or fast.shape == (B, T, C))
     assert torch.allclose(fast, ref, atol=1e-10), (fast - ref).abs().max()
     assert torch.allclose(slow, ref, atol=1e-10)
+    assert torch.allclose(torch.stack(steps, 1), ref, atol=1e-10)
+
+
+def test_conv_layer_refuses_what_eq6_does_not_cover():
+    nn = torch.nn
+    with pytest.raises(ValueError, match="cannot make a Linear stage recurrent"):
+        ConvRecurrent(nn.Linear(3, 3), "lstm")
+    with pytest.raises(ValueError, match="followed by a ReLU"):
+        ConvRecurrent(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh()), "gru")
+    with pytest.raises(ValueError, match="groups=2"):
+        ConvRecurrent(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.ReLU()), "gru")
+    with pytest.raises(ValueError, match=r"output 'pooled'.*\['state', 'map'\]"):
+        ConvRecurrent(nn.Sequential(nn.Conv2d(4, 4, 3), nn.ReLU()), "gru", output="pooled")
 
 
 def test_gate_copies_start_equal_to_trained_weights():
@@ -184,8 +252,18 @@ def test_t0_analytic_value_and_later_steps_use_w_hh(cell, sih, reset):
     assert not torch.allclose(a[:, 1:], b[:, 1:], atol=1e-4)
 
 
+def t0_state(cell, u):
+    """The README's t = 0 values from a zero state with b_hh = 0 (as converted), u the input-to-hidden state."""
+    if cell == "vrnn":
+        return torch.relu(u)
+    s = torch.sigmoid(u)
+    return s * torch.tanh(s * torch.tanh(u)) if cell == "lstm" else s * torch.tanh(u)  # LSTM o*tanh(i*tanh u); GRU z*h~
+
+
 @pytest.mark.parametrize("cell,sih", [("vrnn", False), ("lstm", False), ("lstm", True), ("gru", False), ("gru", True)])
 def test_conv_t0_analytic_value(cell, sih):
+    """The last residual block with the pooling (output "state"): y_0 = t0_state(P(a_0)); for the VRNN that is
+    ReLU(P(a)), Eq. 6's order, not the trained block + pooling's P(ReLU(a)) (equal only where a >= 0)."""
     torch.manual_seed(4)
     bb = prernn.create_backbone("resnet_mini", 3).eval()
     randomize(bb.stages["layer3_1"], 0.2)
@@ -195,15 +273,43 @@ def test_conv_t0_analytic_value(cell, sih):
     with torch.no_grad():
         y = m.recurrent_layers()["layer3_1"](x)
         x0 = x[:, 0]
-        pre = (blk.bn2(blk.conv2(blk.relu(blk.bn1(blk.conv1(x0))))) + x0).mean((2, 3))  # P(B(W*x) + gamma)
+        a = blk.bn2(blk.conv2(blk.relu(blk.bn1(blk.conv1(x0))))) + x0  # B(W*x) + gamma
+        trained = bb.stages["pool"](blk(x0))  # P(ReLU(a))
+    assert torch.allclose(y[:, 0], t0_state(cell, a.mean((2, 3))), atol=1e-5)
     if cell == "vrnn":
-        want = torch.relu(pre)
-    elif cell == "lstm":
-        s = torch.sigmoid(pre)
-        want = s * torch.tanh(s * torch.tanh(pre))
-    else:
-        want = torch.sigmoid(pre) * torch.tanh(pre)
-    assert torch.allclose(y[:, 0], want, atol=1e-5)
+        assert not torch.allclose(y[:, 0], trained, atol=1e-3)  # the ReLU moved after the pooling
+        with torch.no_grad():  # where a >= 0 everywhere, ReLU and pooling commute: the trained output
+            blk.bn2.bias.fill_(50.0)
+            assert ((blk.bn2(blk.conv2(blk.relu(blk.bn1(blk.conv1(x0))))) + x0) >= 0).all()
+            yp = prernn.convert(bb, ["layer3_1"], cell, sih).eval().recurrent_layers()["layer3_1"](x)
+            assert torch.allclose(yp[:, 0], bb.stages["pool"](blk(x0)), atol=1e-4)
+
+
+MAP_LAYERS = [("vgg_mini", "conv1"), ("vgg_mini", "conv3"), ("resnet_mini", "layer1"), ("resnet_mini", "layer2"),
+              ("c3d_mini", "conv3")]
+
+
+@pytest.mark.parametrize("cell,sih", [("vrnn", False), ("lstm", False), ("lstm", True), ("gru", False), ("gru", True)])
+@pytest.mark.parametrize("backbone,layer", MAP_LAYERS)
+def test_conv_map_is_the_trained_layer_at_t0(backbone, layer, cell, sih):
+    """A conv layer below another conv / fc layer (output "map"): at t = 0 the map it feeds upward is exactly the
+    trained stage's output for every cell and form; its state follows t0_state(P(a)); later steps differ."""
+    torch.manual_seed(8)
+    bb = prernn.create_backbone(backbone, 3, **({"input_size": 16} if backbone == "vgg_mini" else {})).eval()
+    randomize(bb.stages[layer], 0.3)
+    m = prernn.convert(bb, [layer], cell, sih).eval()
+    rl = m.recurrent_layers()[layer]
+    assert rl.output == "map"
+    frames = torch.randn(2 * 3, 3, *((4, 16, 16) if backbone == "c3d_mini" else (16, 16)))
+    with torch.no_grad():
+        x = bb.forward_stages(frames, stop=layer).unflatten(0, (2, 3))  # (B, T, *F) entering the layer
+        out = rl(x)
+        trained = bb.stages[layer](x[:, 0])
+        assert torch.allclose(out[:, 0], trained, atol=1e-5)
+        state = rl.step(x[:, 0])[1][0]  # y_0
+        a = rl.pre_activation(x[:, 0])[:, :rl.hidden_size]
+        assert torch.allclose(state, t0_state(cell, a.flatten(2).mean(2)), atol=1e-5)
+        assert not torch.allclose(out[:, 1], bb.stages[layer](x[:, 1]), atol=1e-4)  # the memory enters at t = 1
 
 
 @pytest.mark.parametrize("cell,sih", [("vrnn", False), ("lstm", False), ("lstm", True), ("gru", False), ("gru", True)])
@@ -214,7 +320,7 @@ def test_gradients_reach_inherited_and_hidden_weights(cell, sih, backbone, layer
     m = prernn.convert(bb, [layer], cell, sih).train()
     m(torch.randn(2, 3, 3, 16, 16)).square().mean().backward()
     rl = m.recurrent_layers()[layer]
-    inherited = rl.weight_ih if backbone == "vgg_mini" else rl.conv2.weight
+    inherited = rl.weight_ih if backbone == "vgg_mini" else rl.conv.weight
     assert inherited.grad is not None and inherited.grad.abs().sum() > 0
     assert rl.recurrence.weight_hh.grad is not None and rl.recurrence.weight_hh.grad.abs().sum() > 0
     if not sih and cell != "vrnn" and backbone == "vgg_mini":  # gate copies are fine-tuned separately

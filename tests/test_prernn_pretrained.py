@@ -44,13 +44,16 @@ def test_vgg16_torchvision_names_map_to_all_our_keys():
         bb = prernn.create_backbone("vgg16", 1000)
     sd = {k: torch.empty(0, device="meta") for k in torchvision_vgg16_keys()}
     assert set(_translate(bb, sd)) == set(bb.state_dict())
-    assert "stages.conv5.4.weight" in _translate(bb, sd)  # features.28 -> last conv of block 5
+    assert "stages.conv5_3.0.weight" in _translate(bb, sd)  # features.28 -> conv5_3, the last conv of block 5
+    assert "stages.conv5.2.weight" in _translate(bb, sd)  # features.26 -> conv5_2
 
 
 def _to_torchvision_resnet(sd):
     out = {}
     for k, v in sd.items():
-        k = k.replace("stages.stem.", "").replace("stages.layer4_1.", "layer4.1.")
+        k = k.replace("stages.stem.", "")
+        for i in range(1, 5):
+            k = k.replace(f"stages.layer{i}_1.", f"layer{i}.1.")
         k = k.replace("stages.classifier.linear.", "fc.").replace("stages.", "")
         out[k] = v
     return out

@@ -16,8 +16,9 @@ def _clip(name, B=2, T=3):
 
 
 def _layer_sets(bb):
-    c = bb.candidates
-    return [[x] for x in c] + ([c] if len(c) > 1 else [])
+    """Each default candidate alone, and every candidate (conv and fc) at once; each candidate alone:
+    test_every_candidate_converts_steps_counts_and_round_trips."""
+    return [[x] for x in bb.default_candidates] + [bb.candidates]
 
 
 def _models(bb):
@@ -51,6 +52,118 @@ def test_every_backbone_cell_variant_shapes(name):
             for tag, m in _models(bb):
                 out = m(torch.empty(1, 2, 3, 224, 224))
                 assert tuple(out.shape) == (1, 2, 10), tag
+
+
+def _w_xy(stage):
+    """(the trained W_xy module, its batch norm or None) of a candidate stage, read off the backbone itself."""
+    from prernn.backbones import FCStage
+    if isinstance(stage, FCStage):
+        return stage.linear, None
+    if isinstance(stage, torch.nn.Sequential) and hasattr(stage[0], "conv2"):
+        stage = stage[0]
+    if hasattr(stage, "conv2"):
+        return stage.conv2, stage.bn2
+    bn = stage[1] if isinstance(stage[1], (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)) else None
+    return stage[0], bn
+
+
+def expected_recurrent_parameters(bb, layers, cell, sih):
+    """[0045], [0053]: W_hh (G*H, H) + b_hh per layer, plus for gate-dependent cells (G - 1) extra copies of the
+    inherited W_xy, its bias and its batch norm's scale and shift (Eq. 7); H = the layer's output width."""
+    G = {"vrnn": 1, "lstm": 4, "gru": 3}[cell]
+    n = 0
+    for layer in layers:
+        w, bn = _w_xy(bb.stages[layer])
+        H = w.weight.shape[0]
+        copy = w.weight.numel() + (w.bias.numel() if w.bias is not None else 0) + (2 * H if bn is not None else 0)
+        n += G * H * H + G * H + (0 if (sih or G == 1) else (G - 1) * copy)
+    return n
+
+
+CANDIDATES = [(name, layer) for name in MINI for layer in
+              prernn.candidate_layers(prernn.create_backbone(name, 4, **MINI[name][1]))]
+
+
+@pytest.mark.parametrize("cell,sih", VARIANTS)
+@pytest.mark.parametrize("name,layer", CANDIDATES)
+def test_every_candidate_converts_steps_counts_and_round_trips(name, layer, cell, sih, tmp_path):
+    """Every mini backbone x candidate x cell x SIH: step == forward == the step-by-step reference, the gate
+    statistics cover the layer, the recurrent parameter count is [0045]/[0053]'s, and the saved model rebuilds
+    from its config to the same outputs."""
+    torch.manual_seed(0)
+    bb = prernn.create_backbone(name, 4, **MINI[name][1]).eval()
+    m = prernn.convert(bb, [layer], cell, sih).eval()
+    clips = _clip(name)
+    with torch.no_grad():
+        out = m(clips)
+        ref, gates = m.forward_reference(clips, record=True)
+        state, steps = None, []
+        for t in range(clips.shape[1]):
+            o, state = m.step(clips[:, t], state)
+            steps.append(o)
+    assert out.shape == (2, 3, 4) and torch.isfinite(out).all()
+    assert torch.allclose(ref, out, atol=1e-5) and torch.allclose(torch.stack(steps, 1), out, atol=1e-5)
+    H = m.recurrent_layers()[layer].hidden_size
+    assert set(gates[layer]) == set(prernn.GATE_NAMES[cell]) and all(g.shape == (2, 3, H) for g in gates[layer].values())
+    stats = prernn.gate_statistics(m, clips)[layer]
+    assert set(stats["gates"]) == set(prernn.GATE_NAMES[cell])
+    assert all(g["inside"] + g["outside"] == 2 * 3 * H for g in stats["gates"].values())
+    assert prernn.count_recurrent_parameters(m) == expected_recurrent_parameters(bb, [layer], cell, sih)
+    torch.save({"config": m.config, "state_dict": m.state_dict()}, tmp_path / "m.pt")
+    ck = torch.load(tmp_path / "m.pt", weights_only=True)
+    rebuilt = prernn.build_from_config(json.loads(json.dumps(ck["config"])))
+    rebuilt.load_state_dict(ck["state_dict"])
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(clips), out)
+    assert rebuilt.config == m.config and prernn.trunk_boundary(rebuilt) == prernn.trunk_boundary(bb, [layer])
+
+
+MIXED = [("vgg_mini", ["conv2", "conv3", "fc6"]), ("vgg_mini", ["conv3", "fc7"]), ("c3d_mini", ["conv3", "fc6", "fc7"]),
+         ("resnet_mini", ["layer1", "layer3_1"])]
+
+
+@pytest.mark.parametrize("name,layers", MIXED)
+def test_mixed_conv_and_fc_combinations(name, layers):
+    """Conv and fc candidates together ([0065]): every one recurrent, step == forward, the trunk ends below the
+    lowest, features entering there give the same outputs, and with VRNN cells the whole model at t = 0 is the
+    trained CNN on frame 0 (a conv layer feeding a map feeds the trained map at t = 0; a VRNN fc layer is its
+    trained layer) unless the layer absorbs the global pooling (Eq. 6's ReLU after the pooling)."""
+    torch.manual_seed(1)
+    bb = prernn.create_backbone(name, 4, **MINI[name][1]).eval()
+    for cell, sih in VARIANTS:
+        m = prernn.convert(bb, layers, cell, sih).eval()
+        assert list(m.recurrent_layers()) == layers and prernn.trunk_boundary(m) == layers[0]
+        clips = _clip(name)
+        with torch.no_grad():
+            out = m(clips)
+            feats = bb.forward_stages(clips.flatten(0, 1), stop=layers[0]).unflatten(0, (2, 3))
+            assert torch.allclose(m(feats, start=layers[0]), out, atol=1e-5)
+            state, steps = None, []
+            for t in range(3):
+                o, state = m.step(clips[:, t], state)
+                steps.append(o)
+        assert torch.allclose(torch.stack(steps, 1), out, atol=1e-5), (cell, sih)
+        assert set(state) == set(layers)
+        assert prernn.count_recurrent_parameters(m) == expected_recurrent_parameters(bb, layers, cell, sih)
+        if cell == "vrnn" and not any(x in bb.absorbs for x in layers):
+            with torch.no_grad():
+                assert torch.allclose(out[:, 0], bb(clips[:, 0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet18"])
+def test_real_layout_conv_candidates_shapes_and_counts(name):
+    """vgg16 / resnet18 on the meta device: every candidate converts for every cell, the output shape holds and
+    the recurrent parameters are [0045]/[0053]'s (e.g. conv5_3: C = 512, 3x3x512 kernels)."""
+    with torch.device("meta"):
+        bb = prernn.create_backbone(name, 10)
+        for layer in bb.candidates:
+            for cell, sih in VARIANTS:
+                m = prernn.convert(bb, [layer], cell, sih)
+                assert tuple(m(torch.empty(1, 2, 3, 224, 224)).shape) == (1, 2, 10), (layer, cell, sih)
+                assert prernn.count_recurrent_parameters(m) == expected_recurrent_parameters(bb, [layer], cell, sih)
+    if name == "vgg16":
+        C, K = 512, 512 * 9
+        assert expected_recurrent_parameters(bb, ["conv5_3"], "lstm", False) == 4 * C * C + 4 * C + 3 * (C * K + C)
 
 
 def test_layer_placement_and_start_features():
@@ -88,9 +201,10 @@ def test_stacked_fc6_fc7_and_traditional_names():
 
 def test_bad_arguments_name_allowed_values():
     bb = prernn.create_backbone("vgg_mini", 3)
-    with pytest.raises(ValueError, match=r"\['fc6', 'fc7'\]"):
-        prernn.convert(bb, ["conv2"], "lstm")
-    with pytest.raises(ValueError, match=r"\['fc6', 'fc7'\]"):
+    allowed = r"\['conv1', 'conv2', 'conv3', 'fc6', 'fc7'\]"
+    with pytest.raises(ValueError, match=allowed):
+        prernn.convert(bb, ["classifier"], "lstm")
+    with pytest.raises(ValueError, match=allowed):
         prernn.convert(bb, [], "lstm")
     with pytest.raises(ValueError, match="lstm"):
         prernn.convert(bb, ["fc6"], "vrnn", sih=True)

@@ -207,7 +207,7 @@ def test_code_change_changes_the_fingerprint_so_no_stale_results_are_restored(tm
     assert len(tuner.code_digest()) == 64  # the real packages are found and read
 
     args = (SearchParams(), "sqlite:///x.db", "e", {"state_dict": {"w": torch.ones(2)}},
-            {"train": SplitTensors(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))}, [{"name": "a"}])
+            {"fc6": {"train": SplitTensors(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))}}, [{"name": "a"}])
     names = set()
     for digest in ("old code", "new code", "old code"):
         monkeypatch.setattr(tuner, "code_digest", lambda digest=digest: digest)

@@ -15,7 +15,8 @@ TRIAL_KEYS = {"name", "kind", "cell", "sih", "layers", "num_layers", "status", "
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """Tiny clips, a params.yaml with a 2-trial search, and the pretrain stage's output."""
+    """Tiny clips, a params.yaml with a 3-trial search (a conv + fc combination among them), and the pretrain
+    stage's output."""
     from stages import pretrain
 
     root = tmp_path_factory.mktemp("stage")
@@ -23,7 +24,8 @@ def workdir(tmp_path_factory):
     params = {
         "extract": {"modalities": ["rgb"], "size": 16, "frames": 4},
         "pretrain": {"modalities": ["rgb"], "epochs": 2, "batch_size": 16},
-        "search": {"modality": "rgb", "cells": ["gru"], "sih": [False], "layers": [["fc7"]], "baselines": [1],
+        "search": {"modality": "rgb", "cells": ["gru"], "sih": [False], "layers": [["fc7"], ["fc6", "conv3"]],
+                   "baselines": [1],
                    "epochs": 2, "batch_size": 4, "storage_path": str(root / "ray")},
         "evaluate": {"modalities": ["rgb"]},
         "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "stage-test"},
@@ -72,6 +74,10 @@ def test_pretrain_keeps_user_weights_without_finetuning(workdir, tmp_path):
 
 
 def test_search_stage_writes_trials_and_nested_mlflow_runs(workdir, monkeypatch):
+    """Also: search.layers with fc7 and conv3+fc6 makes two trunk caches (below conv3, and the default below fc6
+    that fc7 and the baseline share); the conv trial trains on the conv3 features, and reports gate statistics
+    and recurrent parameters for both of its layers."""
+    import prernn
     from pipeline.core import tracking
     from stages import search
 
@@ -80,13 +86,20 @@ def test_search_stage_writes_trials_and_nested_mlflow_runs(workdir, monkeypatch)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     search.main(_search_args(workdir))
     trials = json.loads((workdir / "search" / "trials.json").read_text())
-    assert [t["name"] for t in trials] == ["prernn-gru-fc7", "traditional-gru-1"]
-    assert all(TRIAL_KEYS <= set(t) and t["status"] == "ok" for t in trials)
+    assert [t["name"] for t in trials] == ["prernn-gru-fc7", "prernn-gru-conv3+fc6", "traditional-gru-1"]
+    assert all(TRIAL_KEYS <= set(t) and t["status"] == "ok" for t in trials), [t["error"] for t in trials]
     info = json.loads((workdir / "search" / "search.json").read_text())
-    assert info["tracking_uri"] == uri and info["trunk_boundary"] == "fc6" and info["candidates"] == ["fc6", "fc7"]
+    assert info["tracking_uri"] == uri and info["trunk_boundary"] == "fc6"
+    assert info["trunk_boundaries"] == ["conv3", "fc6"] and info["candidates"] == ["conv1", "conv2", "conv3", "fc6", "fc7"]
     assert (workdir / "search" / "trials.csv").read_text().splitlines()[0].startswith("name,configuration,seed,kind,cell,sih,layers")
     children = tracking.child_runs(uri, info["experiment_id"], info["parent_run_id"])
     assert sorted(r.info.run_id for r in children) == sorted(t["mlflow_run_id"] for t in trials)
+    mixed = trials[1]
+    assert mixed["layers"] == ["conv3", "fc6"] and set(mixed["gate_stats"]) == {"conv3", "fc6"}
+    update = mixed["gate_stats"]["conv3"]["gates"]["update"]
+    assert update["inside"] + update["outside"] == 2 * 3 * 4 * 64  # val clips x T x conv3's channels
+    bb = prernn.build_from_config(torch.load(workdir / "pretrained" / "rgb.pt", weights_only=True)["config"])
+    assert mixed["recurrent_params"] == prernn.count_recurrent_parameters(prernn.convert(bb, ["conv3", "fc6"], "gru"))
 
 
 def _closed_port() -> int:

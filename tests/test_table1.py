@@ -71,3 +71,23 @@ def test_cells_in_long_form_for_dvc_plots_and_the_tie_break_in_the_caption():
     assert len(chosen) == 1 and float(chosen[0]["score"]) == sel["selected"]["score"]
     assert [int(r["order"]) for r in rows[:len(table.columns)]] == list(range(len(table.columns)))
     assert TIE_BREAK in to_markdown(table)
+
+
+def test_conv_and_mixed_combinations_get_columns_in_forward_order():
+    """Conv candidates searched with fc ones: a column per combination, singles first, in the backbone's order
+    (search.json's candidates), and the selection reverts an unsaturated conv layer like an fc one."""
+    sat, unsat = (2, 8), (8, 2)
+    trials = [trial("prernn-gru-conv3+fc6", cell="gru", layers=["conv3", "fc6"], val_acc=0.8,
+                    stats={"conv3": layer("gru", *unsat), "fc6": layer("gru", *sat)}),
+              trial("prernn-gru-fc7", cell="gru", layers=["fc7"], stats={"fc7": layer("gru", *sat)}),
+              trial("prernn-gru-conv2", cell="gru", layers=["conv2"], stats={"conv2": layer("gru", *sat)}),
+              trial("traditional-gru-1", kind="traditional", cell="gru", stats={"rnn1": layer("gru", *unsat)})]
+    sel = select_configuration(trials)
+    table = build_table(trials, selection=sel, candidates=["conv1", "conv2", "conv3", "fc6", "fc7"])
+    titles = [c.title for c in table.columns]
+    assert titles[2:5] == ["PreRNN conv2", "PreRNN fc7", "PreRNN conv3/fc6"]
+    by = {r["name"]: r for r in sel["trials"]}
+    assert by["prernn-gru-conv3+fc6"]["decision"] == "reverted"
+    assert by["prernn-gru-conv3+fc6"]["reverted_layers"] == ["conv3"]
+    assert by["prernn-gru-conv3+fc6"]["effective_layers"] == ["fc6"]
+    assert "conv3/fc6" in to_markdown(table, title="rgb")

@@ -52,8 +52,8 @@ def test_search_runs_trials_logs_child_runs_and_marks_nan_trial_failed(ray_sessi
     run_search = tuner.run_search
     assert [a["name"] for a in space] == ["prernn-gru-sih-fc7", "prernn-lstm-sih-fc7", "traditional-vrnn-1"]
     mlflow = MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="t")
-    rows, info = run_search(search, mlflow, ckpt, splits, candidates=candidates, boundary=boundary, space=space,
-                            base_dir=tmp_path, verbose=0)
+    rows, info = run_search(search, mlflow, ckpt, {boundary: splits}, candidates=candidates, boundary=boundary,
+                            space=space, base_dir=tmp_path, verbose=0)
     assert [r["name"] for r in rows] == [a["name"] for a in space]
     assert all(CONTRACT_KEYS <= set(r) for r in rows)
     ok, bad = rows[:2], rows[2]
@@ -84,15 +84,15 @@ def test_search_runs_trials_logs_child_runs_and_marks_nan_trial_failed(ray_sessi
             "trunk_boundary"} <= set(meta)
 
     # same inputs again: the finished experiment is restored from storage_path, nothing is retrained
-    again, info2 = run_search(search, mlflow, ckpt, splits, candidates=candidates, boundary=boundary, space=space,
-                              base_dir=tmp_path, verbose=0)
+    again, info2 = run_search(search, mlflow, ckpt, {boundary: splits}, candidates=candidates, boundary=boundary,
+                              space=space, base_dir=tmp_path, verbose=0)
     assert info2["restored"] and info2["parent_run_id"] == info["parent_run_id"]
     assert [(r["name"], r["status"], r["val_acc"]) for r in again] == [(r["name"], r["status"], r["val_acc"]) for r in rows]
     assert len(tracking.child_runs(uri, info["experiment_id"], info["parent_run_id"])) == 3
 
     # fresh: retrained from scratch under a new parent run, the same metrics run to run
-    fresh, info3 = run_search(search, mlflow, ckpt, splits, candidates=candidates, boundary=boundary, space=space,
-                              base_dir=tmp_path, verbose=0, fresh=True)
+    fresh, info3 = run_search(search, mlflow, ckpt, {boundary: splits}, candidates=candidates, boundary=boundary,
+                              space=space, base_dir=tmp_path, verbose=0, fresh=True)
     assert not info3["restored"] and info3["parent_run_id"] != info["parent_run_id"]
     key = lambda rs: [(r["name"], r["status"], r["val_acc"], r["val_loss"], r["gate_stats"]) for r in rs]  # noqa: E731
     assert key(fresh) == key(rows)
@@ -112,7 +112,7 @@ def test_same_seed_same_trial_metrics_without_cached_trunk(ray_session, inputs, 
                           cache_trunk=False, storage_path=str(tmp_path / "ray"))
     (arch,) = build_space(search, candidates)
     space = [arch, {**arch, "name": arch["name"] + "-again"}]
-    rows, info = run_search(search, MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/m.db"), ckpt, raw,
+    rows, info = run_search(search, MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/m.db"), ckpt, {None: raw},
                             candidates=candidates, boundary=boundary, space=space, base_dir=tmp_path, verbose=0)
     assert [r["status"] for r in rows] == ["ok", "ok"], [r["error"] for r in rows]
     a, b = ([{k: v for k, v in h.items() if k not in ("clips_per_sec", "epoch_seconds")} for h in r["history"]]

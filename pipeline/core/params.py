@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -142,7 +142,8 @@ class PretrainParams(_Section):
 class SearchParams(_Section):
     modality: Literal["rgb", "flow", "depth"] = "rgb"
     cells: list[Literal[CELLS]] = list(CELLS)
-    layers: Optional[list[list[str]]] = None
+    layers: Union[None, Literal["all"], list[list[str]]] = None  # null: the default candidates' combinations
+    max_layers: Optional[int] = Field(None, ge=1)  # the most layers one combination converts; null: no bound
     sih: list[bool] = [False, True]
     baselines: list[Literal[1, 2]] = [1, 2]
     baseline_hidden_size: Optional[int] = Field(None, ge=1)
@@ -165,6 +166,18 @@ class SearchParams(_Section):
     augment_shift: int = Field(0, ge=0, le=16)      # pipeline.data.augment: the same shift for every frame of a clip
     augment_jitter: float = Field(0.0, ge=0, le=1)
     augment_copies: int = Field(1, ge=1, le=16)     # cached trunk: augmented passes over the train clips
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layer_sets_or_all(cls, value):
+        expected = ("expected null (the default candidates' combinations), 'all' (every candidate's) or a list of "
+                    "layer sets such as [[fc6], [conv3, fc6]]")
+        if isinstance(value, str) and value != "all" or not isinstance(value, (str, list, type(None))):
+            raise ValueError(expected)
+        for i, entry in enumerate(value if isinstance(value, list) else []):
+            if not isinstance(entry, list) or not all(isinstance(x, str) for x in entry):
+                raise ValueError(f"entry {i}: {entry!r} is not a list of layer names; {expected}")
+        return value
 
 
 class SelectParams(_Section):
@@ -243,19 +256,22 @@ class Params(_Section):
         return self
 
 
-def backbone_candidates(name: str) -> list[str]:
-    """The candidate layers (prernn.candidate_layers) of backbone `name`, built on the meta device (no memory)."""
+def backbone_candidates(name: str) -> tuple[list[str], list[str]]:
+    """(candidate layers, default candidates) of backbone `name` (prernn.candidate_layers,
+    prernn.default_candidates), built on the meta device (no memory)."""
     import torch
 
     import prernn
 
     with torch.device("meta"):
-        return prernn.candidate_layers(prernn.create_backbone(name, 2))
+        bb = prernn.create_backbone(name, 2)
+        return prernn.candidate_layers(bb), prernn.default_candidates(bb)
 
 
 def _search_space_problems(search: "SearchParams", backbone: str) -> list[str]:
     """The search space's own rules (pipeline.search.space.space_problems) over pretrain.backbone's candidate layers."""
-    return space_problems(search, backbone_candidates(backbone), backbone)
+    candidates, defaults = backbone_candidates(backbone)
+    return space_problems(search, candidates, backbone, defaults)
 
 
 def _format(err: ValidationError, raw: dict) -> str:

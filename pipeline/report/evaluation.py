@@ -10,7 +10,7 @@ Out: trained SequenceModels, per-epoch history, test probabilities, and the metr
   applied frame by frame (`prernn.frame_model`, config kind "frames").
 - Training: train + val clips for `evaluate.epochs`, with the selected trial's learning rates, batch size,
   weight decay, hh_init and seed (`trial config` in trials.json; the `search` params where absent), over
-  the cached frozen trunk (pipeline.search.trunk_cache), as the search did. The test split is evaluated after every
+  the cached frozen trunk (pipeline.search.trunk_cache: each choice's own trunk boundary), as the search did. The test split is evaluated after every
   epoch for the history only; nothing is chosen on it.
 - Late fusion ([0023]: one stream per modality): the mean over streams of each stream's clip probabilities
   (B, K) (`prernn.readout`: a recurrent model's last step, a frame model's mean over time).
@@ -146,7 +146,7 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
     import prernn
     from pipeline.data.dataset import ClipDataset
     from pipeline.data.augment import from_params
-    from pipeline.search.trunk_cache import prepare_splits
+    from pipeline.search.trunk_cache import trial_boundary, trial_splits, trunk_caches
     from pipeline.training.trainer import evaluate_model, seed_everything
 
     out = {"streams": {}, "fused": {}, "examples": {}}
@@ -162,11 +162,17 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
         if int(bb.config["num_classes"]) != train_ds.num_classes:
             raise ValueError(f"{Path(pretrained_dir) / f'{m}.pt'}: {bb.config['num_classes']} classes, but {clips_dir} "
                              f"has {train_ds.num_classes}; rerun the pretrain stage")
-        augment = from_params(search_params, search_params.seed,  # as the search augmented its train clips
-                              "regression" if regression else "classification")
-        splits = prepare_splits(bb, {"train": train_ds, "test": test_ds}, prernn.trunk_boundary(bb),
-                                cache_trunk=cache_trunk, device=device,
-                                train_augment=(augment, search_params.augment_copies) if augment else None)
+        def train_augment():  # as the search augmented its train clips, alike for every trunk cache
+            augment = from_params(search_params, search_params.seed, "regression" if regression else "classification")
+            return (augment, search_params.augment_copies) if augment else None
+
+        default = prernn.trunk_boundary(bb)  # one cache per boundary a choice needs (pipeline.search.trunk_cache)
+        names = list(bb.stages)
+        boundaries = sorted({default} | {trial_boundary(bb, c) for c in choices.values() if c is not None},
+                            key=names.index)
+        caches = trunk_caches(bb, {"train": train_ds, "test": test_ds}, boundaries, cache_trunk=cache_trunk,
+                              train_augment=train_augment, device=device)
+        splits = caches.get(default) or caches[None]
         if labels is not None and not torch.equal(labels, splits["test"].y):
             raise ValueError(f"{clips_dir}: the test clips of {m} are not in the order of {modalities[0]}; cannot fuse")
         labels = splits["test"].y
@@ -189,7 +195,8 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
                 cfg_seed = {**cfg, "seed": seed}
                 seed_everything(seed)  # the new weights' init must not depend on what ran before in this process
                 model = model_for(choice, bb, cfg_seed)
-                history, probs = train_and_test(model, splits["train"], splits["test"], epochs=epochs, cfg=cfg_seed,
+                data = trial_splits(caches, bb, choice)
+                history, probs = train_and_test(model, data["train"], data["test"], epochs=epochs, cfg=cfg_seed,
                                                 device=device, regression=regression)
                 if seed == seeds[0]:  # the first seed's model is the one saved and registered
                     out["streams"][m][role] = {"model": model, "history": history, "probs": probs, "cfg": cfg_seed}

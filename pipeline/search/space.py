@@ -11,7 +11,11 @@ In: the `search` params section and the candidate layers of the trained backbone
 PreRNN trials ([0023]-[0028], [0054], [0064]): every cell x {gate-dependent, SIH} x layer combination; SIH (single
 input-to-hidden state, [0052]-[0053]) needs gates, so it does not apply to the vanilla RNN. Traditional
 baselines ([0033]): an RNN of 1 or 2 layers on top of the last feature layer, per cell.
-For a VGG-style backbone (candidates fc6, fc7) the default is 3*3 + 2*3 + 3*2 = 21 trials.
+Layer combinations (`search.layers`): null, every non-empty combination of the backbone's default candidates
+(`prernn.default_candidates`: fc6, fc7 for VGG / C3D; a ResNet's last block); `all`, every combination of all its
+candidates, conv and fc together ([0065]); or a list of layer sets, any candidates. `search.max_layers` keeps only
+combinations of at most that many layers (null: no bound): 31 combinations of 5 candidates become 15 with 2.
+For a VGG-style backbone (default candidates fc6, fc7) the default is 3*3 + 2*3 + 3*2 = 21 trials.
 """
 from __future__ import annotations
 
@@ -25,15 +29,25 @@ class SpaceError(ValueError):
     """An impossible search space; the message names the params key (one line per problem)."""
 
 
-def _layer_sets(candidates: Sequence[str], layers, backbone: Optional[str] = None) -> tuple[list[list[str]], list[str]]:
+ALL = "all"
+
+
+def _layer_sets(candidates: Sequence[str], layers, backbone: Optional[str] = None, defaults=None,
+                max_layers: Optional[int] = None) -> tuple[list[list[str]], list[str]]:
     """(the layer sets in forward order, one problem line per bad `search.layers` entry); the rule for one set
-    is the library's (`prernn.check_layers`). `backbone`: the pretrain.backbone name, for the messages."""
+    is the library's (`prernn.check_layers`). `backbone`: the pretrain.backbone name, for the messages;
+    `defaults`: the candidates `layers: null` combines (None: all of them); `max_layers`: the largest set."""
     candidates = list(candidates)
+    defaults = candidates if defaults is None else [c for c in candidates if c in set(defaults)]
     of = f" (pretrain.backbone {backbone!r})" if backbone else ""
     if not candidates:
         return [], [f"the backbone{of} has no candidate layers to make recurrent"]
-    if layers is None:
-        return [list(c) for n in range(1, len(candidates) + 1) for c in combinations(candidates, n)], []
+    bound = int(max_layers) if max_layers is not None else len(candidates)
+    if layers is None or layers == ALL:
+        pool = defaults if layers is None else candidates
+        return [list(c) for n in range(1, min(bound, len(pool)) + 1) for c in combinations(pool, n)], []
+    if isinstance(layers, str):
+        return [], [f"search.layers: {layers!r}: expected null, {ALL!r} or a list of layer sets"]
     out: list[list[str]] = []
     problems = []
     for i, entry in enumerate(layers):
@@ -45,6 +59,9 @@ def _layer_sets(candidates: Sequence[str], layers, backbone: Optional[str] = Non
             continue
         if ordered in out:
             problems.append(f"search.layers.{i}: {entry!r}: listed twice")
+        elif len(ordered) > bound:
+            problems.append(f"search.layers.{i}: {entry!r}: {len(ordered)} layers, more than search.max_layers "
+                            f"{bound}; raise search.max_layers or drop the set")
         else:
             out.append(ordered)
     if not out and not problems:
@@ -52,13 +69,15 @@ def _layer_sets(candidates: Sequence[str], layers, backbone: Optional[str] = Non
     return out, problems
 
 
-def layer_combinations(candidates: Sequence[str], layers: Optional[Iterable[Iterable[str]]] = None) -> list[list[str]]:
+def layer_combinations(candidates: Sequence[str], layers=None, *, defaults: Optional[Sequence[str]] = None,
+                       max_layers: Optional[int] = None) -> list[list[str]]:
     """The layer sets to convert, each in forward order.
 
-    `layers` None: every non-empty combination of `candidates` (fc6, fc7, fc6+fc7 for VGG).
-    Otherwise each entry is checked against `candidates` (SpaceError naming `search.layers`).
+    `layers` None: every non-empty combination of `defaults` (None: of `candidates`; fc6, fc7, fc6+fc7 for VGG);
+    "all": every combination of `candidates`; otherwise each entry is checked against `candidates`. Sets of more
+    than `max_layers` layers are left out (None / "all") or refused (a listed set). SpaceError names `search.layers`.
     """
-    out, problems = _layer_sets(candidates, layers)
+    out, problems = _layer_sets(candidates, layers, defaults=defaults, max_layers=max_layers)
     if problems:
         raise SpaceError("\n".join(problems))
     return out
@@ -68,9 +87,15 @@ def _getter(search):
     return (lambda k: search[k]) if isinstance(search, dict) else (lambda k: getattr(search, k))
 
 
-def space_problems(search, candidates: Sequence[str], backbone: Optional[str] = None) -> list[str]:
+def _max_layers(search):
+    return search.get("max_layers") if isinstance(search, dict) else getattr(search, "max_layers", None)
+
+
+def space_problems(search, candidates: Sequence[str], backbone: Optional[str] = None,
+                   defaults: Optional[Sequence[str]] = None) -> list[str]:
     """Every reason the `search` section (SearchParams or a mapping) gives no valid space over the backbone's
-    `candidates`, one line each naming the key; [] when it gives one. pipeline.core.params calls this too."""
+    `candidates` (`defaults`: the ones `search.layers: null` combines; None: all), one line each naming the key;
+    [] when it gives one. pipeline.core.params calls this too."""
     get = _getter(search)
     cells, sihs, baselines = list(get("cells")), list(get("sih")), list(get("baselines"))
     problems = []
@@ -90,7 +115,7 @@ def space_problems(search, candidates: Sequence[str], backbone: Optional[str] = 
         twice = sorted({v for v in values if values.count(v) > 1}, key=str)
         if twice:
             problems.append(f"search.{key}: {values}: {twice} listed twice (each trial would run twice)")
-    problems += _layer_sets(candidates, get("layers"), backbone)[1]
+    problems += _layer_sets(candidates, get("layers"), backbone, defaults, _max_layers(search))[1]
     return problems
 
 
@@ -101,16 +126,17 @@ def trial_name(kind: str, cell: str, sih: bool = False, layers: Sequence[str] = 
     return "-".join(["prernn", cell] + (["sih"] if sih else []) + ["+".join(layers)])
 
 
-def build_space(search, candidates: Sequence[str]) -> list[dict]:
+def build_space(search, candidates: Sequence[str], defaults: Optional[Sequence[str]] = None) -> list[dict]:
     """All trial "arch" dicts for the `search` params section (pipeline.core.params.SearchParams or a
-    mapping with the same keys) and the backbone's candidate layers; SpaceError lists `space_problems`.
+    mapping with the same keys) and the backbone's candidate layers (`prernn.candidate_layers`; `defaults`:
+    `prernn.default_candidates`, None: all of them); SpaceError lists `space_problems`.
     """
-    problems = space_problems(search, candidates)
+    problems = space_problems(search, candidates, defaults=defaults)
     if problems:
         raise SpaceError("\n".join(problems))
     get = _getter(search)
     cells, sihs, baselines = list(get("cells")), list(get("sih")), list(get("baselines"))
-    combos = layer_combinations(candidates, get("layers"))
+    combos = layer_combinations(candidates, get("layers"), defaults=defaults, max_layers=_max_layers(search))
     prernn = [
         {"kind": "prernn", "cell": cell, "sih": sih, "layers": layers, "num_layers": len(layers), "hidden_size": None}
         for cell in cells

@@ -5,7 +5,8 @@
            "weight_decay", "hh_init", "seed", "cpus_per_trial", "use_gpu", "tracking_uri",
            "experiment_id", "parent_run_id", "gate_stats_every_epoch"}
   data (via tune.with_parameters, i.e. the Ray object store): {"backbone": {"config", "state_dict"},
-           "train": SplitTensors, "val": SplitTensors} (cached trunk features or raw clips);
+           "caches": {boundary: {"train": SplitTensors, "val": SplitTensors}}} (cached trunk features per trial
+           boundary, pipeline.search.trunk_cache.trunk_caches, or {None: raw clips}); a trial takes its boundary's;
   experiment_dir (the same way): the search's experiment folder under search.storage_path.
 Each epoch it reports the epoch's metrics (`val_acc`, `val_loss`, ...), the history so far
 (`history_json`), `recurrent_params`, the MLflow child run id, the Ray node (`node_id`, `node_ip`) and
@@ -35,6 +36,7 @@ from pipeline.core import tracking
 
 from pipeline.search import trial_checkpoint
 from pipeline.core.checkpoint import backbone_from
+from pipeline.search.trunk_cache import trial_splits
 from pipeline.core.storage import StoragePath
 from pipeline.training.trainer import REGRESSION_KEYS, Trainer, pick_device, seed_everything, summarize
 
@@ -135,8 +137,10 @@ def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) 
         _count_attempt(uri, run_id)
         mlflow_log = tracking.MetricLog(uri, run_id, new_run)
         tracking.set_tags(uri, run_id, {f"ray.{k}": v for k, v in node.items()})
-        model = build_model(backbone_from(data["backbone"]), cfg)
-        train, val = data["train"], data["val"]
+        backbone = backbone_from(data["backbone"])
+        model = build_model(backbone, cfg)
+        splits = trial_splits(data["caches"], backbone, cfg)  # the cache at this trial's boundary
+        train, val = splits["train"], splits["val"]
         trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"],
                           weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"], seed=int(cfg["seed"]),
                           start=train.start, device=device, regression=cfg.get("regression"),

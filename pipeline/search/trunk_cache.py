@@ -1,8 +1,10 @@
-"""The cached frozen trunk: the layers below the lowest candidate layer, run once per clip.
+"""The cached frozen trunk: the layers below a trial's lowest converted layer, run once per clip.
 
-Every PreRNN conversion and every traditional baseline shares the stages before
-`prernn.trunk_boundary(backbone)` unchanged (only the chosen layers become recurrent, [0054]), so
-the search computes their output once per clip and each trial trains only the layers above.
+A trial leaves the stages before its boundary unchanged (only the chosen layers become recurrent, [0054]), so
+the search computes their output once per clip and each trial trains only the layers above. A trial's boundary
+(`trial_boundary`) is `prernn.trunk_boundary(backbone, layers)`: the lower of its lowest converted layer and the
+backbone's default boundary (fc6 for VGG / C3D), which every traditional baseline and every conversion of default
+candidates shares; trials with the same boundary share one cache (`trunk_caches`: {boundary: {split: ...}}).
 
 In: a Backbone and a clip dataset (items: float32 (T, C, H, W) [3D: (T, C, L, H, W)], label; or a raw uint8
 ClipDataset, normalised on `device` before the trunk).
@@ -15,11 +17,12 @@ A SplitTensors is a Dataset of (x[i], y[i]): the training loop normalises its ba
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+import prernn
 from pipeline.data.dataset import device_normalizer
 from pipeline.training.trainer import batches
 
@@ -108,3 +111,40 @@ def prepare_splits(backbone, datasets: dict, boundary: str, cache_trunk: bool = 
                                       **({"augment": aug, "copies": copies} if split == "train" else {}))
                 for split, ds in datasets.items()}
     return {split: clip_tensors(ds) for split, ds in datasets.items()}
+
+
+def trial_boundary(backbone, arch: dict) -> str:
+    """The stage a trial's cached inputs enter (arch: a pipeline.search.space arch dict or a selection choice): for a
+    conversion `prernn.trunk_boundary(backbone, layers)`, else (traditional, no layer left) the default one."""
+    if arch.get("kind") == "prernn" and arch.get("layers"):
+        return prernn.trunk_boundary(backbone, list(arch["layers"]))
+    return prernn.trunk_boundary(backbone)
+
+
+def space_boundaries(backbone, archs) -> list[str]:
+    """The distinct `trial_boundary` of `archs`, in forward order (one trunk cache each)."""
+    names = list(backbone.stages)
+    return sorted({trial_boundary(backbone, a) for a in archs}, key=names.index)
+
+
+def trunk_caches(backbone, datasets: dict, boundaries, cache_trunk: bool = True, *,
+                 train_augment: Optional[Callable[[], Optional[tuple]]] = None, **kw) -> dict:
+    """{boundary: {split: SplitTensors}}: `prepare_splits` once per boundary; without `cache_trunk`
+    {None: the raw clips}, which every trial then shares. `train_augment`: () -> (augment module, copies) or None,
+    called once per boundary, so that every cache is made from the same augmented clips."""
+    if not cache_trunk:
+        return {None: prepare_splits(backbone, datasets, None, cache_trunk=False)}
+    return {b: prepare_splits(backbone, datasets, b, train_augment=train_augment() if train_augment else None, **kw)
+            for b in boundaries}
+
+
+def trial_splits(caches: dict, backbone, arch: dict) -> dict:
+    """The {split: SplitTensors} a trial trains on: the raw clips when the trunk is not cached, else the cache at
+    its `trial_boundary` (KeyError naming the boundaries there are when it is missing)."""
+    if None in caches:
+        return caches[None]
+    boundary = trial_boundary(backbone, arch)
+    if boundary not in caches:
+        raise KeyError(f"no trunk cache at {boundary!r} for {arch.get('name', arch.get('layers'))!r}; "
+                       f"cached: {sorted(caches)}")
+    return caches[boundary]

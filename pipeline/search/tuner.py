@@ -1,7 +1,8 @@
 """The search driver: one Ray Tune trial per configuration, MLflow parent run, trial table.
 
 `run_search(...)` takes the validated `search` and `mlflow` params sections, the pretrained backbone
-checkpoint (save format of the contract), the prepared splits (pipeline.search.trunk_cache) and returns
+checkpoint (save format of the contract), the trunk caches (pipeline.search.trunk_cache.trunk_caches: {boundary: {split:
+SplitTensors}}, one per distinct trial boundary, or {None: raw clips}) and returns
 (rows, info): one row per trial with the contract's keys (trials.json) and the search summary
 (search.json). Ray results live under `search.storage_path`/<name>; the name is a fingerprint of
 the params and inputs, so rerunning a killed search with the same inputs restores it there
@@ -53,7 +54,7 @@ def code_digest(packages=None) -> str:
     return h.hexdigest()
 
 
-def fingerprint(search, tracking_uri: str, experiment: str, backbone_ckpt: dict, splits: dict, space: list,
+def fingerprint(search, tracking_uri: str, experiment: str, backbone_ckpt: dict, caches: dict, space: list,
                 regression: Optional[dict] = None) -> str:
     """A short hash of everything that decides the trial results (not the resources): the search params,
     the MLflow target, the space, the regression params, the pretrained weights, the cached inputs and the
@@ -66,9 +67,11 @@ def fingerprint(search, tracking_uri: str, experiment: str, backbone_ckpt: dict,
     for name, tensor in sorted(backbone_ckpt["state_dict"].items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    for split in sorted(splits):
-        h.update(splits[split].x.contiguous().numpy().tobytes())
-        h.update(splits[split].y.numpy().tobytes())
+    for boundary in sorted(caches, key=str):
+        h.update(str(boundary).encode())
+        for split in sorted(caches[boundary]):
+            h.update(caches[boundary][split].x.contiguous().numpy().tobytes())
+            h.update(caches[boundary][split].y.numpy().tobytes())
     return h.hexdigest()[:12]
 
 
@@ -157,10 +160,15 @@ def check_resources(search) -> None:
         raise ParamsError("\n".join(problems))
 
 
-def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, candidates: list, boundary: str,
+def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, candidates: list, boundary: str,
                space: Optional[list] = None, base_dir: str | os.PathLike | None = None,
-               verbose: int = 1, fresh: bool = False, regression: Optional[dict] = None) -> tuple[list[dict], dict]:
+               verbose: int = 1, fresh: bool = False, regression: Optional[dict] = None,
+               defaults: Optional[list] = None) -> tuple[list[dict], dict]:
     """Run (or restore) the search; returns (trial rows in space order, search info).
+
+    `caches`: {boundary: {"train", "val": SplitTensors}} (pipeline.search.trunk_cache.trunk_caches); each trial takes the one
+    at its boundary. `boundary`: the backbone's default one (search.json's `trunk_boundary`); `candidates`,
+    `defaults`: prernn.candidate_layers / default_candidates (the space when `space` is None).
 
     `regression`: the `regression` params (task: regression) every trial's Trainer uses for its landmark
     loss and metrics; trials then report and are ranked by `val_auc`.
@@ -176,7 +184,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
     base_dir = Path(base_dir or os.getcwd())
     uri, source = tracking.resolve_tracking_uri(mlflow_params.tracking_uri, base_dir)
     tracking.check_reachable(uri, source)
-    space = space if space is not None else build_space(search, candidates)
+    space = space if space is not None else build_space(search, candidates, defaults)
     started = ray_cluster.connect(search.address)
     try:
         check_resources(search)
@@ -184,13 +192,14 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
         storage = StoragePath.resolve(search.storage_path, base_dir)  # a shared folder or a pyarrow URI
         meta = backbone_ckpt.get("meta", {})
         name = f"search-{search.modality}-" + fingerprint(search, uri, mlflow_params.experiment, backbone_ckpt,
-                                                          splits, space, regression)
+                                                          caches, space, regression)
         exp_dir = storage / name
         if fresh and exp_dir.exists():
             exp_dir.rmtree()
         info = {"experiment_id": tracking.ensure_experiment(uri, mlflow_params.experiment), "tracking_uri": uri,
                 "backbone": backbone_ckpt["config"]["name"], "modality": search.modality,
-                "candidates": list(candidates), "trunk_boundary": boundary, "num_trials": len(space),
+                "candidates": list(candidates), "trunk_boundary": boundary,
+                "trunk_boundaries": [b for b in caches if b is not None], "num_trials": len(space),
                 "storage_path": str(storage), "experiment_dir": str(exp_dir), "class_names": meta.get("class_names")}
         restoring = tune.Tuner.can_restore(str(exp_dir)) and (exp_dir / DRIVER_STATE).exists()
         parent = _open_parent(uri, info["experiment_id"], exp_dir, search, info, restoring)
@@ -206,7 +215,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, data={"backbone": {"config": backbone_ckpt["config"],
                                                                  "state_dict": backbone_ckpt["state_dict"]},
-                                                    "train": splits["train"], "val": splits["val"]},
+                                                    "caches": caches},
                                 experiment_dir=str(exp_dir)),  # where a restarted trial finds its checkpoints
             {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial if use_gpu else 0},
         )
