@@ -21,14 +21,14 @@ RERUN_AFTER_FULL = ("free some space and rerun the stage (it restores what Ray w
                     "search over)")
 
 
-def frame_reference(backbone, val, params) -> dict:
+def frame_reference(backbone, val, task) -> dict:
     """The trained CNN alone on the val clips (per frame, outputs averaged over the clip; regression: per frame):
-    Table 1's reference column. {"val_acc"} or {"val_auc", "val_nme", "val_failure_rate"}."""
+    Table 1's reference column. {"val_<key>"} for the task's metric keys: {"val_acc"} or {"val_auc", "val_nme",
+    "val_failure_rate"}."""
     import prernn
     from pipeline.training.trainer import evaluate_model
 
-    regression = params.regression.model_dump() if params.task == "regression" else None
-    return {f"val_{k}": v for k, v in evaluate_model(prernn.frame_model(backbone), val, regression=regression)["metrics"].items()}
+    return {f"val_{k}": v for k, v in evaluate_model(prernn.frame_model(backbone), val, task=task).metrics.items()}
 
 
 def storage_full(storage, since: float, what: str) -> None:
@@ -54,10 +54,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="search: %(message)s")
 
+    # deferred past argparse (`--help`, a bad argument answer at once): torch, Ray, MLflow take seconds to import
     import prernn
     from pipeline.core.atomic import DiskFull, nearly_full, out_of_space, space_for
     from pipeline.data.clipstore import ClipFileError
-    from pipeline.data.dataset import ClipDataset
+    from pipeline.data.dataset import ClipDataset, snippet_length
     from pipeline.data.augment import from_params
     from pipeline.search.trunk_cache import prepare_splits
     from pipeline.core.params import ParamsError, load_stage_params
@@ -68,9 +69,11 @@ def main(argv=None) -> None:
     from pipeline.training.trainer import seed_everything
     from pipeline.core.checkpoint import backbone_from, load_checkpoint
     from pipeline.search.tuner import SearchInterrupted, run_search, write_outputs
+    from pipeline.training.tasks import task_from_params
 
     params = load_stage_params(args.params, "search")
     search = params.search
+    task = task_from_params(params)
     storage = search.storage_path if "://" in search.storage_path else Path(search.storage_path).resolve()
     ckpt_path = Path(args.pretrained) / f"{search.modality}.pt"
     try:
@@ -86,7 +89,7 @@ def main(argv=None) -> None:
         sys.exit(2)
 
     seed_everything(search.seed)
-    snippet = backbone.config["kwargs"].get("snippet") if backbone.is_3d else None
+    snippet = snippet_length(backbone.config)
     try:
         datasets = {split: ClipDataset(args.clips, split, search.modality, snippet=snippet, raw=True)
                     for split in ("train", "val")}
@@ -95,10 +98,10 @@ def main(argv=None) -> None:
         sys.exit(2)
     except (FileNotFoundError, ValueError) as err:  # no clips yet, a modality that was not extracted
         sys.exit(f"search: {err}")
-    augment = from_params(search, search.seed, params.task)  # cached trunk: `augment_copies` augmented passes of the train clips
+    augment = from_params(search, search.seed, augments=task.augments)  # cached trunk: `augment_copies` passes of the train clips
     splits = prepare_splits(backbone, datasets, boundary, cache_trunk=search.cache_trunk,
                             train_augment=(augment, search.augment_copies) if augment else None)
-    frames = frame_reference(backbone, splits["val"], params)
+    frames = frame_reference(backbone, splits["val"], task)
     print(f"search: {len(space)} trials on {search.modality} ({ckpt['config']['name']}, candidates {candidates}, "
           f"{'cached trunk below ' + boundary if search.cache_trunk else 'whole net fine-tuned'}; "
           f"train {len(splits['train'])} / val {len(splits['val'])} clips)")
@@ -106,7 +109,7 @@ def main(argv=None) -> None:
     try:
         rows, info = run_search(search, params.mlflow, ckpt, splits, candidates=candidates, boundary=boundary,
                                 space=space, base_dir=Path.cwd(), verbose=0 if args.quiet else 1, fresh=args.fresh,
-                                regression=params.regression.model_dump() if params.task == "regression" else None)
+                                task=task)
     except ParamsError as err:  # a value only the running cluster can refute (search.gpus_per_trial)
         print(f"search: {args.params}: {err}", file=sys.stderr)
         sys.exit(2)
