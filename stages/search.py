@@ -98,7 +98,8 @@ def main(argv=None) -> None:
         sys.exit(2)
     except (FileNotFoundError, ValueError) as err:  # no clips yet, a modality that was not extracted
         sys.exit(f"search: {err}")
-    augment = from_params(search, search.seed, augments=task.augments)  # cached trunk: `augment_copies` passes of the train clips
+    # cached trunk: `augment_copies` augmented passes of the train clips
+    augment = from_params(search, search.seed, augments=task.augments)
     splits = prepare_splits(backbone, datasets, boundary, cache_trunk=search.cache_trunk,
                             train_augment=(augment, search.augment_copies) if augment else None)
     frames = frame_reference(backbone, splits["val"], task)

@@ -3,7 +3,6 @@ and stored with a model (a checkpoint round trip restores it)."""
 import json
 import typing
 
-import numpy as np
 import pytest
 import torch
 
@@ -95,7 +94,7 @@ def test_score_key_mode_and_params_default(name):
     if task.needs_landmarks:
         raw["data"] = {"source": "synthetic_landmarks"}
     params = validate_params(raw)
-    assert params.select.metric == task.score  # select.metric defaults to the task's score
+    assert (params.select.metric, params.select.mode) == (task.score, task.mode)  # select defaults to the task's
     assert task_from_params(params) == task
 
 

@@ -207,12 +207,13 @@ class Params(_Section):
     @classmethod
     def _task_defaults(cls, raw):
         """select.metric absent or null: the task's score (`Task.score`): val_acc, or for task: regression the
-        landmark AUC val_auc."""
+        landmark AUC val_auc; and select.mode, if absent too, the task's (`Task.mode`: max for both)."""
         if isinstance(raw, dict):
             sel = raw.get("select") or {}
             name = raw.get("task") or "classification"
             if isinstance(sel, dict) and sel.get("metric") is None and name in list_tasks():  # the task's default
-                raw = {**raw, "select": {**sel, "metric": get_task(name).score}}
+                task = get_task(name)
+                raw = {**raw, "select": {"mode": task.mode, **sel, "metric": task.score}}
         return raw
 
     @model_validator(mode="after")

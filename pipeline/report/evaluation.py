@@ -228,7 +228,8 @@ def curve_rows(history: list[dict], score: str) -> list[dict]:
     return rows
 
 
-def summary(result: dict, choices: dict, modalities: list[str], task: Task) -> tuple[dict, dict, list[dict], list[dict]]:
+def summary(result: dict, choices: dict, modalities: list[str],
+            task: Task) -> tuple[dict, dict, list[dict], list[dict]]:
     """(metrics.json, evaluation.json, history.csv rows, the task's plot rows) from `run_evaluation`'s result.
 
     metrics.json: test_<key> of the selected configuration (fused) for the task's metric keys, the baseline's

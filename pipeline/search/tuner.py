@@ -55,14 +55,15 @@ def code_digest(packages=None) -> str:
 
 
 def fingerprint(search, tracking_uri: str, experiment: str, backbone_ckpt: dict, splits: dict, space: list,
-                task: Task) -> str:
+                task: Optional[Task] = None) -> str:
     """A short hash of everything that decides the trial results (not the resources): the search params,
-    the MLflow target, the space, the task's params (`task.params()`: the regression section), the pretrained
-    weights, the cached inputs and the code (`code_digest`)."""
+    the MLflow target, the space, the task's params (`task.params()`: the regression section; default
+    classification, which has none), the pretrained weights, the cached inputs and the code (`code_digest`)."""
     h = hashlib.sha256(code_digest().encode())
     keep = {k: v for k, v in search.model_dump().items()
             if k not in ("address", "max_concurrent", "storage_path", "cpus_per_trial", "gpus_per_trial")}
-    h.update(json.dumps([keep, tracking_uri, experiment, space] + list(task.params().values()),
+    task_params = (task if task is not None else Classification()).params()
+    h.update(json.dumps([keep, tracking_uri, experiment, space] + list(task_params.values()),
                         sort_keys=True, default=str).encode())
     for name, tensor in sorted(backbone_ckpt["state_dict"].items()):
         h.update(name.encode())
@@ -203,7 +204,8 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
             "gate_stats_every_epoch": search.scheduler == "asha", "tracking_uri": uri,
             "experiment_id": info["experiment_id"], "parent_run_id": parent,
             **task.params(),
-            "augment": [search.augment_shift, search.augment_jitter] if task.augments else [0, 0.0],  # per batch, uncached
+            # per batch, uncached
+            "augment": [search.augment_shift, search.augment_jitter] if task.augments else [0, 0.0],
         }
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, data={"backbone": {"config": backbone_ckpt["config"],

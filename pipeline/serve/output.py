@@ -23,7 +23,8 @@ class Table:
 
     @classmethod
     def for_inputs(cls, task: Task, names: list[str], class_names: list[str], with_frame: bool, top_k: int) -> "Table":
-        return cls(task, max([5] + [len(n) for n in names]), with_frame, max([5] + [len(c) for c in class_names]), top_k)
+        return cls(task, max([5] + [len(n) for n in names]), with_frame, max([5] + [len(c) for c in class_names]),
+                   top_k)
 
     def header(self) -> str:
         return self.task.table_header(self.width, self.with_frame, self.class_width, self.top_k)

@@ -24,6 +24,7 @@ landmarks.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from typing import Callable, ClassVar, Optional
 
 import numpy as np
@@ -70,7 +71,7 @@ def task_from_params(params) -> "Task":
     return task_from_entries(params.model_dump())
 
 
-class Task:
+class Task(ABC):
     """One learning task; subclasses set the class attributes and implement the methods (see the module)."""
 
     name: ClassVar[str]
@@ -119,81 +120,84 @@ class Task:
         return {"task": self.name, **self.params()}
 
     # --- training ----------------------------------------------------------------------------
+    @abstractmethod
     def readout(self, model) -> str:
         """How a model's per-step outputs (B, T, K) give the answer: "last", "mean" or "every" (each step's own)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def target(self, y: torch.Tensor) -> torch.Tensor:
         """A batch of targets as loaded -> the dtype the loss takes; ValueError for targets of another task."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss(self, out: torch.Tensor, y: torch.Tensor, readout: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Network outputs (B, [T,] K) and targets -> (mean loss, the task's outputs, detached)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def train_metric_sum(self, outputs: torch.Tensor, y: torch.Tensor) -> float:
         """The train metric summed over the batch (the epoch's value is the sum over batches / clips)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict:
         """{key: value for key in metric_keys} of the task's outputs against the targets (N, ...)."""
-        raise NotImplementedError
 
     # --- inference and fusion ----------------------------------------------------------------
+    @abstractmethod
     def step_outputs(self, out: torch.Tensor) -> torch.Tensor:
         """One step's network output (B, K) -> the task's output of that step."""
-        raise NotImplementedError
 
+    @abstractmethod
     def clip_outputs(self, out: torch.Tensor, readout: str) -> torch.Tensor:
         """A model's outputs over a clip (B, T, K) -> the task's outputs for the clip."""
-        raise NotImplementedError
 
     def fuse(self, outputs: list[torch.Tensor]) -> torch.Tensor:
         """Late fusion ([0023]): the streams' outputs (each the same shape) -> their mean."""
         return torch.stack([o.float() for o in outputs]).mean(0)
 
+    @abstractmethod
     def clip_answers(self, outputs: np.ndarray, frames: list[int]) -> list[tuple[Optional[int], np.ndarray]]:
         """One clip's fused outputs and its sampled frame indices -> [(frame or None for the clip, answer)]."""
-        raise NotImplementedError
 
     # --- records: prernn predict, the pyfunc predictor ------------------------------------------
+    @abstractmethod
     def record(self, video: str, frame: Optional[int], answer: np.ndarray, class_names: list[str], k: int) -> dict:
         """One `prernn predict --json` line."""
-        raise NotImplementedError
 
+    @abstractmethod
     def table_header(self, width: int, with_frame: bool, class_width: int, k: int) -> str:
-        raise NotImplementedError
+        """The `prernn predict` table's header: the video column `width` wide, a frame column if `with_frame`."""
 
+    @abstractmethod
     def table_row(self, record: dict, width: int, with_frame: bool, class_width: int) -> str:
-        raise NotImplementedError
+        """One `record` as a row of that table."""
 
+    @abstractmethod
     def predict_row(self, path: str, answers: list, class_names: list[str]) -> dict:
         """The pyfunc predictor's row for one video from its `clip_answers`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def predict_error_row(self, path: str, error: str) -> dict:
-        raise NotImplementedError
+        """The pyfunc predictor's row for a video that cannot be used (`error`: the reason)."""
 
     # --- the evaluate stage's report -----------------------------------------------------------
+    @abstractmethod
     def test_report(self, outputs: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> dict:
         """The test metrics of one model / fusion in evaluation.json (a superset of `report_keys`)."""
-        raise NotImplementedError
 
     def metrics_head(self) -> dict:
         """The first entries of metrics.json and evaluation.json."""
         return {}
 
+    @abstractmethod
     def test_info(self, report: dict, targets: torch.Tensor) -> dict:
         """metrics.json's description of the test set (after the scores), from the selected model's report."""
-        raise NotImplementedError
 
+    @abstractmethod
     def report_info(self, class_names: list[str]) -> dict:
         """evaluation.json's description of the outputs (after the modalities)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def plot_rows(self, final: dict[str, torch.Tensor], targets: torch.Tensor, class_names: list[str]) -> list[dict]:
         """reports/<task>/<plot_file> rows from each role's last-epoch fused outputs."""
-        raise NotImplementedError
 
     def metric_fn(self, key: str) -> Callable[[torch.Tensor, torch.Tensor], float]:
         """(outputs, targets) -> metrics[key]: a score for the comparison over seeds."""
@@ -253,7 +257,8 @@ class Classification(Task):
     def table_row(self, record, width, with_frame, class_width):
         top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in record["top_k"])
         frame = f"{'-' if record['frame'] is None else record['frame']:>7} " if with_frame else ""
-        return f"{record['video']:<{width}} {frame}{record['class']:<{class_width}} {record['probability']:>6.3f}  {top}"
+        return (f"{record['video']:<{width}} {frame}{record['class']:<{class_width}} {record['probability']:>6.3f}  "
+                f"{top}")
 
     def predict_row(self, path, answers, class_names):
         probs = answers[0][1]
@@ -286,7 +291,8 @@ class Classification(Task):
         return [{"actual": class_names[a], "predicted": class_names[p]} for a, p in zip(targets.tolist(), pred)]
 
 
-def clip_loss_and_probs(logits: torch.Tensor, y: torch.Tensor, readout: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+def clip_loss_and_probs(logits: torch.Tensor, y: torch.Tensor,
+                        readout: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
     """logits (B, K) or (B, T, K), y (B,) -> (mean CE over the batch, probabilities (B, K)).
 
     (B, T, K) with readout "last": CE and probabilities of the last step; "mean": CE at every step averaged over

@@ -3,8 +3,8 @@
 Models: a frame model (prernn Backbone, `model(x)`: (N, C, H, W) -> (N, K)) or a sequence model
 (prernn SequenceModel, `model(x, start=...)`: (B, T, ...) -> (B, T, K)).
 
-Classification's loss and accuracy follow the model's readout (`prernn.readout`): a model with recurrent layers is trained with
-the cross-entropy of its last step and predicts the class of its last step's softmax (an early step cannot tell
+Classification's loss and accuracy follow the model's readout (`prernn.readout`): a model with recurrent layers is
+trained with the cross-entropy of its last step and predicts the class of its last step's softmax (an early step cannot tell
 the direction of a motion: a loss at every step, as this loop used before, rewarded memorising the training
 clips, measured in the README's "Training recipe"); a model without recurrence (the CNN per frame) takes the
 cross-entropy at every step, averaged over T, and predicts the class of the time-averaged softmax.
@@ -32,7 +32,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from pipeline.data.dataset import device_normalizer
