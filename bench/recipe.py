@@ -44,7 +44,7 @@ def train_once(backbone, arch, splits, *, seed: int, epochs: int, readout: str) 
     trainer.readout = readout  # the recipe under test
     rows = [trainer.fit_epoch(splits["train"], splits["val"]) for _ in range(epochs)]
     ev = trainer.evaluate(splits["val"])
-    pred, y = ev["probs"].argmax(-1), ev["labels"]
+    pred, y = ev.outputs.argmax(-1), ev.targets
     per_class = [float((pred[y == k] == k).float().mean()) for k in range(int(y.max()) + 1)]
     return {"best_val": max(r["val_acc"] for r in rows), "train": rows[-1]["train_acc"], "val": rows[-1]["val_acc"],
             "per_class": per_class}

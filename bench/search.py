@@ -41,7 +41,6 @@ from pipeline.search.trunk_cache import prepare_splits
 from pipeline.core.params import MlflowParams, SearchParams
 from pipeline.search.space import build_space
 from pipeline.training.trainer import Trainer, seed_everything
-from pipeline.search.trainable import build_model
 
 
 def make_split_clips(out: Path, per_split: dict, frames: int, size: int, classes: int = 4) -> Path:
@@ -62,7 +61,7 @@ def train_one(backbone, arch: dict, splits: dict, search: SearchParams, device="
     cfg = {**{k: getattr(search, k) for k in ("epochs", "batch_size", "lr_inherited", "lr_new", "weight_decay",
                                              "hh_init", "seed")}, **arch}
     seed_everything(int(cfg["seed"]))
-    model = build_model(copy.deepcopy(backbone), cfg)
+    model = prernn.build_from_config(cfg, copy.deepcopy(backbone))
     train, val = splits["train"], splits["val"]
     trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"], batch_size=cfg["batch_size"],
                       seed=int(cfg["seed"]), start=train.start, device=device)

@@ -1,6 +1,6 @@
 """Benchmark of `prernn predict --stream` on the CPU: `python -m bench.stream [--model final.pt] [--video v.avi]`.
 
-Streams one video frame by frame through `pipeline.serve.predict.Predictor.stream` (decode, resize, DIS flow, normalise,
+Streams one video frame by frame through `pipeline.serve.predictor.Predictor.stream` (decode, resize, DIS flow, normalise,
 `SequenceModel.step` per stream, running fused probabilities) and compares the frames per second achieved with the
 video's own frame rate. Without `--model`, a two-stream (rgb + flow) vgg_mini at the default extract settings
 (32 px, fc6 + fc7 made LSTM) is built and saved in the models/final.pt format; without `--video`, a synthetic
@@ -23,7 +23,7 @@ import torch
 import prernn
 from pipeline.report.evaluation import final_checkpoint
 from pipeline.core.params import ExtractParams, SyntheticParams
-from pipeline.serve.predict import Predictor
+from pipeline.serve.predictor import Predictor
 from pipeline.data.synthetic import generate, render, write_video
 
 

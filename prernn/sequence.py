@@ -274,8 +274,13 @@ def clip_output(outputs: torch.Tensor, how: str) -> torch.Tensor:
     return outputs[:, -1] if how == "last" else outputs.mean(1)
 
 
-def build_from_config(config: dict):
-    """Rebuild a Backbone or SequenceModel (random weights) from its ``.config``; then ``load_state_dict``."""
+def build_from_config(config: dict, backbone: Backbone | None = None):
+    """Rebuild a Backbone or SequenceModel (random weights) from its ``.config``; then ``load_state_dict``.
+
+    With a trained ``backbone`` a SequenceModel config (``kind``, ``layers``, ``cell``, ``sih``, ``hh_init``,
+    ``gru_reset``, ``num_layers``, ``hidden_size``; its ``backbone`` key is then not needed) is built on it, as
+    ``convert`` / ``traditional`` / ``frame_model`` would: the one way to build a model from a search trial's
+    configuration."""
     if not isinstance(config, dict):
         raise ValueError(f"config must be a dict, got {type(config).__name__}")
     if "kind" not in config:
@@ -284,7 +289,7 @@ def build_from_config(config: dict):
             raise ValueError(f"backbone config is missing keys {missing}; got keys {sorted(config)}")
         return create_backbone(config["name"], config["num_classes"], config.get("in_channels", 3),
                                **config.get("kwargs", {}))
-    bb = build_from_config(config["backbone"])
+    bb = _backbone(backbone) if backbone is not None else build_from_config(config["backbone"])
     kind = config["kind"]
     if kind == "prernn":
         return convert(bb, config["layers"], config["cell"], config.get("sih", False),

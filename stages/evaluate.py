@@ -8,11 +8,11 @@ Out (atomic): `models/final.pt` (one stream: {"config", "state_dict", "meta"}; s
 (per epoch: fused test_acc, baseline_test_acc, per-stream columns), `reports/curves.csv` (the same test scores in
 long form: epoch, series, test_acc), `reports/evaluation.json` (confusion matrices, train configs) and the task's
 plot in a folder named by the task: `reports/classification/confusion.csv` (actual,predicted per test clip, fused
-selected model). Task regression: metrics.json holds test_auc / test_nme / test_failure_rate
-(pipeline/report/regression_summary.py), history.csv and curves.csv test_auc (+ test_nme) per epoch, and
-`reports/regression/ced.csv` (role,error,fraction) the cumulative error distribution of the selected model and the
-baseline (last epoch). dvc.yaml declares `reports/${task}` (DVC interpolates params.yaml's `task`), so each task
-has exactly the plots that apply to it.
+selected model). Task regression: metrics.json holds test_auc / test_nme / test_failure_rate, history.csv and
+curves.csv test_auc (+ test_nme) per epoch, and `reports/regression/ced.csv` (role,error,fraction) the cumulative
+error distribution of the selected model and the baseline (last epoch); the task (pipeline.training.tasks) says
+which (`pipeline.report.evaluation.summary`). dvc.yaml declares `reports/${task}` (DVC interpolates params.yaml's
+`task`), so each task has exactly the plots that apply to it.
 MLflow: a child run "evaluate" of the search's parent run with the model registered as `evaluate.register_name`.
 """
 from __future__ import annotations
@@ -71,14 +71,17 @@ def main(argv=None) -> None:
     ap.add_argument("--plots", default="reports", help="folder for confusion.csv, history.csv, evaluation.json")
     args = ap.parse_args(argv)
 
+    # deferred past argparse (`--help`, a bad argument answer at once): torch, Ray, MLflow take seconds to import
     import torch
 
     from pipeline.data.clipstore import ClipFileError
-    from pipeline.report.evaluation import FUSION, FusedModel, curve_rows, final_checkpoint, run_evaluation, summary
+    from pipeline.report.evaluation import FusedModel, curve_rows, final_checkpoint, run_evaluation, summary
+    from pipeline.training.tasks import task_from_params
     from pipeline.training.trainer import pick_device
 
     params = load_stage_params(args.params, "evaluate")
     p = params.evaluate
+    task = task_from_params(params)
     selection = _read_json(Path(args.selection), "run the select stage first (dvc repro select)")
     if not selection.get("selected"):
         sys.exit(f"evaluate: {args.selection}: no configuration was selected (no PreRNN trial succeeded); "
@@ -86,45 +89,34 @@ def main(argv=None) -> None:
     choices = {"selected": selection["selected"], "baseline": selection.get("baseline")}
     try:
         result = run_evaluation(args.clips, args.pretrained, choices, modalities=list(p.modalities), epochs=p.epochs,
-                                search_params=params.search, device=pick_device(True),
-                                cache_trunk=params.search.cache_trunk,
-                                regression=params.regression.model_dump() if params.task == "regression" else None)
+                                search_params=params.search, task=task, device=pick_device(True),
+                                cache_trunk=params.search.cache_trunk)
     except ClipFileError as err:  # a clip file cut short or overwritten: one line naming it, before training
         print(f"evaluate: {err}", file=sys.stderr)
         sys.exit(2)
     except (FileNotFoundError, ValueError) as err:  # a missing / refused pretrained file, clips that do not fit
         sys.exit(f"evaluate: {err}")
-    regression = result.get("task") == "regression"
-    if regression:  # landmarks: AUC / NME / failure rate; reports/ced.csv instead of a confusion matrix
-        from pipeline.report import regression_summary as regression_eval
-        metrics, report, history, ced = regression_eval.summary(result, choices, list(p.modalities),
-                                                                params.regression.model_dump())
-        confusion = []
-    else:
-        metrics, report, history, confusion = summary(result, choices, list(p.modalities))
+    metrics, report, history, plot_rows = summary(result, choices, list(p.modalities), task)
 
     clip_meta = result["meta"]
     meta = {"class_names": result["class_names"],
             "normalization": {m: clip_meta["prernn.normalization"][m] for m in p.modalities},
             "extract": clip_meta.get("prernn.extract"), "modalities": list(p.modalities),
-            "fusion": FUSION if len(p.modalities) > 1 else None, "selected": choices["selected"]["name"],
-            "layers": choices["selected"]["layers"], "reverted_layers": choices["selected"].get("reverted_layers", [])}
-    if regression:
-        meta.update({"task": "regression", "points": len(result["class_names"]) // 2,
-                     "regression": params.regression.model_dump(), "fusion": "mean of the streams' landmarks"
-                     if len(p.modalities) > 1 else None})
+            "fusion": task.fusion if len(p.modalities) > 1 else None, "selected": choices["selected"]["name"],
+            "layers": choices["selected"]["layers"], "reverted_layers": choices["selected"].get("reverted_layers", []),
+            **task.entries()}  # the task, restored by prernn predict and the pyfunc predictor
     models = {m: result["streams"][m]["selected"]["model"] for m in p.modalities}
     with atomic_path(args.out) as tmp:
         torch.save(final_checkpoint(models, meta), tmp)
     plots = Path(args.plots)
-    score = "test_auc" if regression else "test_acc"
+    score = f"test_{task.score_metric}"
     write_text(plots / "history.csv", csv_text(history))
     write_text(plots / "curves.csv", csv_text(curve_rows(history, score)))
     # the task's own plot, in a folder named by the task (dvc.yaml: `reports/${task}`): DVC draws only what exists
-    task_plot = plots / params.task / ("ced.csv" if regression else "confusion.csv")
+    task_plot = plots / task.name / task.plot_file
     with atomic_path(task_plot.parent) as tmp:
         tmp.mkdir()
-        (tmp / task_plot.name).write_text(csv_text(ced) if regression else csv_text(confusion))
+        (tmp / task_plot.name).write_text(csv_text(plot_rows))
 
     search_meta = _read_json(Path(args.search) / "search.json", "", required=False)
     mlflow_info = None
@@ -132,7 +124,7 @@ def main(argv=None) -> None:
         from pipeline.serve.mlflow_model import log_final_model, log_reports
 
         channels = {m: int(models[m].config["backbone"].get("in_channels", 3)) for m in p.modalities}
-        fused = FusedModel(models, channels, regression=regression)
+        fused = FusedModel(models, channels, task)
         example = torch.cat([result["examples"][m] for m in p.modalities], dim=2)  # (2, T, sum C, H, W)
         flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
         flat.update({f"{view}_{metric}_{part}": e["difference"][key]
@@ -146,14 +138,15 @@ def main(argv=None) -> None:
             files=[task_plot, plots / "history.csv"], final_path=args.out, history=history,
             version_tags={"selected": choices["selected"]["name"], "metric": selection.get("metric"),
                           "table1_score": choices["selected"].get("score"), "test_score": metrics[score],
-                          "baseline": metrics["baseline"], "task": params.task})
+                          "baseline": metrics["baseline"], "task": task.name})
         log_reports(search_meta, [task_plot, plots / "history.csv"], artifact_path="evaluate",
                     tags={f"final_{k}": v for k, v in flat.items()})
     report["mlflow"] = mlflow_info
     write_json(plots / "evaluation.json", report)
     write_json(args.metrics, metrics)
     base = f", baseline {metrics['baseline']} {metrics['baseline_' + score]:.3f}" if metrics["baseline"] else ""
-    extra = f" (NME {metrics['test_nme']:.4f}, failure rate {metrics['test_failure_rate']:.3f})" if regression else ""
+    others = {k: metrics[f"test_{k}"] for k in task.metric_keys if k != task.score_metric}  # regression: nme, ...
+    extra = " (" + ", ".join(f"{k} {v:.4f}" for k, v in others.items()) + ")" if others else ""
     print(f"evaluate: {metrics['selected']} {score} {metrics[score]:.3f}{extra}{base} (first seed)")
     for line in comparison_lines(metrics):
         print(f"evaluate: {line}")

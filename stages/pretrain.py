@@ -15,26 +15,30 @@ import sys
 from pathlib import Path
 
 
-def pretrain_modality(p, extract, clips_dir: Path, modality: str, regression: dict | None = None) -> tuple[dict, dict]:
-    """Train (or load) one stream's backbone; returns (checkpoint dict, metrics).
+def pretrain_modality(p, extract, clips_dir: Path, modality: str, task) -> tuple[dict, dict]:
+    """Train (or load) one stream's backbone for `task` (pipeline.training.tasks); returns (checkpoint dict, metrics).
 
-    Regression clips (task: regression): the head has 2K outputs, frames regress their landmarks with the
-    `regression` params, the best epoch is the one with the best val AUC (metrics `val_frame_auc`, `val_frame_nme`).
+    The head has the clips' `num_classes` outputs (regression: 2K, the frames regress their landmarks); the best
+    epoch is the one with the best val `task.score` (metrics `val_frame_<key>` for the task's metric keys).
     """
+    import torch
+
     import prernn
     from pipeline.data.augment import from_params
-    from pipeline.data.dataset import FrameDataset
+    from pipeline.data.dataset import FrameDataset, snippet_length
     from pipeline.training.trainer import Trainer, seed_everything
 
     seed_everything(p.seed)
     kwargs = {"input_size": extract.size} if p.backbone == "vgg_mini" else {}
-    snippet = 4 if p.backbone == "c3d_mini" else None
+    if task.fc_dropout is not None and p.backbone in ("vgg_mini", "vgg16"):  # regression: no dropout on fc6/fc7
+        kwargs["dropout"] = task.fc_dropout
+    with torch.device("meta"):  # the backbone's snippet length, from its config (no memory, no random numbers)
+        snippet = snippet_length(prernn.create_backbone(p.backbone, 2, **kwargs).config)
     train = FrameDataset(clips_dir, "train", modality, snippet=snippet, raw=True)  # uint8, normalised on the device
     val = FrameDataset(clips_dir, "val", modality, snippet=snippet, raw=True)
-    if train.task == "regression" and p.backbone in ("vgg_mini", "vgg16"):
-        # no dropout on fc6/fc7 for landmark regression: with the classification default 0.5 the coordinates
-        # stay near the mean shape (tiny set: val AUC@0.08 0.000 after 10 epochs, 0.135 without dropout)
-        kwargs["dropout"] = 0.0
+    if train.task != task.name:
+        raise ValueError(f"{clips_dir}: clips extracted for task {train.task!r}, but params.yaml's task is "
+                         f"{task.name!r}; rerun the extract stage")
     in_channels = train[0][0].shape[-1]  # (H, W, C) / (L, H, W, C)
     model = prernn.create_backbone(p.backbone, train.num_classes, in_channels=in_channels, **kwargs)
     if p.weights:
@@ -43,11 +47,11 @@ def pretrain_modality(p, extract, clips_dir: Path, modality: str, regression: di
         except ValueError as err:
             sys.exit(f"pretrain: pretrain.weights: {p.weights!r}: {err}")
     epochs = p.epochs if (p.weights is None or p.finetune) else 0
-    augment = from_params(p, p.seed, train.task)  # shifted, jittered training frames (pretrain.augment_*)
+    augment = from_params(p, p.seed, augments=task.augments)  # shifted, jittered training frames (pretrain.augment_*)
     trainer = Trainer(model, lr_inherited=p.lr, lr_new=p.lr, weight_decay=p.weight_decay,
-                      batch_size=p.batch_size, seed=p.seed, regression=regression, augment=augment)
+                      batch_size=p.batch_size, seed=p.seed, task=task, augment=augment)
     best, best_state = None, copy.deepcopy(model.state_dict())
-    key = "val_auc" if train.task == "regression" else "val_acc"
+    key = task.score
     for _ in range(epochs):
         row = trainer.fit_epoch(train, val)
         print(f"pretrain {modality}: epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.3f} "
@@ -58,14 +62,12 @@ def pretrain_modality(p, extract, clips_dir: Path, modality: str, regression: di
     final = trainer.evaluate(val, batch_size=256)
     metrics = {"backbone": p.backbone, "frames_train": len(train), "frames_val": len(val),
                "epochs": epochs, "best_epoch": best["epoch"] if best else 0,
-               **({"val_frame_auc": final["auc"], "val_frame_nme": final["nme"],
-                   "val_frame_failure_rate": final["failure_rate"]} if train.task == "regression"
-                  else {"val_frame_acc": final["acc"]}), "val_loss": final["loss"],
+               **{f"val_frame_{k}": v for k, v in final.metrics.items()}, "val_loss": final.loss,
                "weights": p.weights, "finetuned": bool(epochs), "history": trainer.history}
     meta = {"class_names": train.class_names, "normalization": {modality: train.meta["prernn.normalization"][modality]},
             "extract": train.meta.get("prernn.extract"), "modality": modality, "snippet": snippet,
             "pretrain": p.model_dump(), "metrics": {k: v for k, v in metrics.items() if k != "history"},
-            "task": train.task}
+            **task.entries()}
     ckpt = {"config": model.config, "state_dict": model.state_dict(), "meta": meta}
     return ckpt, metrics
 
@@ -77,6 +79,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="models/pretrained", help="folder for {modality}.pt and pretrain.json")
     args = ap.parse_args(argv)
 
+    # deferred past argparse (`--help`, a bad argument answer at once): torch, Ray, MLflow take seconds to import
     import json
 
     import torch
@@ -84,9 +87,11 @@ def main(argv=None) -> None:
     from pipeline.core.atomic import atomic_path
     from pipeline.data.clipstore import ClipFileError
     from pipeline.core.params import load_stage_params
+    from pipeline.training.tasks import task_from_params
 
     params = load_stage_params(args.params, "pretrain")
     p = params.pretrain
+    task = task_from_params(params)
     if p.weights and not Path(p.weights).is_file():
         sys.exit(f"pretrain: pretrain.weights: {p.weights!r}: no such file")
     results = {}
@@ -94,9 +99,7 @@ def main(argv=None) -> None:
         tmp.mkdir(parents=True)
         for modality in p.modalities:
             try:
-                ckpt, metrics = pretrain_modality(
-                    p, params.extract, Path(args.clips), modality,
-                    regression=params.regression.model_dump() if params.task == "regression" else None)
+                ckpt, metrics = pretrain_modality(p, params.extract, Path(args.clips), modality, task)
             except ClipFileError as err:  # a clip file cut short or overwritten: one line naming it, exit 2
                 print(f"pretrain: {err}", file=sys.stderr)
                 sys.exit(2)
@@ -104,8 +107,7 @@ def main(argv=None) -> None:
                 sys.exit(f"pretrain: {modality}: {err}")
             torch.save(ckpt, tmp / f"{modality}.pt")
             results[modality] = metrics
-            score = (f"val frame AUC {metrics['val_frame_auc']:.3f} (NME {metrics['val_frame_nme']:.4f})"
-                     if "val_frame_auc" in metrics else f"val frame accuracy {metrics['val_frame_acc']:.3f}")
+            score = ", ".join(f"val frame {k} {metrics[f'val_frame_{k}']:.3f}" for k in task.metric_keys)
             print(f"pretrain {modality}: {score} -> {args.out}/{modality}.pt")
         (tmp / "pretrain.json").write_text(json.dumps(results, indent=2) + "\n")
 

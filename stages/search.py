@@ -22,14 +22,14 @@ RERUN_AFTER_FULL = ("free some space and rerun the stage (it restores what Ray w
                     "search over)")
 
 
-def frame_reference(backbone, val, params) -> dict:
+def frame_reference(backbone, val, task) -> dict:
     """The trained CNN alone on the val clips (per frame, outputs averaged over the clip; regression: per frame):
-    Table 1's reference column. {"val_acc"} or {"val_auc", "val_nme", "val_failure_rate"}."""
+    Table 1's reference column. {"val_<key>"} for the task's metric keys: {"val_acc"} or {"val_auc", "val_nme",
+    "val_failure_rate"}."""
     import prernn
     from pipeline.training.trainer import evaluate_model
 
-    regression = params.regression.model_dump() if params.task == "regression" else None
-    return {f"val_{k}": v for k, v in evaluate_model(prernn.frame_model(backbone), val, regression=regression)["metrics"].items()}
+    return {f"val_{k}": v for k, v in evaluate_model(prernn.frame_model(backbone), val, task=task).metrics.items()}
 
 
 def storage_full(storage, since: float, what: str) -> None:
@@ -55,10 +55,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="search: %(message)s")
 
+    # deferred past argparse (`--help`, a bad argument answer at once): torch, Ray, MLflow take seconds to import
     import prernn
     from pipeline.core.atomic import DiskFull, nearly_full, out_of_space, space_for
     from pipeline.data.clipstore import ClipFileError
-    from pipeline.data.dataset import ClipDataset
+    from pipeline.data.dataset import ClipDataset, snippet_length
     from pipeline.data.augment import from_params
     from pipeline.search.trunk_cache import space_boundaries, trunk_caches
     from pipeline.core.params import ParamsError, load_stage_params
@@ -69,9 +70,11 @@ def main(argv=None) -> None:
     from pipeline.training.trainer import seed_everything
     from pipeline.core.checkpoint import backbone_from, load_checkpoint
     from pipeline.search.tuner import SearchInterrupted, run_search, write_outputs
+    from pipeline.training.tasks import task_from_params
 
     params = load_stage_params(args.params, "search")
     search = params.search
+    task = task_from_params(params)
     storage = search.storage_path if "://" in search.storage_path else Path(search.storage_path).resolve()
     ckpt_path = Path(args.pretrained) / f"{search.modality}.pt"
     try:
@@ -87,7 +90,7 @@ def main(argv=None) -> None:
         sys.exit(2)
 
     seed_everything(search.seed)
-    snippet = backbone.config["kwargs"].get("snippet") if backbone.is_3d else None
+    snippet = snippet_length(backbone.config)
     try:
         datasets = {split: ClipDataset(args.clips, split, search.modality, snippet=snippet, raw=True)
                     for split in ("train", "val")}
@@ -97,13 +100,13 @@ def main(argv=None) -> None:
     except (FileNotFoundError, ValueError) as err:  # no clips yet, a modality that was not extracted
         sys.exit(f"search: {err}")
     def train_augment():  # cached trunk: `augment_copies` augmented passes of the train clips, alike for every cache
-        augment = from_params(search, search.seed, params.task)
+        augment = from_params(search, search.seed, augments=task.augments)
         return (augment, search.augment_copies) if augment else None
 
     boundaries = space_boundaries(backbone, space)
     caches = trunk_caches(backbone, datasets, boundaries, cache_trunk=search.cache_trunk, train_augment=train_augment)
     splits = caches.get(boundary) or next(iter(caches.values()))  # the default boundary's when a trial has it
-    frames = frame_reference(backbone, splits["val"], params)
+    frames = frame_reference(backbone, splits["val"], task)
     print(f"search: {len(space)} trials on {search.modality} ({ckpt['config']['name']}, candidates {candidates}, "
           f"{'cached trunk below ' + ', '.join(boundaries) if search.cache_trunk else 'whole net fine-tuned'}; "
           f"train {len(splits['train'])} / val {len(splits['val'])} clips)")
@@ -111,7 +114,7 @@ def main(argv=None) -> None:
     try:
         rows, info = run_search(search, params.mlflow, ckpt, caches, candidates=candidates, boundary=boundary,
                                 space=space, base_dir=Path.cwd(), verbose=0 if args.quiet else 1, fresh=args.fresh,
-                                regression=params.regression.model_dump() if params.task == "regression" else None)
+                                task=task)
     except ParamsError as err:  # a value only the running cluster can refute (search.gpus_per_trial)
         print(f"search: {args.params}: {err}", file=sys.stderr)
         sys.exit(2)

@@ -42,8 +42,9 @@ def test_regression_is_never_augmented():
     """A shifted frame would no longer match its landmark coordinates: landmark tasks train on the frames as they are."""
     from pipeline.data.augment import from_params
     from pipeline.core.params import SearchParams
+    from pipeline.training.tasks import get_task
 
     search = SearchParams(augment_shift=3, augment_jitter=0.3)
-    assert isinstance(from_params(search), ClipAugment)
-    assert from_params(search, task="regression") is None
+    assert isinstance(from_params(search, augments=get_task("classification").augments), ClipAugment)
+    assert from_params(search, augments=get_task("regression").augments) is None
     assert from_params(SearchParams()) is None  # off unless asked for

@@ -9,7 +9,7 @@ import yaml
 
 import prernn
 from pipeline.data.clipstore import ClipWriter
-from pipeline.serve.predict import Predictor
+from pipeline.serve.predictor import Predictor
 from stages import evaluate
 
 CLASSES = ["left", "right"]
@@ -214,6 +214,7 @@ def test_results_do_not_depend_on_what_drew_random_numbers_before(workdir):
     (it once was: the number of DataLoader passes before the first model decided the test accuracy)."""
     from pipeline.report.evaluation import run_evaluation
     from pipeline.core.params import SearchParams
+    from pipeline.training.tasks import Classification
 
     choices = {"selected": _selected(["fc6"], []), "baseline": None}
     runs = []
@@ -221,6 +222,37 @@ def test_results_do_not_depend_on_what_drew_random_numbers_before(workdir):
         torch.manual_seed(123)
         torch.rand(draws)  # some earlier work consumed random numbers
         out = run_evaluation(workdir / "clips", workdir / "pretrained", choices, modalities=["rgb"], epochs=2,
-                             search_params=SearchParams(batch_size=4), log=lambda *_: None)
+                             search_params=SearchParams(batch_size=4), task=Classification(), log=lambda *_: None)
         runs.append([h["train_loss"] for h in out["streams"]["rgb"]["selected"]["history"]])
     assert runs[0] == runs[1]
+
+
+def test_the_search_and_evaluate_build_a_configuration_alike():
+    """One builder (prernn.build_from_config on the trained backbone): evaluate's model of a selection choice is the
+    search trial's model, with the trial's hh_init and gru_reset (the search's own builder once dropped gru_reset),
+    its reverted layers back in feedforward form, and the CNN per frame when every layer was reverted."""
+    from pipeline.report.evaluation import model_for
+
+    bb = prernn.create_backbone("vgg_mini", len(CLASSES), input_size=SIZE, width=16)
+    trial = {"kind": "prernn", "cell": "gru", "sih": False, "layers": ["fc6", "fc7"], "num_layers": 2,
+             "hidden_size": None, "hh_init": "xavier", "gru_reset": "after", "seed": 0}
+    torch.manual_seed(0)
+    searched = prernn.build_from_config(trial, bb)
+    assert searched.config["gru_reset"] == "after" and searched.config["hh_init"] == "xavier"
+    torch.manual_seed(0)
+    same = model_for({**_selected(["fc6", "fc7"], [], cell="gru", num_layers=2), "config": trial}, bb, trial)
+    assert same.config == searched.config
+    assert all(torch.equal(v, searched.state_dict()[k]) for k, v in same.state_dict().items())
+    kept = model_for({**_selected(["fc6"], ["fc7"], cell="gru", num_layers=2), "config": trial}, bb, trial)
+    assert list(kept.recurrent_layers()) == ["fc6"] and kept.config["gru_reset"] == "after"
+    assert torch.equal(kept.stages["fc7"].linear.weight, bb.stages["fc7"].linear.weight)  # feedforward, as trained
+    none = model_for({**_selected([], ["fc6", "fc7"]), "config": trial}, bb, trial)
+    assert none.config["kind"] == "frames" and prernn.readout(none) == "mean"
+    base = {"kind": "traditional", "cell": "lstm", "sih": False, "layers": [], "num_layers": 1, "hidden_size": 8,
+            "hh_init": "orthogonal", "seed": 0}
+    torch.manual_seed(1)
+    a = prernn.build_from_config(base, bb)
+    torch.manual_seed(1)
+    b = model_for({**_selected([], [], kind="traditional", num_layers=1), "config": base}, bb, base)
+    assert a.config == b.config and b.config["hidden_size"] == 8
+    assert all(torch.equal(v, a.state_dict()[k]) for k, v in b.state_dict().items())

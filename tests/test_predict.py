@@ -16,10 +16,13 @@ import prernn
 from pipeline.data.clipstore import split_files
 from pipeline.data.dataset import ClipDataset
 from pipeline.report.evaluation import FusedModel, final_checkpoint
-from pipeline.report.evaluation import test_metrics as clip_metrics
 from pipeline.data.extraction import extract_manifest
 from pipeline.core.params import DataParams, ExtractParams, SyntheticParams
-from pipeline.serve.predict import Predictor, PredictError, expand_inputs, resolve_model
+from pipeline.serve.errors import PredictError
+from pipeline.serve.inputs import expand_inputs
+from pipeline.serve.model_uri import resolve_model
+from pipeline.serve.predictor import Predictor
+from pipeline.training.tasks import Classification
 from pipeline.data.sources import ingest, resolve
 from tests.mlflow_store import use_mlflow_store
 
@@ -72,12 +75,14 @@ def test_clip_mode_agrees_with_evaluation(world):
     ds = {m: ClipDataset(world["clips"], "test", m) for m in ("rgb", "flow")}
     x = torch.cat([torch.stack([ds[m][i][0] for i in range(len(ds[m]))]) for m in ("rgb", "flow")], dim=2)
     with torch.no_grad():
-        ref = FusedModel(world["models"], {"rgb": 3, "flow": 3})(x)  # (N, K), as evaluation fuses
-    ours = torch.from_numpy(np.stack([pred.clip_probs(p) for p in world["test_paths"]]))
+        ref = FusedModel(world["models"], {"rgb": 3, "flow": 3}, Classification())(x)  # (N, K), as evaluation fuses
+    ours = torch.from_numpy(np.stack([pred.clip_outputs(p) for p in world["test_paths"]]))
     assert len(world["test_paths"]) == len(ds["rgb"]) >= 2
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
     labels = torch.from_numpy(ds["rgb"].labels)
-    assert clip_metrics(ours, labels, pred.class_names)["acc"] == clip_metrics(ref, labels, pred.class_names)["acc"]
+    task = pred.task
+    assert task == Classification()  # a final.pt without a stored task is classification
+    assert task.test_report(ours, labels, pred.class_names)["acc"] == task.test_report(ref, labels, pred.class_names)["acc"]
     assert ours.argmax(-1).tolist() == ref.argmax(-1).tolist()
 
 
@@ -86,7 +91,7 @@ def test_stream_final_frame_equals_clip_mode(world):
     video = world["test_paths"][0]
     outs = list(pred.stream(video))
     assert [f for f, _ in outs] == list(range(T))
-    np.testing.assert_allclose(outs[-1][1], pred.clip_probs(video), atol=1e-5)
+    np.testing.assert_allclose(outs[-1][1], pred.clip_outputs(video), atol=1e-5)
     assert not np.allclose(outs[0][1], outs[-1][1], atol=1e-7)  # the state carries: frames change the output
     assert len(list(pred.stream(video, max_frames=2))) == 2
 
@@ -103,20 +108,20 @@ def test_stream_equals_clip_mode_for_a_3d_backbone(world, tmp_path):
     i = [str(p) for p in world["test_paths"]].index(str(video))
     with torch.no_grad():
         ref = pred.models["flow"](ds[i][0][None]).softmax(-1)[0, -1].numpy()  # a recurrent model answers at its last step
-    np.testing.assert_allclose(pred.clip_probs(video), ref, atol=1e-5)
+    np.testing.assert_allclose(pred.clip_outputs(video), ref, atol=1e-5)
     np.testing.assert_allclose(list(pred.stream(video))[-1][1], ref, atol=1e-5)
 
 
 def test_depth_model_needs_a_depth_pair(world):
     pred = Predictor.from_file(world["depth"])
     color = next(Path(resolve(r["path"])) for r in world["rows"])
-    probs = pred.clip_probs(color)  # x_color.avi with its x_depth.avi partner
+    probs = pred.clip_outputs(color)  # x_color.avi with its x_depth.avi partner
     assert probs.shape == (2,) and abs(probs.sum() - 1) < 1e-5
     assert len(list(pred.stream(color))) == T
     plain = world["tmp"] / "plain.avi"
     plain.write_bytes(color.read_bytes())
     with pytest.raises(PredictError, match="needs modality 'depth'"):
-        pred.clip_probs(plain)
+        pred.clip_outputs(plain)
     with pytest.raises(PredictError, match="needs modality 'depth'"):
         list(pred.stream(plain))
 
@@ -170,7 +175,7 @@ def test_cli_clip_and_stream(world):
     assert [r["video"] for r in recs] == [str(good[0]), str(good[1])]
     pred = Predictor.from_file(world["final"])
     for r, path in zip(recs, good):
-        probs = pred.clip_probs(path)
+        probs = pred.clip_outputs(path)
         assert r["class"] == pred.class_names[int(probs.argmax())] and r["frame"] is None
         assert abs(r["probability"] - probs.max()) < 1e-5 and len(r["top_k"]) == 2
     err = [line for line in res.stderr.splitlines() if line.strip()]
@@ -206,7 +211,7 @@ def test_mlflow_pyfunc_round_trip(world, tmp_path, monkeypatch):
     pred = Predictor.from_file(world["final"])
     assert list(out.columns) == ["path", "class", "probability", "error"] and len(out) == 3
     for i, p in enumerate(paths[:2]):
-        probs = pred.clip_probs(p)
+        probs = pred.clip_outputs(p)
         assert out["class"][i] == pred.class_names[int(probs.argmax())] and out["error"][i] == ""
         assert abs(out["probability"][i] - probs.max()) < 1e-5
     assert pd.isna(out["class"][2]) and "no such file" in out["error"][2]
@@ -214,7 +219,7 @@ def test_mlflow_pyfunc_round_trip(world, tmp_path, monkeypatch):
     for spec in (f"runs:/{run.info.run_id}/predictor", "models:/predict-test/1", info.model_uri,
                  f"runs:/{run.info.run_id}/torch"):  # the last: no final.pt inside, taken from its run
         local = resolve_model(spec, uri, tmp_path / spec.replace("/", "_").replace(":", ""))
-        np.testing.assert_allclose(Predictor.from_file(local).clip_probs(paths[0]), pred.clip_probs(paths[0]))
+        np.testing.assert_allclose(Predictor.from_file(local).clip_outputs(paths[0]), pred.clip_outputs(paths[0]))
     # the MLflow CLI on the logged model: a CSV of paths in, predictions out
     csv = tmp_path / "in.csv"
     csv.write_text("path\n" + "\n".join(paths[:2]) + "\n")

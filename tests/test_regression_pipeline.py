@@ -129,7 +129,7 @@ def test_mlflow_pyfunc_predictor_returns_landmarks(run_dir, monkeypatch):
     import mlflow
     import pandas as pd
 
-    from pipeline.serve.predict import Predictor
+    from pipeline.serve.predictor import Predictor
 
     use_mlflow_store(monkeypatch, f"sqlite:///{run_dir / 'mlflow.db'}")
     assert json.loads((run_dir / "reports/evaluation.json").read_text())["mlflow"]["predictor_uri"]
@@ -140,7 +140,7 @@ def test_mlflow_pyfunc_predictor_returns_landmarks(run_dir, monkeypatch):
     assert list(out.columns) == ["path", "frame", "landmarks", "error"] and len(out) == 3
     pred = Predictor.from_file(run_dir / "models/final.pt")
     for i, path in enumerate(paths[:2]):
-        frame, pts = pred.clip_landmarks(path)[-1]
+        frame, pts = pred.clip_answers(path)[-1]
         got = np.array(json.loads(out["landmarks"][i]))
         assert got.shape == (8, 2) and int(out["frame"][i]) == frame and out["error"][i] == ""
         np.testing.assert_allclose(got, pts, atol=1e-4)
@@ -158,6 +158,7 @@ def test_pretrain_and_prernn_learn_landmarks(tmp_path):
     from pipeline.data.extraction import extract_manifest
     from pipeline.core.params import DataParams, ExtractParams, PretrainParams, SyntheticLandmarkParams
     from pipeline.data.sources import ingest
+    from pipeline.training.tasks import LandmarkRegression
     from pipeline.training.trainer import Trainer, fit
     from stages.pretrain import pretrain_modality
 
@@ -169,9 +170,9 @@ def test_pretrain_and_prernn_learn_landmarks(tmp_path):
     extract = ExtractParams(frames=4, size=16, modalities=["rgb"], workers=1)
     report = extract_manifest(rows, names, extract, tmp_path / "clips", workers=1, progress=False, task="regression")
     assert report["kept"] == 40, report["skipped"]
-    spec = {"normalize": "bbox", "threshold": 0.08}
+    task = LandmarkRegression({"normalize": "bbox", "threshold": 0.08})
     ckpt, metrics = pretrain_modality(PretrainParams(epochs=10, batch_size=32, lr=0.002), extract,
-                                      tmp_path / "clips", "rgb", regression=spec)
+                                      tmp_path / "clips", "rgb", task)
     first = metrics["history"][0]
     print("pretrain", {k: metrics[k] for k in ("val_frame_auc", "val_frame_nme")}, "epoch 1", first["val_auc"])
     assert first["val_auc"] < 0.01 and metrics["val_frame_auc"] > 0.04 and metrics["val_frame_nme"] < 0.1, \
@@ -182,8 +183,8 @@ def test_pretrain_and_prernn_learn_landmarks(tmp_path):
     backbone.load_state_dict(ckpt["state_dict"])
     model = prernn.convert(backbone, ["fc7"], "gru")
     train, val = (ClipDataset(tmp_path / "clips", split, "rgb") for split in ("train", "val"))
-    trainer = Trainer(model, lr_inherited=5e-4, lr_new=3e-3, batch_size=8, regression=spec)
-    before = trainer.evaluate(val)
+    trainer = Trainer(model, lr_inherited=5e-4, lr_new=3e-3, batch_size=8, task=task)
+    before = trainer.evaluate(val).metrics
     history = fit(trainer, train, val, epochs=8)
     print("prernn before", {k: before[k] for k in ("auc", "nme")},
           [(round(h["val_auc"], 3), round(h["val_nme"], 3)) for h in history])

@@ -108,7 +108,7 @@ def test_compare_gives_seed_intervals_and_a_paired_difference():
     right = torch.nn.functional.one_hot(labels, 2).float()  # always right
     wrong = 1 - right  # always wrong
     half = torch.cat([right[:4], wrong[4:]])
-    result = {"labels": labels, "seeds": {
+    result = {"targets": labels, "seeds": {
         "selected": [{"seed": s, "streams": {"rgb": right}, "fused": right} for s in (0, 1)],
         "baseline": [{"seed": 0, "streams": {"rgb": half}, "fused": half},
                      {"seed": 1, "streams": {"rgb": wrong}, "fused": wrong}]}}

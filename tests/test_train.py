@@ -6,8 +6,9 @@ import torch
 
 import prernn
 from pipeline.search.trunk_cache import trunk_features
-from pipeline.training.trainer import (NonFiniteLoss, Trainer, clip_loss_and_probs, epochs_to_fraction, fit, param_groups,
-                            seed_everything, summarize)
+from pipeline.training.tasks import Classification, clip_loss_and_probs
+from pipeline.training.trainer import (NonFiniteLoss, Trainer, epochs_to_fraction, fit, param_groups, seed_everything,
+                                       summarize)
 from tests.search_fixtures import toy_tensors
 
 torch.set_num_threads(1)
@@ -29,7 +30,7 @@ def _trainer(model, start, seed=0):
 def test_sequence_model_learns_separable_toy_set():
     model, feats = _setup()
     trainer = _trainer(model, feats.start)
-    before = trainer.evaluate(feats)["loss"]
+    before = trainer.evaluate(feats).loss
     history = fit(trainer, feats, feats, epochs=6)
     assert [r["epoch"] for r in history] == list(range(1, 7))
     assert history[-1]["val_acc"] == 1.0
@@ -97,15 +98,14 @@ def test_epochs_to_95_and_summary():
     assert epochs_to_fraction(hist) == 2
     assert epochs_to_fraction(hist, fraction=1.0) == 3
     assert epochs_to_fraction([]) is None
-    s = summarize(hist)
-    assert (s["val_acc"], s["val_loss"], s["best_epoch"], s["epochs_to_95"], s["clips_per_sec"]) == (1.0, 0.5, 3, 2, 20.0)
+    s = summarize(hist, Classification())
+    assert (s.at_best("val_acc"), s.at_best("val_loss"), s.best_epoch, s.epochs_to_95, s.clips_per_sec) == \
+        (1.0, 0.5, 3, 2, 20.0)
+    assert s.at_best("val_auc") is None and summarize([], Classification()).best_epoch is None
 
 
 def test_a_recurrent_model_is_read_at_its_last_step_a_frame_model_over_time():
     """Readout: the loss and prediction of a recurrent model come from its last step only; a frame model averages."""
-    import prernn
-    from pipeline.training.trainer import clip_loss_and_probs
-
     bb = prernn.create_backbone("vgg_mini", 3, input_size=16, width=8)
     assert prernn.readout(prernn.convert(bb, ["fc6"], "gru")) == "last"
     assert prernn.readout(prernn.traditional(bb, "lstm")) == "last"

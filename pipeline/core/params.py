@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 from typing import Literal, Optional, Union
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.search.space import space_problems
+from pipeline.training.tasks import get_task, list_tasks
+import prernn
 from prernn import CELLS
 
 MODALITIES = ("rgb", "flow", "depth")
@@ -132,10 +135,8 @@ class PretrainParams(_Section):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, name: str) -> str:
-        from prernn import list_backbones
-
-        if name not in list_backbones():
-            raise ValueError(f"unknown backbone {name!r}; allowed: {', '.join(list_backbones())}")
+        if name not in prernn.list_backbones():
+            raise ValueError(f"unknown backbone {name!r}; allowed: {', '.join(prernn.list_backbones())}")
         return name
 
 
@@ -205,7 +206,7 @@ class MlflowParams(_Section):
 
 
 class Params(_Section):
-    task: Literal["classification", "regression"] = "classification"
+    task: Literal[tuple(list_tasks())] = "classification"  # the registered tasks (pipeline.training.tasks)
     data: DataParams = DataParams()
     extract: ExtractParams = ExtractParams()
     pretrain: PretrainParams = PretrainParams()
@@ -218,26 +219,32 @@ class Params(_Section):
     @model_validator(mode="before")
     @classmethod
     def _task_defaults(cls, raw):
-        """select.metric absent or null: val_acc, or for task: regression the landmark AUC val_auc."""
+        """select.metric absent or null: the task's score (`Task.score`): val_acc, or for task: regression the
+        landmark AUC val_auc; and select.mode, if absent too, the task's (`Task.mode`: max for both)."""
         if isinstance(raw, dict):
             sel = raw.get("select") or {}
-            if isinstance(sel, dict) and sel.get("metric") is None:  # absent or null: the task's default
-                raw = {**raw, "select": {**sel, "metric": "val_auc" if raw.get("task") == "regression" else "val_acc"}}
+            name = raw.get("task") or "classification"
+            if isinstance(sel, dict) and sel.get("metric") is None and name in list_tasks():  # the task's default
+                task = get_task(name)
+                raw = {**raw, "select": {"mode": task.mode, **sel, "metric": task.score}}
         return raw
 
     @model_validator(mode="after")
     def _cross_section(self):
         problems = []
+        task = get_task(self.task)
         landmark_source = self.data.source in LANDMARK_SOURCES
-        if self.task == "regression" and not landmark_source:
-            problems.append(f"data.source: {self.data.source!r}: task regression needs landmark annotations; "
+        if task.needs_landmarks and not landmark_source:
+            problems.append(f"data.source: {self.data.source!r}: task {task.name} needs landmark annotations; "
                             f"allowed: {', '.join(LANDMARK_SOURCES)}")
-        if self.task == "regression" and self.select.metric == "val_acc":
-            problems.append("select.metric: 'val_acc': regression trials have no accuracy; "
-                            "use val_auc (default), val_nme or val_failure_rate (mode: min), or val_loss")
-        if self.task == "classification" and landmark_source:
+        if self.select.metric == "val_acc" and "acc" not in task.metric_keys:
+            others = [k for k in task.val_keys if k != task.score]
+            problems.append(f"select.metric: 'val_acc': {task.name} trials have no accuracy; use {task.score} "
+                            f"(default), {' or '.join(others)} (mode: min), or val_loss")
+        if not task.needs_landmarks and landmark_source:
+            landmark_tasks = [n for n in list_tasks() if get_task(n).needs_landmarks]
             problems.append(f"data.source: {self.data.source!r}: a landmark source has no class labels; "
-                            "set task: regression")
+                            f"set task: {' or '.join(landmark_tasks)}")
         needed = set(self.pretrain.modalities) | {self.search.modality} | set(self.evaluate.modalities)
         missing = sorted(needed - set(self.extract.modalities))
         if missing:
@@ -259,10 +266,6 @@ class Params(_Section):
 def backbone_candidates(name: str) -> tuple[list[str], list[str]]:
     """(candidate layers, default candidates) of backbone `name` (prernn.candidate_layers,
     prernn.default_candidates), built on the meta device (no memory)."""
-    import torch
-
-    import prernn
-
     with torch.device("meta"):
         bb = prernn.create_backbone(name, 2)
         return prernn.candidate_layers(bb), prernn.default_candidates(bb)

@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def from_params(section, seed: int = 0, task: str = "classification") -> "ClipAugment | None":
+def from_params(section, seed: int = 0, *, augments: bool = True) -> "ClipAugment | None":
     """The augmentation a params section asks for (`augment_shift`, `augment_jitter`), or None when both are 0 or
-    the task is regression (a shifted frame would no longer match its landmark coordinates)."""
+    the task does not augment (`augments`: pipeline.training.tasks.Task.augments; a shifted frame would no longer
+    match its landmark coordinates)."""
     shift, jitter = int(section.augment_shift), float(section.augment_jitter)
-    if task == "regression" or (not shift and not jitter):
+    if not augments or (not shift and not jitter):
         return None
     return ClipAugment(shift, jitter, torch.Generator().manual_seed(int(seed)))
 

@@ -63,6 +63,14 @@ def device_normalizer(data) -> "Normalize | None":
     return data.normalizer() if getattr(data, "raw", False) else None
 
 
+def snippet_length(config: dict) -> int | None:
+    """The snippet length L a model reads, from its config (a Backbone's `.config`, or a SequenceModel's, whose
+    "backbone" it reads): a 3D backbone's `snippet` (c3d_mini's kwarg); None for a 2D backbone, which reads frames.
+    The one place the pipeline works it out (the datasets of pretrain, search and evaluate, prernn predict)."""
+    snippet = config.get("backbone", config).get("kwargs", {}).get("snippet")
+    return None if snippet is None else int(snippet)
+
+
 def snippet_index(frames: int, snippet: int) -> np.ndarray:
     """(T, L) frame indices: snippet t holds frames t-L+1..t, the first frame repeated at the start."""
     t = np.arange(frames)

@@ -2,8 +2,8 @@
 over the same seeds, per stream and fused.
 
 In: `pipeline.report.evaluation.run_evaluation`'s result (every role trained once per seed: `result["seeds"][role]`
-= [{"seed", "streams": {modality: last-epoch test outputs}, "fused": last-epoch fused outputs}]), the test
-labels and a task's score functions. Out: `compare(...)` -> {view: {metric: {"selected", "baseline" (mean and
+= [{"seed", "streams": {modality: last-epoch test outputs}, "fused": last-epoch fused outputs}]; `result["targets"]`
+the test labels or landmarks) and a task's score functions (`Task.metric_fn`). Out: `compare(...)` -> {view: {metric: {"selected", "baseline" (mean and
 95% t-interval over seeds), "difference" (selected - baseline: mean over seeds, paired bootstrap 95% interval
 over test clips), "excludes_zero"}}} for view in "fused" and every modality.
 """
@@ -27,7 +27,7 @@ def _views(result: dict, modalities: list[str]) -> dict[str, Callable[[dict], ob
 
 def compare(result: dict, modalities: list[str], scores: Scores, *, resamples: int = 2000) -> dict:
     """See the module docstring; without a baseline only the selected configuration's intervals."""
-    labels = result["labels"]
+    labels = result["targets"]
     runs = result["seeds"]
     out = {}
     for view, outputs_of in _views(result, modalities).items():

@@ -2,8 +2,9 @@
 
 In: `selection.json`'s `selected` / `baseline` choices (pipeline.report.selection), the pretrained backbone of each
 stream (`models/pretrained/<modality>.pt`, contract save format) and the clips folder.
-Out: trained SequenceModels, per-epoch history, test probabilities, and the metrics of
-`test_metrics(probs, labels, class_names)` (accuracy, per-class accuracy, confusion matrix).
+Out: trained SequenceModels, per-epoch history, the task's test outputs (class probabilities or landmarks), and
+`summary(...)`: metrics.json, evaluation.json, history.csv and the task's plot rows, in the task's terms
+(pipeline.training.tasks: its metrics, report keys and plot).
 
 - The selected configuration is built with only its kept layers recurrent (`prernn.convert(backbone,
   layers, ...)`); when every converted layer was reverted ([0058]) it is the plain trained backbone
@@ -12,38 +13,38 @@ Out: trained SequenceModels, per-epoch history, test probabilities, and the metr
   weight decay, hh_init and seed (`trial config` in trials.json; the `search` params where absent), over
   the cached frozen trunk (pipeline.search.trunk_cache: each choice's own trunk boundary), as the search did. The test split is evaluated after every
   epoch for the history only; nothing is chosen on it.
-- Late fusion ([0023]: one stream per modality): the mean over streams of each stream's clip probabilities
-  (B, K) (`prernn.readout`: a recurrent model's last step, a frame model's mean over time).
+- Late fusion ([0023]: one stream per modality): the task's (`Task.fuse`): the mean over streams of each
+  stream's clip probabilities (B, K) (`prernn.readout`: a recurrent model's last step, a frame model's mean over
+  time), or of its landmarks (B, T, K, 2).
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 import prernn
 from pipeline.core.checkpoint import load_backbone
+from pipeline.data.augment import from_params
+from pipeline.data.dataset import ClipDataset, snippet_length
+from pipeline.report.comparison import compare
+from pipeline.search.trunk_cache import trial_boundary, trial_splits, trunk_caches
+from pipeline.training.tasks import Task
+from pipeline.training.trainer import Trainer, evaluate_model, seed_everything
 
 TRAIN_KEYS = ("batch_size", "lr_inherited", "lr_new", "weight_decay", "hh_init", "seed")
-FUSION = "mean of the streams' clip probabilities (a recurrent model's last step, a frame model's time average)"
 
 
 def model_for(choice: dict, backbone, train_cfg: dict):
-    """The untrained SequenceModel of a selection choice (`selected` or `baseline` of selection.json)."""
-    import prernn
-
-    hh = train_cfg.get("hh_init", "orthogonal")
-    if choice["kind"] == "traditional":
-        hidden = (choice.get("config") or {}).get("hidden_size")
-        return prernn.traditional(backbone, choice["cell"], num_layers=int(choice["num_layers"]),
-                                  hidden_size=hidden, hh_init=hh)
-    if not choice["layers"]:
-        return prernn.frame_model(backbone)
-    return prernn.convert(backbone, list(choice["layers"]), choice["cell"], sih=bool(choice["sih"]), hh_init=hh,
-                          gru_reset=(choice.get("config") or {}).get("gru_reset", "before"))
+    """The untrained SequenceModel of a selection choice (`selected` or `baseline` of selection.json): its trial
+    config with the kept layers (`prernn.build_from_config` on the trained backbone, as the search built it); a
+    conversion whose every layer was reverted ([0058]) is the trained backbone per frame (kind "frames")."""
+    config = {**(choice.get("config") or {}), **{k: choice[k] for k in ("kind", "cell", "sih", "num_layers")},
+              "layers": list(choice["layers"]), "hh_init": train_cfg.get("hh_init", "orthogonal")}
+    if config["kind"] == "prernn" and not config["layers"]:
+        config["kind"] = "frames"
+    return prernn.build_from_config(config, backbone)
 
 
 def train_config(choice: dict, search_params) -> dict:
@@ -52,73 +53,50 @@ def train_config(choice: dict, search_params) -> dict:
     return {k: cfg.get(k, getattr(search_params, k)) for k in TRAIN_KEYS}
 
 
-def train_and_test(model, train, test, *, epochs: int, cfg: dict, device, on_epoch=None,
-                   regression: dict | None = None) -> tuple[list[dict], list]:
+def train_and_test(model, train, test, *, epochs: int, cfg: dict, device, task: Task,
+                   on_epoch=None) -> tuple[list[dict], list]:
     """Train `model` on `train` (pipeline.search.trunk_cache.SplitTensors) for `epochs`, testing after each epoch.
 
-    Returns (history rows {"epoch", "train_loss", "train_acc", "test_loss", "test_acc"}, per-epoch test probs (N, K)).
-    Regression (landmark targets, `regression` params): rows {"epoch", "train_loss", "train_nme", "test_loss",
-    "test_auc", "test_nme", "test_failure_rate"} and per-epoch predicted landmarks (N, T, K, 2).
+    Returns (history rows {"epoch", "train_loss", "train_<task.train_metric>", "clips_per_sec", "test_loss",
+    "test_<key>" per task metric}, the task's test outputs per epoch: (N, K) probabilities or (N, T, K, 2) landmarks).
     """
-    from pipeline.training.trainer import Trainer, seed_everything
-
     seed_everything(int(cfg["seed"]))
     trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"], weight_decay=cfg["weight_decay"],
                       batch_size=cfg["batch_size"], seed=int(cfg["seed"]), start=train.start, device=device,
-                      regression=regression)
-    history, probs = [], []
+                      task=task)
+    history, outputs = [], []
     for _ in range(int(epochs)):
         row = trainer.train_epoch(train)
         res = trainer.evaluate(test)
-        row = {"epoch": trainer.epoch, **row, "test_loss": res["loss"], **{f"test_{k}": v for k, v in res["metrics"].items()}}
+        row = {"epoch": trainer.epoch, **row, "test_loss": res.loss, **{f"test_{k}": v for k, v in res.metrics.items()}}
         history.append(row)
-        probs.append(res["probs"])
+        outputs.append(res.outputs)
         if on_epoch:
             on_epoch(row)
     model.cpu().eval()
-    return history, probs
-
-
-def fuse(probs: list[torch.Tensor]) -> torch.Tensor:
-    """Late fusion: [(N, K) per stream] -> (N, K), the mean of the streams' probabilities."""
-    return torch.stack([p.float() for p in probs]).mean(0)
-
-
-def test_metrics(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
-    """{"acc", "per_class_acc": {name: acc | None}, "confusion": K x K counts [actual][predicted], "n"}."""
-    pred = probs.argmax(-1).numpy()
-    y = labels.numpy()
-    k = len(class_names)
-    cm = np.zeros((k, k), dtype=int)
-    np.add.at(cm, (y, pred), 1)
-    per = {name: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None) for i, name in enumerate(class_names)}
-    return {"acc": float((pred == y).mean()) if len(y) else 0.0, "per_class_acc": per,
-            "confusion": cm.tolist(), "n": int(len(y))}
+    return history, outputs
 
 
 class FusedModel(nn.Module):
     """Every stream in one module (what MLflow's PyTorch flavour stores).
 
     forward(x (B, T, sum C_m, H, W) [3D: (B, T, sum C_m, L, H, W)], the streams' normalised inputs concatenated on
-    the channel axis in `modalities` order) -> (B, K) fused class probabilities (FUSION).
+    the channel axis in `modalities` order) -> the task's fused outputs (`Task.fuse` of each stream's
+    `Task.clip_outputs`): (B, K) class probabilities, or (B, T, K, 2) landmarks.
     """
 
-    def __init__(self, streams: dict[str, nn.Module], channels: dict[str, int], regression: bool = False):
+    def __init__(self, streams: dict[str, nn.Module], channels: dict[str, int], task: Task):
         super().__init__()
-        self.regression = bool(regression)  # task: regression: -> (B, T, K, 2) landmarks, the mean over streams
+        self.task = task
         self.modalities = list(streams)
         self.streams = nn.ModuleDict(streams)
         self.channels = [int(channels[m]) for m in self.modalities]
+        self.readouts = [task.readout(self.streams[m]) for m in self.modalities]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = torch.split(x, self.channels, dim=2)
-        if self.regression:
-            from pipeline.training.metrics import decode
-
-            return torch.stack([decode(self.streams[m](p)) for m, p in zip(self.modalities, parts)]).mean(0)
-        probs = [prernn.clip_output(self.streams[m](p).softmax(-1), prernn.readout(self.streams[m]))
-                 for m, p in zip(self.modalities, parts)]  # (B, K) each
-        return torch.stack(probs).mean(0)
+        return self.task.fuse([self.task.clip_outputs(self.streams[m](p), how)
+                               for m, p, how in zip(self.modalities, parts, self.readouts)])
 
 
 def final_checkpoint(models: dict[str, nn.Module], meta: dict) -> dict:
@@ -132,38 +110,36 @@ def final_checkpoint(models: dict[str, nn.Module], meta: dict) -> dict:
 
 
 def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list[str], epochs: int,
-                   search_params, device="cpu", cache_trunk: bool = True, log=print,
-                   regression: dict | None = None) -> dict:
-    """Train and test every choice ({"selected": ..., "baseline": ... | None}) on every stream, then fuse.
+                   search_params, task: Task, device="cpu", cache_trunk: bool = True, log=print) -> dict:
+    """Train and test every choice ({"selected": ..., "baseline": ... | None}) on every stream for `task`, then fuse.
 
-    Returns {"class_names", "labels" (N,), "meta" (clip metadata: normalization, extract, ...),
-             "streams": {modality: {role: {"model", "history", "probs": [(N, K) per epoch], "cfg"}}},
+    Returns {"class_names", "targets" (N,) labels or (N, T, K, 2) landmarks, "meta" (clip metadata: normalization,
+             extract, ...),
+             "streams": {modality: {role: {"model", "history", "outputs": [the task's test outputs per epoch], "cfg"}}},
              "examples": {modality: up to two raw test clips (B, T, C, H, W), for the MLflow signature},
-             "fused": {role: [(N, K) per epoch]} (the first seed's),
+             "fused": {role: [fused test outputs per epoch]} (the first seed's),
              "seeds": {role: [{"seed", "streams": {modality: last-epoch test outputs}, "fused"}]} (every seed of the
-             choice's `seeds`: pipeline.report.comparison), "frames": {modality: the trained CNN alone on test, per frame}}.
+             choice's `seeds`: pipeline.report.comparison), "frames": {modality: the trained CNN alone on test, per
+             frame (an `Evaluation`)}}.
     """
-    import prernn
-    from pipeline.data.dataset import ClipDataset
-    from pipeline.data.augment import from_params
-    from pipeline.search.trunk_cache import trial_boundary, trial_splits, trunk_caches
-    from pipeline.training.trainer import evaluate_model, seed_everything
-
     out = {"streams": {}, "fused": {}, "examples": {}}
-    labels = None
+    targets = None
     for m in modalities:
         bb = load_backbone(Path(pretrained_dir) / f"{m}.pt")
-        snippet = int(bb.config.get("kwargs", {}).get("snippet", 4)) if bb.is_3d else None
+        snippet = snippet_length(bb.config)
         train_ds = ClipDataset(clips_dir, ["train", "val"], m, snippet=snippet, raw=True)  # uint8, normalised on device
         test_ds = ClipDataset(clips_dir, "test", m, snippet=snippet, raw=True)
         if len(test_ds) == 0 or len(train_ds) == 0:
             raise ValueError(f"{clips_dir}: modality {m}: {len(train_ds)} train+val clips, {len(test_ds)} test clips; "
                              "need both (data.test_fraction > 0)")
+        if train_ds.task != task.name:
+            raise ValueError(f"{clips_dir}: clips extracted for task {train_ds.task!r}, but params.yaml's task is "
+                             f"{task.name!r}; rerun the extract stage")
         if int(bb.config["num_classes"]) != train_ds.num_classes:
             raise ValueError(f"{Path(pretrained_dir) / f'{m}.pt'}: {bb.config['num_classes']} classes, but {clips_dir} "
                              f"has {train_ds.num_classes}; rerun the pretrain stage")
         def train_augment():  # as the search augmented its train clips, alike for every trunk cache
-            augment = from_params(search_params, search_params.seed, "regression" if regression else "classification")
+            augment = from_params(search_params, search_params.seed, augments=task.augments)
             return (augment, search_params.augment_copies) if augment else None
 
         default = prernn.trunk_boundary(bb)  # one cache per boundary a choice needs (pipeline.search.trunk_cache)
@@ -173,16 +149,15 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
         caches = trunk_caches(bb, {"train": train_ds, "test": test_ds}, boundaries, cache_trunk=cache_trunk,
                               train_augment=train_augment, device=device)
         splits = caches.get(default) or caches[None]
-        if labels is not None and not torch.equal(labels, splits["test"].y):
+        if targets is not None and not torch.equal(targets, splits["test"].y):
             raise ValueError(f"{clips_dir}: the test clips of {m} are not in the order of {modalities[0]}; cannot fuse")
-        labels = splits["test"].y
+        targets = splits["test"].y
         out.setdefault("class_names", train_ds.class_names)
         out.setdefault("meta", train_ds.meta)
-        out.setdefault("task", train_ds.task)
         out["streams"][m] = {}
         raw = torch.stack([test_ds[i][0] for i in range(min(2, len(test_ds)))])  # (2, T, H, W, C) uint8
         out["examples"][m] = test_ds.normalizer()(raw)  # (2, T, C, H, W) float32
-        out.setdefault("frames", {})[m] = evaluate_model(prernn.frame_model(bb), splits["test"], regression=regression,
+        out.setdefault("frames", {})[m] = evaluate_model(prernn.frame_model(bb), splits["test"], task=task,
                                                          device=device)  # the CNN alone, per frame
         for role, choice in choices.items():
             if choice is None:
@@ -196,22 +171,22 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
                 seed_everything(seed)  # the new weights' init must not depend on what ran before in this process
                 model = model_for(choice, bb, cfg_seed)
                 data = trial_splits(caches, bb, choice)
-                history, probs = train_and_test(model, data["train"], data["test"], epochs=epochs, cfg=cfg_seed,
-                                                device=device, regression=regression)
+                history, outputs = train_and_test(model, data["train"], data["test"], epochs=epochs, cfg=cfg_seed,
+                                                  device=device, task=task)
                 if seed == seeds[0]:  # the first seed's model is the one saved and registered
-                    out["streams"][m][role] = {"model": model, "history": history, "probs": probs, "cfg": cfg_seed}
+                    out["streams"][m][role] = {"model": model, "history": history, "outputs": outputs, "cfg": cfg_seed}
                 runs = out.setdefault("seeds", {}).setdefault(role, [])
                 run = next((r for r in runs if r["seed"] == seed), None)
                 if run is None:
                     run = {"seed": seed, "streams": {}}
                     runs.append(run)
-                run["streams"][m] = probs[-1]  # last-epoch test outputs (N, K) [(N, T, K, 2)]
+                run["streams"][m] = outputs[-1]  # last-epoch test outputs (N, K) [(N, T, K, 2)]
     for role in [r for r, c in choices.items() if c is not None]:
-        per_stream = [out["streams"][m][role]["probs"] for m in modalities]
-        out["fused"][role] = [fuse([s[e] for s in per_stream]) for e in range(int(epochs))]
+        per_stream = [out["streams"][m][role]["outputs"] for m in modalities]
+        out["fused"][role] = [task.fuse([s[e] for s in per_stream]) for e in range(int(epochs))]
         for run in out["seeds"][role]:
-            run["fused"] = fuse([run["streams"][m] for m in modalities])
-    out["labels"] = labels
+            run["fused"] = task.fuse([run["streams"][m] for m in modalities])
+    out["targets"] = targets
     return out
 
 
@@ -245,11 +220,6 @@ def history_rows(result: dict, modalities: list[str], fused_columns, stream_keys
     return rows
 
 
-def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """probs (N, K), labels (N,) -> the fraction of clips whose most probable class is the label."""
-    return float((probs.argmax(-1) == labels).float().mean()) if len(labels) else 0.0
-
-
 def curve_rows(history: list[dict], score: str) -> list[dict]:
     """history.csv rows -> curves.csv rows for `dvc plots`: one per (epoch, series) with the test `score`
     (test_acc / test_auc) of every column named `[<modality>_][baseline_]<score>`; series "fused, selected",
@@ -266,35 +236,48 @@ def curve_rows(history: list[dict], score: str) -> list[dict]:
     return rows
 
 
-def summary(result: dict, choices: dict, modalities: list[str]) -> tuple[dict, dict, list[dict], list[dict]]:
-    """(metrics.json, evaluation.json, history.csv rows, confusion.csv rows) from `run_evaluation`'s result."""
-    names, y = result["class_names"], result["labels"]
+def summary(result: dict, choices: dict, modalities: list[str],
+            task: Task) -> tuple[dict, dict, list[dict], list[dict]]:
+    """(metrics.json, evaluation.json, history.csv rows, the task's plot rows) from `run_evaluation`'s result.
+
+    metrics.json: test_<key> of the selected configuration (fused) for the task's metric keys, the baseline's
+    (baseline_test_<key>), the gain in the task's score, the test set (`Task.test_info`), per stream the
+    `report_keys` and the baseline's score, the comparison over seeds of the `report_keys` (pipeline.report.
+    comparison), the seeds and the CNN alone per frame; evaluation.json the `Task.test_report` of every role
+    fused and per stream. history.csv: per epoch the fused `report_keys` and each stream's test score, train loss
+    and train metric.
+    """
+    names, y = result["class_names"], result["targets"]
     roles = list(result["fused"])
-    final = {r: test_metrics(result["fused"][r][-1], y, names) for r in roles}
-    streams = {m: {r: test_metrics(result["streams"][m][r]["probs"][-1], y, names) for r in roles} for m in modalities}
-    sel = final["selected"]
-    base = final.get("baseline")
-    metrics = {"test_acc": sel["acc"], "baseline_test_acc": base["acc"] if base else None,
-               "gain": sel["acc"] - base["acc"] if base else None, "n_test": sel["n"],
-               "per_class_acc": sel["per_class_acc"],
-               "streams": {m: {"test_acc": s["selected"]["acc"],
-                               "baseline_test_acc": s["baseline"]["acc"] if "baseline" in s else None}
+    final = {r: task.test_report(result["fused"][r][-1], y, names) for r in roles}
+    streams = {m: {r: task.test_report(result["streams"][m][r]["outputs"][-1], y, names) for r in roles}
+               for m in modalities}
+    sel, base = final["selected"], final.get("baseline")
+    score = task.score_metric
+    metrics = {**task.metrics_head(),
+               **{f"test_{k}": sel[k] for k in task.metric_keys},
+               **{f"baseline_test_{k}": base[k] if base else None for k in task.metric_keys},
+               "gain": sel[score] - base[score] if base else None, **task.test_info(sel, y),
+               "streams": {m: {**{f"test_{k}": s["selected"][k] for k in task.report_keys},
+                               f"baseline_test_{score}": s["baseline"][score] if "baseline" in s else None}
                            for m, s in streams.items()},
                "selected": choices["selected"]["name"], "baseline": (choices.get("baseline") or {}).get("name")}
-    from pipeline.report.comparison import compare
-
-    metrics["comparison"] = compare(result, modalities, {"test_acc": accuracy})
+    metrics["comparison"] = compare(result, modalities, {f"test_{k}": task.metric_fn(k) for k in task.report_keys},
+                                    resamples=task.resamples)
     metrics["seeds"] = [run["seed"] for run in result["seeds"]["selected"]]
-    metrics["frame_reference"] = {m: {"test_acc": result["frames"][m]["acc"]} for m in modalities}
-    fused = metrics["comparison"]["fused"]["test_acc"]
-    metrics.update({"test_acc_mean": fused["selected"]["mean"],
-                    "baseline_test_acc_mean": fused["baseline"]["mean"] if "baseline" in fused else None,
-                    "gain_mean": fused["difference"]["mean"] if "difference" in fused else None})
+    metrics["frame_reference"] = {m: {f"test_{k}": result["frames"][m].metrics[k] for k in task.report_keys}
+                                  for m in modalities}
+    if task.mean_keys:
+        fused = metrics["comparison"]["fused"][f"test_{score}"]
+        metrics.update({f"test_{score}_mean": fused["selected"]["mean"],
+                        f"baseline_test_{score}_mean": fused["baseline"]["mean"] if "baseline" in fused else None,
+                        "gain_mean": fused["difference"]["mean"] if "difference" in fused else None})
     parts = report_parts(result, choices, modalities)
-    report = {"fusion": FUSION if len(modalities) > 1 else None, "modalities": modalities, "class_names": names,
-              "choices": parts["choices"], "fused": final, "streams": streams, "train_config": parts["train_config"]}
-    history = history_rows(result, modalities, lambda out: {"test_acc": test_metrics(out, y, names)["acc"]},
-                           ("test_acc", "train_loss", "train_acc"))
-    pred = result["fused"]["selected"][-1].argmax(-1).tolist()
-    confusion = [{"actual": names[a], "predicted": names[p]} for a, p in zip(y.tolist(), pred)]
-    return metrics, report, history, confusion
+    report = {**task.metrics_head(), "fusion": task.fusion if len(modalities) > 1 else None, "modalities": modalities,
+              **task.report_info(names), "choices": parts["choices"], "fused": final, "streams": streams,
+              "train_config": parts["train_config"]}
+    history = history_rows(result, modalities,
+                           lambda out: {f"test_{k}": task.test_report(out, y, names)[k] for k in task.report_keys},
+                           (f"test_{score}", "train_loss", f"train_{task.train_metric}"))
+    plot = task.plot_rows({r: result["fused"][r][-1] for r in roles}, y, names)
+    return metrics, report, history, plot

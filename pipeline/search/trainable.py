@@ -5,8 +5,9 @@
            "weight_decay", "hh_init", "seed", "cpus_per_trial", "use_gpu", "tracking_uri",
            "experiment_id", "parent_run_id", "gate_stats_every_epoch"}
   data (via tune.with_parameters, i.e. the Ray object store): {"backbone": {"config", "state_dict"},
-           "caches": {boundary: {"train": SplitTensors, "val": SplitTensors}}} (cached trunk features per trial
-           boundary, pipeline.search.trunk_cache.trunk_caches, or {None: raw clips}); a trial takes its boundary's;
+           "caches": {boundary: {"train": SplitTensors, "val": SplitTensors}} (cached trunk features per trial
+           boundary, pipeline.search.trunk_cache.trunk_caches, or {None: raw clips}; a trial takes its boundary's),
+           "task": the task's entries (pipeline.training.tasks.Task.entries; absent: classification)};
   experiment_dir (the same way): the search's experiment folder under search.storage_path.
 Each epoch it reports the epoch's metrics (`val_acc`, `val_loss`, ...), the history so far
 (`history_json`), `recurrent_params`, the MLflow child run id, the Ray node (`node_id`, `node_ip`) and
@@ -32,13 +33,16 @@ from typing import Optional
 
 import torch
 
+import prernn
 from pipeline.core import tracking
 
 from pipeline.search import trial_checkpoint
 from pipeline.core.checkpoint import backbone_from
 from pipeline.search.trunk_cache import trial_splits
 from pipeline.core.storage import StoragePath
-from pipeline.training.trainer import REGRESSION_KEYS, Trainer, pick_device, seed_everything, summarize
+from pipeline.data.augment import ClipAugment
+from pipeline.training.tasks import task_from_entries
+from pipeline.training.trainer import Trainer, pick_device, seed_everything, summarize, summary_keys
 
 COMMON_KEYS = ("epochs", "batch_size", "lr_inherited", "lr_new", "weight_decay", "hh_init", "seed")
 
@@ -50,21 +54,9 @@ def flat_config(config: dict) -> dict:
     return cfg
 
 
-def build_model(backbone: torch.nn.Module, cfg: dict):
-    """The SequenceModel of one trial: prernn.convert for kind "prernn", prernn.traditional otherwise."""
-    import prernn
-
-    if cfg["kind"] == "prernn":
-        return prernn.convert(backbone, list(cfg["layers"]), cfg["cell"], sih=bool(cfg["sih"]), hh_init=cfg["hh_init"])
-    if cfg["kind"] == "traditional":
-        return prernn.traditional(backbone, cfg["cell"], num_layers=int(cfg["num_layers"]),
-                                  hidden_size=cfg.get("hidden_size"), hh_init=cfg["hh_init"])
-    raise ValueError(f"trial config kind: {cfg['kind']!r}: expected 'prernn' or 'traditional'")
-
-
 def _node() -> dict:
     """Where this trial runs: the Ray node id and IP (the cluster tests check that both nodes ran trials)."""
-    import ray
+    import ray  # deferred, as `from ray import tune` below: importing this module (tuner's ROW_KEYS) needs no Ray
 
     try:
         node_id = ray.get_runtime_context().get_node_id()
@@ -82,8 +74,6 @@ def _count_attempt(uri: str, run_id: str) -> int:
 
 
 def _gate_stats(model, val, device) -> dict:
-    import prernn
-
     model.eval()
     with torch.no_grad():
         return prernn.gate_statistics(model, val.inputs(device), start=val.start)
@@ -110,15 +100,12 @@ def batch_augment(cfg: dict, start):
     shift, jitter = (cfg.get("augment") or [0, 0.0])
     if start is not None or not (shift or jitter):
         return None
-    from pipeline.data.augment import ClipAugment
-
     return ClipAugment(int(shift), float(jitter), torch.Generator().manual_seed(int(cfg["seed"])))
 
 
 def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) -> None:
     """Train one configuration; report metrics + a checkpoint every epoch (see module docstring)."""
     started = time.time()  # trial_wall_clock[0]
-    import prernn
     from ray import tune
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one INFO line per checkpoint
@@ -138,13 +125,13 @@ def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) 
         mlflow_log = tracking.MetricLog(uri, run_id, new_run)
         tracking.set_tags(uri, run_id, {f"ray.{k}": v for k, v in node.items()})
         backbone = backbone_from(data["backbone"])
-        model = build_model(backbone, cfg)
+        model = prernn.build_from_config(cfg, backbone)  # the trial's kind, layers, cell, ...
         splits = trial_splits(data["caches"], backbone, cfg)  # the cache at this trial's boundary
         train, val = splits["train"], splits["val"]
+        task = task_from_entries(data.get("task", {}))
         trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"],
                           weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"], seed=int(cfg["seed"]),
-                          start=train.start, device=device, regression=cfg.get("regression"),
-                          augment=batch_augment(cfg, train.start))
+                          start=train.start, device=device, task=task, augment=batch_augment(cfg, train.start))
         if state:
             trainer.load_state_dict(state["trainer"])
         recurrent_params = int(prernn.count_recurrent_parameters(model))
@@ -162,10 +149,10 @@ def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) 
             metrics = {**row, "name": cfg["name"], "mlflow_run_id": run_id, "recurrent_params": recurrent_params,
                        "history_json": json.dumps(trainer.history), **node}
             if trainer.epoch == epochs:
-                summary = summarize(trainer.history)
-                final = {"best_val_acc": summary["val_acc"], "best_val_loss": summary["val_loss"],
-                         "epochs_to_95": summary["epochs_to_95"], "mean_clips_per_sec": summary["clips_per_sec"],
-                         **{f"best_{k}": summary[k] for k in REGRESSION_KEYS if k in summary}}
+                summary = summarize(trainer.history, task)
+                final = {"best_val_acc": summary.at_best("val_acc"), "best_val_loss": summary.at_best("val_loss"),
+                         "epochs_to_95": summary.epochs_to_95, "mean_clips_per_sec": summary.clips_per_sec,
+                         **{f"best_{k}": summary.at_best(k) for k in summary_keys(task)}}
                 metrics.update(final)
                 tracking.log_summary(uri, run_id, final)
             if trainer.epoch == epochs or cfg.get("gate_stats_every_epoch"):

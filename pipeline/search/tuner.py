@@ -23,7 +23,8 @@ from pipeline.core import tracking
 from pipeline.search.space import build_space
 from pipeline.core.storage import StoragePath
 from pipeline.search.trainable import COMMON_KEYS, flat_config, train_trial
-from pipeline.training.trainer import REGRESSION_KEYS, summarize
+from pipeline.training.tasks import Classification, Task
+from pipeline.training.trainer import summarize, summary_keys
 
 log = logging.getLogger(__name__)
 DRIVER_STATE = "prernn_search.json"
@@ -55,14 +56,15 @@ def code_digest(packages=None) -> str:
 
 
 def fingerprint(search, tracking_uri: str, experiment: str, backbone_ckpt: dict, caches: dict, space: list,
-                regression: Optional[dict] = None) -> str:
+                task: Optional[Task] = None) -> str:
     """A short hash of everything that decides the trial results (not the resources): the search params,
-    the MLflow target, the space, the regression params, the pretrained weights, the cached inputs and the
-    code (`code_digest`)."""
+    the MLflow target, the space, the task's params (`task.params()`: the regression section; default
+    classification, which has none), the pretrained weights, the cached inputs and the code (`code_digest`)."""
     h = hashlib.sha256(code_digest().encode())
     keep = {k: v for k, v in search.model_dump().items()
             if k not in ("address", "max_concurrent", "storage_path", "cpus_per_trial", "gpus_per_trial")}
-    h.update(json.dumps([keep, tracking_uri, experiment, space] + ([regression] if regression else []),
+    task_params = (task if task is not None else Classification()).params()
+    h.update(json.dumps([keep, tracking_uri, experiment, space] + list(task_params.values()),
                         sort_keys=True, default=str).encode())
     for name, tensor in sorted(backbone_ckpt["state_dict"].items()):
         h.update(name.encode())
@@ -94,8 +96,8 @@ class SearchInterrupted(RuntimeError):
     """Ray Tune stopped before every trial finished (Ctrl-C, SIGTERM); rerunning resumes the search."""
 
 
-def _row(result, run_ids: dict, archs: dict, common: dict) -> dict:
-    """One trials.json row from a Ray Result."""
+def _row(result, run_ids: dict, archs: dict, common: dict, task: Task) -> dict:
+    """One trials.json row from a Ray Result (ranked by the task's score: `summarize`)."""
     config = result.config
     if config is None:  # a restored trial that failed before its first report: Ray keeps no config for it
         name = Path(result.path).name.rsplit("_", 2)[0]  # trial_dirname: <name>_<trial_id (xxxxx_NNNNN)>
@@ -103,20 +105,20 @@ def _row(result, run_ids: dict, archs: dict, common: dict) -> dict:
     cfg = flat_config(config)
     metrics = result.metrics or {}
     history = json.loads(metrics.get("history_json", "[]"))
-    summary = summarize(history)
+    summary = summarize(history, task)
     failed = result.error is not None
     return {
         "name": cfg["name"], "configuration": cfg.get("configuration", cfg["name"]), "seed": cfg.get("seed"),
         "kind": cfg["kind"], "cell": cfg["cell"], "sih": bool(cfg["sih"]),
         "layers": list(cfg["layers"]), "num_layers": int(cfg["num_layers"]),
         "status": "failed" if failed else "ok", "error": _short_error(result.error) if failed else None,
-        "val_acc": summary["val_acc"], "val_loss": summary["val_loss"], "epochs_to_95": summary["epochs_to_95"],
-        **{k: summary[k] for k in REGRESSION_KEYS if k in summary},  # task: regression (val_auc, ...)
-        "clips_per_sec": summary["clips_per_sec"], "recurrent_params": metrics.get("recurrent_params"),
+        "val_acc": summary.at_best("val_acc"), "val_loss": summary.at_best("val_loss"),
+        "epochs_to_95": summary.epochs_to_95, **{k: summary.at_best(k) for k in summary_keys(task)},
+        "clips_per_sec": summary.clips_per_sec, "recurrent_params": metrics.get("recurrent_params"),
         "mlflow_run_id": metrics.get("mlflow_run_id") or run_ids.get(cfg["name"]),
         "gate_stats": json.loads(metrics["gate_stats_json"]) if metrics.get("gate_stats_json") else None,
         "node_id": metrics.get("node_id"), "node_ip": metrics.get("node_ip"),
-        "history": history, "epochs_run": len(history), "best_epoch": summary["best_epoch"],
+        "history": history, "epochs_run": len(history), "best_epoch": summary.best_epoch,
         "stopped_early": not failed and len(history) < int(cfg["epochs"]),
         "config": {k: v for k, v in cfg.items() if k not in ("tracking_uri", "parent_run_id", "experiment_id")},
     }
@@ -162,16 +164,16 @@ def check_resources(search) -> None:
 
 def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, candidates: list, boundary: str,
                space: Optional[list] = None, base_dir: str | os.PathLike | None = None,
-               verbose: int = 1, fresh: bool = False, regression: Optional[dict] = None,
+               verbose: int = 1, fresh: bool = False, task: Optional[Task] = None,
                defaults: Optional[list] = None) -> tuple[list[dict], dict]:
     """Run (or restore) the search; returns (trial rows in space order, search info).
 
-    `caches`: {boundary: {"train", "val": SplitTensors}} (pipeline.search.trunk_cache.trunk_caches); each trial takes the one
-    at its boundary. `boundary`: the backbone's default one (search.json's `trunk_boundary`); `candidates`,
+    `caches`: {boundary: {"train", "val": SplitTensors}} (pipeline.search.trunk_cache.trunk_caches); each trial takes
+    the one at its boundary. `boundary`: the backbone's default one (search.json's `trunk_boundary`); `candidates`,
     `defaults`: prernn.candidate_layers / default_candidates (the space when `space` is None).
 
-    `regression`: the `regression` params (task: regression) every trial's Trainer uses for its landmark
-    loss and metrics; trials then report and are ranked by `val_auc`.
+    `task` (pipeline.training.tasks; Classification by default): every trial trains, reports and is ranked by it
+    (`task.score`); its params (`task.params()`) are part of each trial's config.
 
     `fresh`: discard a previous experiment with the same fingerprint instead of restoring it.
     """
@@ -181,6 +183,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
 
     from pipeline.core import ray_cluster
     t0 = time.perf_counter()
+    task = task if task is not None else Classification()
     base_dir = Path(base_dir or os.getcwd())
     uri, source = tracking.resolve_tracking_uri(mlflow_params.tracking_uri, base_dir)
     tracking.check_reachable(uri, source)
@@ -192,7 +195,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
         storage = StoragePath.resolve(search.storage_path, base_dir)  # a shared folder or a pyarrow URI
         meta = backbone_ckpt.get("meta", {})
         name = f"search-{search.modality}-" + fingerprint(search, uri, mlflow_params.experiment, backbone_ckpt,
-                                                          caches, space, regression)
+                                                          caches, space, task)
         exp_dir = storage / name
         if fresh and exp_dir.exists():
             exp_dir.rmtree()
@@ -209,13 +212,14 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
             "cpus_per_trial": search.cpus_per_trial, "use_gpu": use_gpu,
             "gate_stats_every_epoch": search.scheduler == "asha", "tracking_uri": uri,
             "experiment_id": info["experiment_id"], "parent_run_id": parent,
-            **({"regression": dict(regression)} if regression else {}),
-            "augment": [0, 0.0] if regression else [search.augment_shift, search.augment_jitter],  # per batch, uncached
+            **task.params(),
+            # per batch, uncached
+            "augment": [search.augment_shift, search.augment_jitter] if task.augments else [0, 0.0],
         }
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, data={"backbone": {"config": backbone_ckpt["config"],
                                                                  "state_dict": backbone_ckpt["state_dict"]},
-                                                    "caches": caches},
+                                                    "caches": caches, "task": task.entries()},
                                 experiment_dir=str(exp_dir)),  # where a restarted trial finds its checkpoints
             {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial if use_gpu else 0},
         )
@@ -229,8 +233,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
                 trainable,
                 param_space=param_space,
                 tune_config=tune.TuneConfig(
-                    metric=("val_auc" if regression else "val_acc") if scheduler else None,
-                    mode="max" if scheduler else None,
+                    metric=task.score if scheduler else None, mode=task.mode if scheduler else None,
                     scheduler=scheduler, max_concurrent_trials=search.max_concurrent or None, reuse_actors=True,
                     trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
@@ -253,9 +256,9 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
                     for r in tracking.child_runs(uri, info["experiment_id"], parent)}
         order = {a["name"]: i for i, a in enumerate(space)}
         archs = {a["name"]: a for a in space}
-        rows = sorted((_row(result, children, archs, param_space) for result in grid),
+        rows = sorted((_row(result, children, archs, param_space, task) for result in grid),
                       key=lambda r: order.get(r["name"], 1 << 30))
-        _finish_runs(uri, parent, rows)
+        _finish_runs(uri, parent, rows, task.score)
         info.update({"parent_run_id": parent, "restored": restoring, "wall_seconds": time.perf_counter() - t0,
                      "num_ok": sum(r["status"] == "ok" for r in rows),
                      "num_failed": sum(r["status"] == "failed" for r in rows)})
@@ -265,13 +268,13 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
             ray.shutdown()
 
 
-def _finish_runs(uri: str, parent: str, rows: list[dict]) -> None:
-    """Close child runs Ray stopped early (ASHA) or killed, log the search summary, close the parent."""
+def _finish_runs(uri: str, parent: str, rows: list[dict], key: str) -> None:
+    """Close child runs Ray stopped early (ASHA) or killed, log the search summary (the best `key`), close the
+    parent."""
     for row in rows:
         rid = row["mlflow_run_id"]
         if rid and tracking.run_status(uri, rid) == "RUNNING":
             tracking.end_run(uri, rid, "FAILED" if row["status"] == "failed" else "KILLED")
-    key = "val_auc" if any(r.get("val_auc") is not None for r in rows) else "val_acc"  # regression: val_auc
     ok = [r for r in rows if r["status"] == "ok" and r[key] is not None]
     summary = {"num_ok": len(ok), "num_failed": len(rows) - len(ok)}
     if ok:
@@ -287,7 +290,7 @@ def trials_csv(rows: list[dict]) -> str:
     import io
 
     buf = io.StringIO()
-    extra = [k for k in REGRESSION_KEYS if any(k in r for r in rows)]  # task: regression
+    extra = [k for k in (rows[0] if rows else {}) if k.startswith("val_") and k not in ROW_KEYS]  # the task's
     writer = csv.DictWriter(buf, fieldnames=list(ROW_KEYS) + extra + ["epochs_run"], extrasaction="ignore")
     writer.writeheader()
     for row in rows:

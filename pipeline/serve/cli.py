@@ -1,18 +1,18 @@
 """The `prernn` command line: `prernn predict`, `prernn check-params`.
 
-Each subcommand lives in its own module; this file only parses arguments and dispatches.
+This file parses the arguments and dispatches; each subcommand's body lives in its own module
+(`pipeline.serve.predict.run`, `pipeline.core.params.load_params`).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pipeline.serve.predict import add_predict_parser
+from pipeline.core.params import ParamsError, load_params
+from pipeline.serve import predict
 
 
 def _check_params(args: argparse.Namespace) -> int:
-    from pipeline.core.params import ParamsError, load_params
-
     try:
         load_params(args.params)
     except ParamsError as err:
@@ -32,6 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_predict_parser(sub)
     return parser
+
+
+def add_predict_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `prernn predict` on the `prernn` command's subparsers."""
+    p = subparsers.add_parser("predict", help="predict the class of videos (per clip, or frame by frame)",
+                              description=predict.__doc__.split("\n\n")[0])
+    p.add_argument("model", help="models/final.pt, a folder holding one, or an MLflow URI (runs:/..., models:/...)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of videos, or a camera index")
+    p.add_argument("--stream", action="store_true", help="frame by frame through the recurrent layers (step)")
+    p.add_argument("--step", type=int, default=None,
+                   help="stream every N-th frame (default: the training stride for consecutive sampling, else 1)")
+    p.add_argument("--max-frames", type=int, default=None, help="stream mode: stop after this many frames")
+    p.add_argument("--top-k", type=int, default=3, help="classes listed per prediction (default 3)")
+    p.add_argument("--json", action="store_true", help="JSON lines: video, frame, class, probability, top_k")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                   "else sqlite:///mlflow.db)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.set_defaults(func=predict.run)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:

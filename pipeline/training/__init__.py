@@ -1,1 +1,2 @@
-"""The training loop (Trainer, fit, evaluate_model) and the task metrics it reports (accuracy, NME, CED AUC)."""
+"""The training loop (Trainer, fit, evaluate_model), the tasks it trains for (Classification, LandmarkRegression)
+and the landmark metrics (NME, CED AUC, failure rate)."""

@@ -3,8 +3,8 @@
 Models: a frame model (prernn Backbone, `model(x)`: (N, C, H, W) -> (N, K)) or a sequence model
 (prernn SequenceModel, `model(x, start=...)`: (B, T, ...) -> (B, T, K)).
 
-Loss and accuracy follow the model's readout (`prernn.readout`): a model with recurrent layers is trained with
-the cross-entropy of its last step and predicts the class of its last step's softmax (an early step cannot tell
+Classification's loss and accuracy follow the model's readout (`prernn.readout`): a model with recurrent layers is
+trained with the cross-entropy of its last step and predicts the class of its last step's softmax (an early step cannot tell
 the direction of a motion: a loss at every step, as this loop used before, rewarded memorising the training
 clips, measured in the README's "Training recipe"); a model without recurrence (the CNN per frame) takes the
 cross-entropy at every step, averaged over T, and predicts the class of the time-averaged softmax.
@@ -17,10 +17,9 @@ A loss that stops being finite raises `NonFiniteLoss` (the trial is then marked 
 Raw datasets (`ClipDataset(..., raw=True)`: uint8 items) are normalised on the training device after the
 transfer (`pipeline.data.dataset.device_normalizer`), so the loader only copies bytes.
 
-Regression (task: regression, float targets: landmarks (B, [T,] K, 2)): the 2K outputs are decoded to
-landmarks and trained with `regression["loss"]` (pipeline.training.metrics.landmark_loss, at every time step);
-evaluation reports the landmark metrics (`auc`, `nme`, `failure_rate`: pipeline.training.metrics) instead of `acc`,
-and the epoch rows carry `val_auc`, `val_nme`, `val_failure_rate`, `train_nme`; `summarize` ranks by `val_auc`.
+The task (pipeline.training.tasks: Classification, LandmarkRegression) decides the loss, the train metric, the
+evaluation metrics and the score ranked by: the epoch rows carry `train_<task.train_metric>` and `val_<key>` for
+the task's metric keys (`val_acc`; `val_auc`, `val_nme`, `val_failure_rate`); `summarize` ranks by `task.score`.
 """
 from __future__ import annotations
 
@@ -28,15 +27,15 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-import prernn
 from pipeline.data.dataset import device_normalizer
+from pipeline.training.tasks import Classification, Task
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -80,26 +79,9 @@ def _forward(model, x, start):
     return model(x) if start is None else model(x, start=start)
 
 
-def clip_loss_and_probs(logits: torch.Tensor, y: torch.Tensor, readout: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (B, K) or (B, T, K), y (B,) -> (mean CE over the batch, probabilities (B, K)).
-
-    (B, T, K) with readout "last": CE and probabilities of the last step; "mean": CE at every step averaged over
-    T, time-averaged probabilities (`prernn.clip_output`)."""
-    if logits.dim() == 3 and readout == "last":
-        loss = F.cross_entropy(logits[:, -1], y)
-        probs = logits[:, -1].softmax(-1)  # (B, K)
-    elif logits.dim() == 3:  # (B, T, K): CE at every time step, averaged over T
-        b, t, k = logits.shape
-        loss = F.cross_entropy(logits.reshape(b * t, k), y.repeat_interleave(t))
-        probs = prernn.clip_output(logits.softmax(-1), "mean")  # (B, K) time-averaged probabilities
-    else:
-        loss = F.cross_entropy(logits, y)
-        probs = logits.softmax(-1)
-    return loss, probs
-
-
 def batches(data, batch_size: int, device, *, shuffle: bool = False, generator=None):
-    """(x, y) batches of `data` on `device`; a raw dataset's uint8 x normalised there (float32, as its items)."""
+    """(x, y) batches of `data` on `device`; a raw dataset's uint8 x normalised there (float32, as its items), y as
+    loaded (the task makes it the dtype its loss takes: `Task.target`)."""
     normalize = device_normalizer(data)
     if normalize is not None:
         normalize = normalize.to(device)
@@ -107,7 +89,6 @@ def batches(data, batch_size: int, device, *, shuffle: bool = False, generator=N
     loader = DataLoader(as_dataset(data), batch_size=batch_size, shuffle=shuffle, generator=generator, pin_memory=pin)
     for x, y in loader:
         x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
-        y = y if y.is_floating_point() else y.long()
         yield (x if normalize is None else normalize(x)), y
 
 
@@ -119,21 +100,32 @@ def as_dataset(data) -> Dataset:
     return TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """`Trainer.evaluate` over a dataset, in its order: the mean loss, the task's outputs (Classification (N, K)
+    clip probabilities, LandmarkRegression (N, [T,] K, 2) landmarks), the targets (N,) labels or (N, [T,] K, 2)
+    landmarks, and the task's metrics ({"acc"} or {"auc", "nme", "failure_rate"})."""
+
+    loss: float
+    outputs: torch.Tensor
+    targets: torch.Tensor
+    metrics: dict
+
+
 class Trainer:
-    """Epoch-steppable training of one model; `state_dict()` / `load_state_dict()` for checkpoints.
+    """Epoch-steppable training of one model for one task; `state_dict()` / `load_state_dict()` for checkpoints.
 
     `start`: the stage name the inputs enter at (cached trunk features), or None for raw inputs.
+    `task`: a pipeline.training.tasks.Task (Classification by default).
     """
 
     def __init__(self, model: torch.nn.Module, *, lr_inherited: float, lr_new: float, weight_decay: float = 0.0,
                  batch_size: int = 16, seed: int = 0, start: Optional[str] = None, device="cpu",
-                 regression: Optional[dict] = None, augment: Optional[torch.nn.Module] = None):
-        from pipeline.training.metrics import spec_of
-
-        self.regression = spec_of(regression)  # used when the targets are landmarks (float)
+                 task: Optional[Task] = None, augment: Optional[torch.nn.Module] = None):
+        self.task = task if task is not None else Classification()
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.readout = prernn.readout(model)  # "last" for recurrent models, "mean" for frame models
+        self.readout = self.task.readout(model)  # "last" for recurrent models, "mean" for frame models (Task.readout)
         self.augment = augment  # applied to training batches only (pipeline.data.augment.ClipAugment)
         self.start = start
         self.batch_size = int(batch_size)
@@ -145,17 +137,16 @@ class Trainer:
 
     # --- one epoch -------------------------------------------------------------------------
     def train_epoch(self, data) -> dict:
-        """One pass over `data` (shuffled); returns {"train_loss", "train_acc", "clips_per_sec"}."""
+        """One pass over `data` (shuffled); returns {"train_loss", "train_<task.train_metric>", "clips_per_sec"}."""
         seed_everything(self.seed * 100_003 + self.epoch)
         gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
         self.model.train()
-        total, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
-        regression = False
+        total, loss_sum, metric_sum, t0 = 0, 0.0, 0, time.perf_counter()
         for step, (x, y) in enumerate(batches(data, self.batch_size, self.device, shuffle=True, generator=gen)):
-            regression = y.is_floating_point()
+            y = self.task.target(y)
             if self.augment is not None:
                 x = self.augment(x)
-            loss, probs = self._loss(_forward(self.model, x, self.start), y)
+            loss, outputs = self.task.loss(_forward(self.model, x, self.start), y, self.readout)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"training loss became {loss.item()} at epoch {self.epoch + 1}, batch {step + 1}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -163,79 +154,60 @@ class Trainer:
             self.optimizer.step()
             total += len(y)
             loss_sum += loss.item() * len(y)
-            if regression:
-                from pipeline.training.metrics import nme
-
-                correct += float(nme(probs, y, self.regression["normalize"], self.regression["eyes"])
-                                 .reshape(len(y), -1).mean(-1).sum())
-            else:
-                correct += (probs.argmax(-1) == y).sum().item()
+            metric_sum += self.task.train_metric_sum(outputs, y)
         seconds = time.perf_counter() - t0
         self.epoch += 1
-        return {"train_loss": loss_sum / max(total, 1), ("train_nme" if regression else "train_acc"): correct / max(total, 1),
+        return {"train_loss": loss_sum / max(total, 1), f"train_{self.task.train_metric}": metric_sum / max(total, 1),
                 "clips_per_sec": total / seconds if seconds > 0 else float("nan")}
 
-    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, probabilities (B, K)) for labels; (loss, landmarks (B, [T,] K, 2)) for float landmark targets."""
-        if y.is_floating_point():
-            from pipeline.training.metrics import decode, landmark_loss
-
-            return landmark_loss(out, y, self.regression["loss"]), decode(out.detach())
-        return clip_loss_and_probs(out, y, self.readout)
-
     @torch.no_grad()
-    def evaluate(self, data, batch_size: Optional[int] = None) -> dict:
-        """{"loss", "acc", "probs" (N, K) tensor, "labels" (N,) tensor, "metrics": {"acc"}} over `data` in order.
-
-        Regression: {"loss", "auc", "nme", "failure_rate", "probs": predicted landmarks (N, [T,] K, 2),
-        "labels": true landmarks, "metrics": {"auc", "nme", "failure_rate"}} (pipeline.training.metrics).
-        """
+    def evaluate(self, data, batch_size: Optional[int] = None) -> Evaluation:
+        """The loss, the task's outputs and metrics over `data`, in order."""
         self.model.eval()
-        losses, probs, labels = [], [], []
+        losses, outputs, targets = [], [], []
         for x, y in batches(data, batch_size or self.batch_size, self.device):
-            loss, p = self._loss(_forward(self.model, x, self.start), y)
+            y = self.task.target(y)
+            loss, out = self.task.loss(_forward(self.model, x, self.start), y, self.readout)
             losses.append(loss.item() * len(y))
-            probs.append(p.cpu())
-            labels.append(y.cpu())
-        probs_t, labels_t = torch.cat(probs), torch.cat(labels)
-        n = len(labels_t)
-        if labels_t.is_floating_point():
-            from pipeline.training.metrics import regression_metrics
-
-            metrics = regression_metrics(probs_t, labels_t, self.regression)
-            return {"loss": sum(losses) / max(n, 1), **metrics, "probs": probs_t, "labels": labels_t,
-                    "metrics": metrics}
-        acc = (probs_t.argmax(-1) == labels_t).float().mean().item()
-        return {"loss": sum(losses) / max(n, 1), "acc": acc, "probs": probs_t, "labels": labels_t,
-                "metrics": {"acc": acc}}
+            outputs.append(out.cpu())
+            targets.append(y.cpu())
+        outputs_t, targets_t = torch.cat(outputs), torch.cat(targets)
+        return Evaluation(loss=sum(losses) / max(len(targets_t), 1), outputs=outputs_t, targets=targets_t,
+                          metrics=self.task.metrics(outputs_t, targets_t))
 
     def fit_epoch(self, train_data, val_data) -> dict:
-        """Train one epoch, evaluate on `val_data`; append and return the epoch's metrics."""
+        """Train one epoch, evaluate on `val_data`; append and return the epoch's row {"epoch", train metrics,
+        "val_loss", "val_<key>" per task metric, "epoch_seconds"}."""
         t0 = time.perf_counter()
         metrics = self.train_epoch(train_data)
         val = self.evaluate(val_data)
-        row = {"epoch": self.epoch, **metrics, "val_loss": val["loss"],
-               **{f"val_{k}": v for k, v in val["metrics"].items()}, "epoch_seconds": time.perf_counter() - t0}
+        row = {"epoch": self.epoch, **metrics, "val_loss": val.loss,
+               **{f"val_{k}": v for k, v in val.metrics.items()}, "epoch_seconds": time.perf_counter() - t0}
         self.history.append(row)
         return row
 
     # --- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Plain tensors and dicts (weights-only loadable), the task's entries included."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epoch, "history": list(self.history)}
+                "epoch": self.epoch, "history": list(self.history), "task": self.task.entries()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()`; ValueError when it was written for another task."""
+        stored = state.get("task")
+        if stored is not None and stored != self.task.entries():
+            raise ValueError(f"checkpoint of task {stored}, this trainer's is {self.task.entries()}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
 
 
-def evaluate_model(model: torch.nn.Module, data, *, regression: Optional[dict] = None, device="cpu") -> dict:
+def evaluate_model(model: torch.nn.Module, data, *, task: Optional[Task] = None, device="cpu") -> Evaluation:
     """`Trainer.evaluate` of a model that is not trained here (the CNN alone, `prernn.frame_model`): data's
-    `start` (cached trunk features) is used; returns the same dict."""
+    `start` (cached trunk features) is used."""
     trainer = Trainer(model, lr_inherited=0.0, lr_new=0.0, start=getattr(data, "start", None), device=device,
-                      regression=regression)
+                      task=task)
     return trainer.evaluate(data)
 
 
@@ -261,27 +233,36 @@ def epochs_to_fraction(history: list[dict], key: str = "val_acc", fraction: floa
     return None
 
 
-REGRESSION_KEYS = ("val_auc", "val_nme", "val_failure_rate")
+@dataclass(frozen=True)
+class HistorySummary:
+    """A history's epoch rows summed up: `best` the row of the best epoch by the task's score (ties: the lower
+    val_loss; {} for an empty history), `epochs_to_95` (epochs_to_fraction of the score) and `clips_per_sec`
+    (the mean over epochs)."""
+
+    best: dict
+    epochs_to_95: Optional[int]
+    clips_per_sec: Optional[float]
+
+    def at_best(self, key: str):
+        """`key` of the best epoch's row, None when the row has none (val_acc of a regression history)."""
+        return self.best.get(key)
+
+    @property
+    def best_epoch(self) -> Optional[int]:
+        return self.best.get("epoch")
 
 
-def score_key(history: list[dict]) -> str:
-    """The validation score a history is ranked by: val_acc, or val_auc for a regression history."""
-    return "val_auc" if history and "val_acc" not in history[0] and "val_auc" in history[0] else "val_acc"
+def summary_keys(task: Task) -> tuple[str, ...]:
+    """The validation metrics a trial's summary carries besides val_acc and val_loss (which it always has, None
+    where the task has no accuracy): the task's other `val_<key>`s (trials.json, the trial's MLflow summary)."""
+    return tuple(k for k in task.val_keys if k not in ("val_acc", "val_loss"))
 
 
-def summarize(history: list[dict]) -> dict:
-    """{"val_acc": best, "val_loss": at the best epoch, "best_epoch", "epochs_to_95", "clips_per_sec": mean}.
-
-    A regression history (val_auc rows): best by val_auc; "val_acc" is None and "val_auc", "val_nme",
-    "val_failure_rate" are those of the best epoch.
-    """
+def summarize(history: list[dict], task: Task) -> HistorySummary:
+    """The best epoch of `history` by `task.score` (see HistorySummary)."""
     if not history:
-        return {"val_acc": None, "val_loss": None, "best_epoch": None, "epochs_to_95": None, "clips_per_sec": None}
-    key = score_key(history)
+        return HistorySummary({}, None, None)
+    key = task.score
     best = max(history, key=lambda r: (r[key], -r["val_loss"]))
     rates = [r["clips_per_sec"] for r in history if math.isfinite(r.get("clips_per_sec", float("nan")))]
-    out = {"val_acc": best.get("val_acc"), "val_loss": best["val_loss"], "best_epoch": best["epoch"],
-           "epochs_to_95": epochs_to_fraction(history, key), "clips_per_sec": sum(rates) / len(rates) if rates else None}
-    if key == "val_auc":
-        out.update({k: best.get(k) for k in REGRESSION_KEYS})
-    return out
+    return HistorySummary(best, epochs_to_fraction(history, key), sum(rates) / len(rates) if rates else None)
