@@ -41,7 +41,7 @@ print(sorted(n for _, n in socket.if_nameindex()))
 """
 
 
-def _netns(procs, root: Path, env) -> list[str]:
+def netns(procs, root: Path, env) -> list[str]:
     """Start the namespace holder, bring `lo` up in it; the `nsenter` prefix that runs a command inside it."""
     own = os.stat("/proc/self/ns/net").st_ino
     holder = procs.start(["unshare", "--net", "sleep", "infinity"], root / "netns.log", env)
@@ -119,9 +119,9 @@ class Processes:
     def __init__(self, marker: Path):
         self.marker, self.procs = str(marker), []
 
-    def start(self, cmd, log: Path, env) -> subprocess.Popen:
+    def start(self, cmd, log: Path, env, cwd=None) -> subprocess.Popen:
         fh = open(log, "ab")
-        p = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append((p, fh))
         return p
 
@@ -178,6 +178,10 @@ class Cluster:
         its --temp-dir); the head, the MLflow server and the driver run on."""
         self.procs.stop(self.node2, signal.SIGKILL, naming=str(self.root / "node2"))
 
+    def children(self, experiment_id: str, parent_run_id: str) -> list[dict]:
+        """`child_runs` of `parent_run_id` on the cluster's MLflow server."""
+        return child_runs(self.ns, self.env, self.uri, experiment_id, parent_run_id)
+
 
 def _node_flags(ports):
     return ["--dashboard-agent-listen-port", str(ports[0]), "--dashboard-agent-grpc-port", str(ports[1]),
@@ -198,7 +202,7 @@ def start_cluster(head_env: dict | None = None, node_env: dict | None = None):
     nodes_env = {**env, **(node_env or {})}
     procs = Processes(root)
     try:
-        ns = _netns(procs, root, env)
+        ns = netns(procs, root, env)
         gcs, mlflow_port, *node_ports = free_ports(10)
         common = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", LOOPBACK, "--disable-usage-stats", "--block"]
         (root / "head").mkdir()
@@ -246,19 +250,22 @@ from mlflow.tracking import MlflowClient
 uri, experiment, parent = sys.argv[1:]
 client = MlflowClient(tracking_uri=uri)
 runs = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+history = {r.info.run_id: {k: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, k))
+                           for k in r.data.metrics} for r in runs}
 print(json.dumps([{"run_id": r.info.run_id, "status": r.info.status, "node_id": r.data.tags.get("ray.node_id"),
                    "trial": r.data.tags.get("prernn.trial"), "metrics": sorted(r.data.metrics),
-                   "steps": {k: sorted(m.step for m in client.get_metric_history(r.info.run_id, k))
-                             for k in r.data.metrics}} for r in runs]))
+                   "history": history[r.info.run_id],
+                   "steps": {k: [s for s, _ in h] for k, h in history[r.info.run_id].items()}} for r in runs]))
 """
 
 
-def child_runs(cluster: Cluster, experiment_id: str, parent_run_id: str) -> list[dict]:
-    """The child runs of `parent_run_id`, queried through the cluster's MLflow server from inside the namespace:
-    [{"run_id", "status", "node_id", "trial", "metrics": [keys], "steps": {key: [logged steps, sorted]}}]."""
+def child_runs(ns: list[str], env: dict, uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:
+    """The child runs of `parent_run_id`, queried through the MLflow server at `uri` from inside the namespace:
+    [{"run_id", "status", "node_id", "trial", "metrics": [keys], "history": {key: [[step, value], ...]},
+      "steps": {key: [logged steps, sorted]}}]."""
     import json
 
-    query = subprocess.run([*cluster.ns, sys.executable, "-c", CHILDREN, cluster.uri, experiment_id, parent_run_id],
-                           env=cluster.env, capture_output=True, text=True, timeout=120)
+    query = subprocess.run([*ns, sys.executable, "-c", CHILDREN, uri, experiment_id, parent_run_id],
+                           env=env, capture_output=True, text=True, timeout=120)
     assert query.returncode == 0, query.stderr[-3000:]
     return json.loads(query.stdout.strip().splitlines()[-1])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster_fixtures import LOOPBACK, child_runs, start_cluster
+from tests.cluster_fixtures import LOOPBACK, start_cluster
 from tests.search_fixtures import make_clips
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_search_runs_trials_on_both_nodes_and_logs_to_the_tracking_server(cluste
         assert list((shared / "ray").glob(f"search-rgb-*/{t['name']}_*/checkpoint_*/epoch-*.pt")), t["name"]
 
     # queried through the server, from inside the namespace
-    children = child_runs(cluster["cluster"], info["experiment_id"], info["parent_run_id"])
+    children = cluster["cluster"].children(info["experiment_id"], info["parent_run_id"])
     assert sorted(c["run_id"] for c in children) == sorted(t["mlflow_run_id"] for t in trials)
     assert {c["node_id"] for c in children} == {t["node_id"] for t in trials}
     assert all(c["status"] == "FINISHED" and "val_acc" in c["metrics"] for c in children), children

@@ -9,7 +9,6 @@ and MLflow holds exactly one child run per trial, FINISHED, with every epoch's m
 `attempts` step per attempt. The head's health checks are shortened (RAY_health_check_*) so that Ray declares
 the node dead within seconds instead of about half a minute."""
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster_fixtures import child_runs, descends_from, start_cluster, wait_for
+from tests.cluster_fixtures import descends_from, start_cluster, wait_for
 from tests.search_fixtures import make_clips, search_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +68,7 @@ def test_a_node_lost_mid_epoch_costs_only_the_epoch_it_was_training():
         assert len(on_node2) == 1, f"expected one stalled trial on each node: {stalled}, node2 pid {cluster.node2.pid}"
         (lost,), (kept,) = on_node2, [n for n in STALLED if n not in on_node2]
         state = json.loads(next((shared / "ray").glob("search-rgb-*/prernn_search.json")).read_text())
-        before = {r["trial"]: r for r in child_runs(cluster, state["experiment_id"], state["parent_run_id"])}
+        before = {r["trial"]: r for r in cluster.children(state["experiment_id"], state["parent_run_id"])}
         assert before[FINISHED_FIRST]["status"] == "FINISHED", before  # it ended before the loss
         assert _trained(signals, lost) == [1, 2]  # epoch 2 begun on node2, not reported
 
@@ -80,7 +79,7 @@ def test_a_node_lost_mid_epoch_costs_only_the_epoch_it_was_training():
         driver.wait(240)
         print(f"the search finished {time.monotonic() - lost_at:.1f} s after node2 was killed")
         assert driver.returncode == 0, (root / "driver.log").read_text(errors="replace")[-4000:]
-        after = child_runs(cluster, state["experiment_id"], state["parent_run_id"])
+        after = cluster.children(state["experiment_id"], state["parent_run_id"])
         trials = {t["name"]: t for t in json.loads((shared / "search" / "trials.json").read_text())}
         info = json.loads((shared / "search" / "search.json").read_text())
         trained = {n: _trained(signals, n) for n in trials}
