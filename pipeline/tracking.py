@@ -13,6 +13,7 @@ for reading. MLflow's telemetry is off unless MLFLOW_DISABLE_TELEMETRY is set ot
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -77,8 +78,29 @@ def client(uri: str):
     if uri not in _clients:
         from mlflow.tracking import MlflowClient
 
-        _clients[uri] = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        with _one_at_a_time(uri):
+            _clients[uri] = MlflowClient(tracking_uri=uri, registry_uri=uri)
     return _clients[uri]
+
+
+@contextlib.contextmanager
+def _one_at_a_time(uri: str):
+    """For a sqlite store, hold an exclusive lock (a file in the temp dir named by the database path) while the
+    client opens it: MLflow creates the tables of a new database on first use, and two processes doing so at once
+    (two queued DVC experiments sharing one mlflow.db) fail with `table _alembic_tmp_experiments already exists`."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+    import hashlib
+
+    key = hashlib.sha256(uri[len("sqlite:///"):].encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"prernn-mlflow-{key}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:

@@ -43,7 +43,7 @@ def check(faults: dict) -> dict:
     """`faults` ({trial name: kind}) if every kind is known, else ValueError naming the bad one."""
     for name, kind in faults.items():
         if kind not in KINDS and not (kind.startswith(("pause:", "stall:")) and kind[len("pause:"):].isdigit()):
-            raise ValueError(f"fault for {name}: {kind!r}: expected one of {list(KINDS)}, pause:N or stall:N")
+            raise ValueError(f"fault for {name}: {kind!r}: expected one of {list(KINDS)}, stall:N or pause:N")
     return faults
 
 

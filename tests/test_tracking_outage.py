@@ -1,4 +1,5 @@
-"""The MLflow tracking server down for a while (issue 15, item 2).
+"""The MLflow tracking server down for a while (issue 15, item 2): pipeline.tracking_outage and MetricLog's
+buffer on their own (a closed port, a stub server that answers /health, a sqlite store), then for real.
 
 The search stage logs to a real `mlflow server` (sqlite store, artifacts through the server) in a private network
 namespace the test creates (tests/cluster_fixtures.py; the stage and its local Ray run inside it too, so the
@@ -30,13 +31,150 @@ import yaml
 from tests.cluster_fixtures import BIN, LOOPBACK, Processes, child_runs, free_ports, netns, ns_python, wait_for
 from tests.search_fixtures import pretrained_search_project, search_args
 
-pytestmark = [pytest.mark.slow, pytest.mark.faults]
-
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
 TRIALS = ("prernn-gru-fc7", "traditional-gru-1")
 STALL = {name: "stall:1" for name in TRIALS}
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "clips_per_sec", "epoch_seconds"}
+
+
+@pytest.fixture()
+def outage(monkeypatch):
+    """pipeline.tracking_outage with a 1 s bound and no outage in progress (restored afterwards)."""
+    from pipeline import tracking_outage
+
+    monkeypatch.setattr(tracking_outage, "_state", {"bound_s": 1.0})
+    monkeypatch.setattr(tracking_outage, "_down_since", {})
+    monkeypatch.setattr(tracking_outage, "PROBE_EVERY_S", 0.1)
+    return tracking_outage
+
+
+@pytest.fixture()
+def answering():
+    """The URI of a stub HTTP server on loopback that answers every request (so /health answers)."""
+    import http.server
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://{LOOPBACK}:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _closed() -> str:
+    return f"http://{LOOPBACK}:{free_ports(1)[0]}"
+
+
+def _refused():
+    raise ConnectionError("connection refused")
+
+
+def test_a_call_while_the_server_is_down_waits_up_to_the_bound_then_names_the_uri(outage, monkeypatch):
+    import threading
+
+    uri = _closed()
+    with pytest.raises(outage.ServerDown):  # a caller that buffers is told at once
+        outage.call(uri, _refused, wait=False)
+    with pytest.raises(outage.TrackingUnavailable, match=rf"^MLflow tracking server {uri} did not answer for 1 s "
+                                                         r"\(mlflow.outage_s\)$"):
+        outage.call(uri, _refused)
+    assert outage.call("sqlite:///x.db", lambda: "local") == "local"
+    with pytest.raises(ConnectionError):  # a local store has no outages: its errors are its own
+        outage.call("sqlite:///x.db", _refused)
+
+    # down for 0.4 s, less than the bound: the call waits and goes through, once the server answers again
+    outage._down_since.clear()
+    up, calls = threading.Event(), []
+    monkeypatch.setattr(outage, "answers", lambda *a, **k: up.is_set())
+
+    def store_call():
+        calls.append(up.is_set())
+        if not up.is_set():
+            raise ConnectionError("connection refused")
+        return "ok"
+
+    threading.Timer(0.4, up.set).start()
+    assert outage.call(uri, store_call) == "ok"
+    assert calls[0] is False and calls[-1] is True and uri not in outage._down_since
+
+
+def test_an_error_from_a_server_that_answers_is_raised_as_it_is(outage, answering):
+    def bad():
+        raise ValueError("RESOURCE_DOES_NOT_EXIST")
+
+    with pytest.raises(ValueError, match="RESOURCE_DOES_NOT_EXIST"):
+        outage.call(answering, bad)
+    assert outage._down_since == {}
+
+
+def test_the_watch_calls_back_once_when_the_server_has_been_silent_for_the_bound(outage, answering):
+    tripped = []
+    with outage.Watch(_closed(), 0.5, lambda: tripped.append(time.monotonic())) as watch:
+        deadline = time.monotonic() + 10
+        while not tripped and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)
+    assert watch.tripped and len(tripped) == 1
+    with outage.Watch(answering, 0.5, lambda: tripped.append("again")) as watch:
+        time.sleep(2.5)
+    assert not watch.tripped and len(tripped) == 1
+
+
+def test_set_bound_cuts_mlflow_s_own_retries_unless_the_environment_sets_them(outage, monkeypatch):
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    outage.set_bound(30)
+    assert outage.bound_s() == 30 and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    outage.set_bound(40)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
+    assert outage.trial_bound(40) > 40  # the driver stops the search before a waiting trial gives up
+
+
+def test_metric_log_keeps_values_while_the_server_is_down_and_sends_each_once(outage, monkeypatch, tmp_path):
+    """MetricLog over a real sqlite store whose sends are made to fail as in an outage: `log` returns at once and
+    keeps the values; a send that landed before its answer was lost is not repeated; beyond `max_pending` values
+    `log` waits for the server."""
+    from pipeline import tracking
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    exp = tracking.ensure_experiment(uri, "t")
+    run = tracking.start_run(uri, exp, "trial")
+    send, down, waited = tracking._send_metrics, {"now": True, "landed": True}, []
+
+    def outage_send(uri_, run_id, values, wait=True):
+        if down["now"]:
+            if down["landed"]:  # the first send reached the store, its answer did not come back
+                down["landed"] = False
+                send(uri_, run_id, values)
+            raise tracking.ServerDown(uri_, time.monotonic())
+        send(uri_, run_id, values)
+
+    def server_back(uri_, since):
+        waited.append(uri_)
+        down["now"] = False
+
+    monkeypatch.setattr(tracking, "_send_metrics", outage_send)
+    monkeypatch.setattr(outage, "wait_until_back", server_back)
+    log = tracking.MetricLog(uri, run, new_run=True, max_pending=4)
+    log.log({"val_acc": 0.5, "name": "skipped"}, step=1)  # landed, but the log cannot know
+    assert set(log.pending) == {("val_acc", 1)}
+    log.log({"val_acc": 0.6}, step=2)  # reads back what the run holds first: step 1 is there
+    assert not waited and set(log.pending) == {("val_acc", 2)}
+    log.log({"val_acc": 0.7, "val_loss": 1.0, "train_loss": 2.0, "train_acc": 0.1}, step=3)  # 5 > 4: wait
+    assert waited == [uri] and log.pending == {}
+    history = tracking.client(uri).get_metric_history(run, "val_acc")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.6), (3, 0.7)]
+    log.log({"val_acc": 0.8}, step=4)  # the server is back: sent at once
+    assert log.pending == {} and len(tracking.client(uri).get_metric_history(run, "val_acc")) == 4
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +203,10 @@ class Server:
              "--artifacts-destination", str(root / "artifacts"), "--host", LOOPBACK, "--port", str(self.port),
              "--workers", "1"], root / "mlflow.log", self.lab.env)
         wait_for(self.healthy, 120, "mlflow server", [self.proc])
+
+    def ensure_up(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
 
     def stop(self) -> None:
         self.lab.procs.stop(self.proc, signal.SIGTERM)
@@ -95,9 +237,23 @@ class Lab:
                *search_args(root)]
         return self.procs.start(cmd, root / log, self.stage_env, cwd=root)
 
+    @contextlib.contextmanager
+    def project(self, project: Path, name: str, **mlflow):
+        """A copy of `project` under the lab (`_copy`), the server up; any stage still running there is killed
+        at the end (its process group, and the processes naming the copy: its local Ray)."""
+        self.server.ensure_up()
+        root = _copy(project, self.root / name, **mlflow)
+        try:
+            yield root
+        finally:
+            for proc, _ in self.procs.procs:
+                if proc.poll() is None and str(root) in " ".join(map(str, proc.args)):
+                    self.procs.stop(proc, signal.SIGKILL, naming=str(root))
 
-@contextlib.contextmanager
-def lab():
+
+@pytest.fixture(scope="module")
+def the_lab():
+    """The namespace and the server both real-process tests use (each its own project copy and runs)."""
     root = Path(tempfile.mkdtemp(prefix="prernn-outage-", dir="/tmp"))  # short: Ray's socket paths live below
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PYTHONPATH")}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0")
@@ -152,9 +308,10 @@ def _every_epoch_once(children: dict) -> None:
         assert all(steps == list(range(1, EPOCHS + 1)) for steps in epochs.values()), (name, epochs)
 
 
-def test_a_tracking_server_down_for_20_s_fails_no_trial_and_loses_or_repeats_no_metric(project):
-    with lab() as the_lab:
-        root = _copy(project, the_lab.root / "p")
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_tracking_server_down_for_20_s_fails_no_trial_and_loses_or_repeats_no_metric(project, the_lab):
+    with the_lab.project(project, "down20") as root:
         driver = the_lab.stage(root, STALL, "driver.log")
         at_stop = _stop_server_mid_epoch_2(the_lab, root, driver)
         down_at = time.monotonic()
@@ -183,10 +340,11 @@ def test_a_tracking_server_down_for_20_s_fails_no_trial_and_loses_or_repeats_no_
         assert logged == pytest.approx([h["val_acc"] for h in trial["history"]], rel=1e-5), name
 
 
-def test_a_tracking_server_gone_past_outage_s_stops_the_search_in_one_line_and_a_rerun_resumes(project):
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_tracking_server_gone_past_outage_s_stops_the_search_in_one_line_and_a_rerun_resumes(project, the_lab):
     bound = 5
-    with lab() as the_lab:
-        root = _copy(project, the_lab.root / "p", outage_s=bound)
+    with the_lab.project(project, "gone", outage_s=bound) as root:
         driver = the_lab.stage(root, STALL, "driver.log")
         _stop_server_mid_epoch_2(the_lab, root, driver)
         down_at = time.monotonic()
