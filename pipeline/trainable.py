@@ -99,7 +99,7 @@ def _open_child_run(cfg: dict, state: dict, trial_id: str) -> tuple[str, bool]:
         tracking.reopen_run(uri, run_id)
         return run_id, False
     return tracking.start_run(uri, cfg["experiment_id"], cfg["name"], parent_run_id=cfg["parent_run_id"],
-                              params={k: v for k, v in cfg.items() if k not in TRACKING_KEYS[:2]},
+                              params={k: v for k, v in cfg.items() if k not in ("tracking_uri", "tracking_outage_s")},
                               tags={tracking.TRIAL_TAG: cfg["name"], tracking.TRIAL_ID_TAG: trial_id,
                                     "kind": cfg["kind"]}, stage="search",
                               unique_tags={tracking.PARENT_TAG: cfg["parent_run_id"],
@@ -128,7 +128,8 @@ def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) 
     torch.set_num_threads(max(1, int(cfg.get("cpus_per_trial", 1))))
     seed_everything(int(cfg["seed"]))
     device = pick_device(bool(cfg.get("use_gpu")))
-    tracking_outage.set_bound(tracking_outage.trial_bound(cfg.get("tracking_outage_s", tracking_outage.DEFAULT_BOUND_S)))
+    tracking_outage.set_bound(tracking_outage.trial_bound(cfg.get("tracking_outage_s",
+                                                                  tracking_outage.DEFAULT_BOUND_S)))
     # a restarted trial continues from the newest epoch it checkpointed, and in the same MLflow run
     folder = StoragePath.resolve(experiment_dir, "/") if experiment_dir else None
     state = trial_checkpoint.newest_state(folder, cfg["name"], tune.get_checkpoint(), device)

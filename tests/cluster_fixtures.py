@@ -204,7 +204,8 @@ def start_cluster(head_env: dict | None = None, node_env: dict | None = None):
     try:
         ns = netns(procs, root, env)
         gcs, mlflow_port, *node_ports = free_ports(10)
-        common = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", LOOPBACK, "--disable-usage-stats", "--block"]
+        common = ["--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", LOOPBACK, "--disable-usage-stats",
+                  "--block"]
         (root / "head").mkdir()
         (root / "node2").mkdir()
         head = procs.start([*ns, str(BIN / "ray"), "start", "--head", "--port", str(gcs), "--include-dashboard=false",

@@ -124,6 +124,7 @@ def test_two_queued_experiments_run_side_by_side_without_collisions(tmp_path):
         assert sorted(n for r, n, _ in children if (r, "prernn.trial") in tag) == trials[folder], (folder, children)
         evaluate_runs += [r for r, n, _ in children if n == "evaluate"]
         assert all(status == "FINISHED" for *_, status in children), children
-    assert len(evaluate_runs) == 2 and sorted(v for (v,) in versions) == sorted(evaluate_runs), (evaluate_runs, versions)
+    assert len(evaluate_runs) == 2 and sorted(v for (v,) in versions) == sorted(evaluate_runs), (evaluate_runs,
+                                                                                                 versions)
     (_, _, start_a, end_a), (_, _, start_b, end_b) = parents.values()
     assert start_a < end_b and start_b < end_a, "the two searches did not run side by side"
