@@ -9,7 +9,11 @@
   "slow"        SLOW_EPOCH_S more per epoch;
   "pause:N"     before training epoch N + 1 (N = 0: before the first), touch `<signal_dir>/<trial>.paused`
                 and wait (a test kills the driver then);
-  "pause:end"   the same after the trial's last report, before it returns (the driver has not seen it end).
+  "pause:end"   the same after the trial's last report, before it returns (the driver has not seen it end);
+  "stall:N"     mid-epoch N + 1 (trained, not yet validated nor reported), on an attempt that started from
+                scratch: write `<signal_dir>/<trial>.paused` ({"pid", "node_id"} of the worker) and wait until
+                `<signal_dir>/<trial>.release` exists (a test kills a node, or lets it go on); a retry that
+                continues from a checkpoint does not stall.
 With a `signal_dir`, every epoch a trial trains (faulted or not) is appended to `<signal_dir>/<trial>.trained`.
 The wrapper keeps the trainable's name, so a search started with faults can be restored without them.
 
@@ -38,8 +42,8 @@ class InjectedFault(RuntimeError):
 def check(faults: dict) -> dict:
     """`faults` ({trial name: kind}) if every kind is known, else ValueError naming the bad one."""
     for name, kind in faults.items():
-        if kind not in KINDS and not (kind.startswith("pause:") and kind[len("pause:"):].isdigit()):
-            raise ValueError(f"fault for {name}: {kind!r}: expected one of {list(KINDS)} or pause:N")
+        if kind not in KINDS and not (kind.startswith(("pause:", "stall:")) and kind[len("pause:"):].isdigit()):
+            raise ValueError(f"fault for {name}: {kind!r}: expected one of {list(KINDS)}, stall:N or pause:N")
     return faults
 
 
@@ -47,6 +51,27 @@ def _signal_and_wait(trial: str) -> None:
     Path(_active["signal_dir"], f"{trial}.paused").touch()
     while True:
         time.sleep(60)
+
+
+def _stall_until_released(trial: str) -> None:
+    import os
+
+    import ray
+
+    signals = Path(_active["signal_dir"])
+    tmp = signals / f".{trial}.paused.tmp"
+    tmp.write_text(json.dumps({"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}))
+    tmp.rename(signals / f"{trial}.paused")
+    while not (signals / f"{trial}.release").exists():
+        time.sleep(0.2)
+
+
+def _mid_epoch(trainer) -> None:
+    """Called by the patched Trainer.evaluate in a worker: after an epoch's training pass, before its validation."""
+    fault = _active.get("fault") or ""
+    if (fault.startswith("stall:") and trainer.epoch == int(fault[len("stall:"):]) + 1
+            and getattr(trainer, "_fault_start_epoch", None) == 0):
+        _stall_until_released(_active["name"])
 
 
 def _before_epoch(trainer) -> None:
@@ -74,19 +99,24 @@ def _before_epoch(trainer) -> None:
 
 
 def _patch_trainer() -> None:
-    """Route Trainer.fit_epoch through `_before_epoch` in this process (once; reused actors keep it)."""
+    """Route Trainer.fit_epoch through `_before_epoch` and Trainer.evaluate through `_mid_epoch` in this process
+    (once; reused actors keep it)."""
     from pipeline.training.trainer import Trainer
 
     if getattr(Trainer.fit_epoch, "_with_faults", False):
         return
-    original = Trainer.fit_epoch
+    original_fit, original_evaluate = Trainer.fit_epoch, Trainer.evaluate
 
     def fit_epoch(self, train_data, val_data):
         _before_epoch(self)
-        return original(self, train_data, val_data)
+        return original_fit(self, train_data, val_data)
+
+    def evaluate(self, *args, **kwargs):
+        _mid_epoch(self)
+        return original_evaluate(self, *args, **kwargs)
 
     fit_epoch._with_faults = True
-    Trainer.fit_epoch = fit_epoch
+    Trainer.fit_epoch, Trainer.evaluate = fit_epoch, evaluate
 
 
 def _run(trainable, faults: dict, signal_dir, config: dict, *args, **kwargs):

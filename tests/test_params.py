@@ -147,3 +147,10 @@ def test_params_refuse_every_space_the_search_stage_refuses_with_the_same_lines(
         build_space(SearchParams(**raw["search"]), *backbone_candidates(raw["pretrain"]["backbone"]))
     space_lines = str(info.value).splitlines()
     assert [line.removesuffix(" (pretrain.backbone 'vgg_mini')") for line in params_lines] == space_lines
+
+
+def test_the_tracking_outage_bound_is_a_positive_number_of_seconds():
+    raw = _shipped()
+    assert validate_params(raw).mlflow.outage_s == 120
+    raw["mlflow"]["outage_s"] = 0
+    assert "mlflow.outage_s: 0: Input should be greater than 0" in _errors(raw)

@@ -203,6 +203,7 @@ class EvaluateParams(_Section):
 class MlflowParams(_Section):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "prernn"
+    outage_s: float = Field(120, gt=0)  # an http(s) server down for longer stops the search (pipeline.core.tracking_outage)
 
 
 class Params(_Section):

@@ -13,6 +13,7 @@ for reading. MLflow's telemetry is off unless MLFLOW_DISABLE_TELEMETRY is set ot
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,6 +25,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
+from pipeline.core import tracking_outage
+from pipeline.core.tracking_outage import ServerDown, TrackingUnavailable, call
+
 # MLflow 3.17 reads MLFLOW_DISABLE_TELEMETRY (mlflow/telemetry/utils.py); off by default, a user's value wins
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -31,10 +35,6 @@ PARENT_TAG = "mlflow.parentRunId"
 COMMIT_TAG = "mlflow.source.git.commit"
 TRIAL_TAG = "prernn.trial"
 TRIAL_ID_TAG = "ray.trial_id"
-
-
-class TrackingUnavailable(RuntimeError):
-    """The MLflow tracking server named by the URI does not answer."""
 
 
 def resolve_tracking_uri(params_uri: Optional[str] = None, base: str | os.PathLike | None = None) -> tuple[str, str]:
@@ -59,7 +59,7 @@ def check_reachable(uri: str, source: str = "the tracking URI", timeout: float =
         urllib.request.urlopen(url, timeout=timeout).close()
     except urllib.error.HTTPError:
         return  # it answered (a proxy in front may not serve /health)
-    except (urllib.error.URLError, OSError) as err:
+    except OSError as err:  # URLError included
         reason = getattr(err, "reason", err)
         raise TrackingUnavailable(
             f"MLflow tracking server {uri} (from {source}) did not answer within {timeout:g} s: {reason}. "
@@ -78,8 +78,29 @@ def client(uri: str):
     if uri not in _clients:
         from mlflow.tracking import MlflowClient
 
-        _clients[uri] = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        with _one_at_a_time(uri):
+            _clients[uri] = MlflowClient(tracking_uri=uri, registry_uri=uri)
     return _clients[uri]
+
+
+@contextlib.contextmanager
+def _one_at_a_time(uri: str):
+    """For a sqlite store, hold an exclusive lock (a file in the temp dir named by the database path) while the
+    client opens it: MLflow creates the tables of a new database on first use, and two processes doing so at once
+    (two queued DVC experiments sharing one mlflow.db) fail with `table _alembic_tmp_experiments already exists`."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+    import hashlib
+
+    key = hashlib.sha256(uri[len("sqlite:///"):].encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"prernn-mlflow-{key}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
@@ -94,11 +115,11 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
 def ensure_experiment(uri: str, name: str) -> str:
     """The id of experiment `name`, created if needed (restored when it was deleted)."""
     c = client(uri)
-    exp = c.get_experiment_by_name(name)
+    exp = call(uri, c.get_experiment_by_name, name)
     if exp is None:
-        return c.create_experiment(name, artifact_location=default_artifact_location(uri))
+        return call(uri, c.create_experiment, name, artifact_location=default_artifact_location(uri))
     if exp.lifecycle_stage == "deleted":
-        c.restore_experiment(exp.experiment_id)
+        call(uri, c.restore_experiment, exp.experiment_id)
     return exp.experiment_id
 
 
@@ -114,14 +135,18 @@ def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: s
     """The child run of `parent_run_id` already made for Ray trial `trial_id` (a retried trial), else the one made
     for trial `name` (a search restarted after Ray lost its experiment state), or None: one child run per trial."""
     for tag, value in ((TRIAL_ID_TAG, trial_id), (TRIAL_TAG, name)):
-        if value is None:
-            continue
-        runs = client(uri).search_runs(
-            [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{tag}` = '{value}'",
-            max_results=1)
-        if runs:
-            return runs[0].info.run_id
+        if value is not None:
+            run_id = _run_with_tags(uri, experiment_id, {PARENT_TAG: parent_run_id, tag: value})
+            if run_id:
+                return run_id
     return None
+
+
+def _run_with_tags(uri: str, experiment_id: str, tags: dict) -> Optional[str]:
+    """The id of a run of the experiment that has all of `tags`, or None."""
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = call(uri, client(uri).search_runs, [experiment_id], filter_string=where, max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def _param_items(params: dict, prefix: str = "") -> dict[str, str]:
@@ -136,33 +161,32 @@ def _param_items(params: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _retry(fn, *args, tries: int = 5, **kw):
-    """Retry a store call a few times (concurrent trials share one sqlite file)."""
-    for attempt in range(tries):
-        try:
-            return fn(*args, **kw)
-        except Exception as err:  # noqa: BLE001 - sqlite "database is locked" surfaces as MlflowException
-            if attempt == tries - 1 or "locked" not in str(err).lower():
-                raise
-            time.sleep(0.2 * (attempt + 1))
-
-
 def start_run(uri: str, experiment_id: str, name: str, *, parent_run_id: Optional[str] = None,
-              params: Optional[dict] = None, tags: Optional[dict] = None, stage: Optional[str] = None) -> str:
-    """Create a run (a child of `parent_run_id` if given); log `params` and tags (git commit, source, DVC stage)."""
+              params: Optional[dict] = None, tags: Optional[dict] = None, stage: Optional[str] = None,
+              unique_tags: Optional[dict] = None) -> str:
+    """Create a run (a child of `parent_run_id` if given); log `params` and tags (git commit, source, DVC stage).
+    `unique_tags` (tags no other run of the experiment has): a create cut off by a server outage is not repeated
+    when it had created the run (one run per trial)."""
     c = client(uri)
     commit = git_commit()
     if commit == "unknown" and parent_run_id:  # a trial in a Ray worker's directory: the search's commit
-        commit = _retry(c.get_run, parent_run_id).data.tags.get(COMMIT_TAG, commit)
+        commit = call(uri, c.get_run, parent_run_id).data.tags.get(COMMIT_TAG, commit)
     all_tags = {"mlflow.runName": name, COMMIT_TAG: commit, "mlflow.source.type": "LOCAL", **(tags or {})}
     if stage:
         all_tags.update({"dvc_stage": stage, "mlflow.source.name": f"stages/{stage}.py"})
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
-    run = _retry(c.create_run, experiment_id, tags=all_tags, run_name=name)
+    run_id = None
+    while run_id is None:
+        try:
+            run_id = call(uri, c.create_run, experiment_id, tags=all_tags, run_name=name,
+                          wait=unique_tags is None).info.run_id
+        except ServerDown as down:  # the request may have created the run before the server went
+            tracking_outage.wait_until_back(uri, down.since)
+            run_id = _run_with_tags(uri, experiment_id, unique_tags)
     if params:
-        log_params(uri, run.info.run_id, params)
-    return run.info.run_id
+        log_params(uri, run_id, params)
+    return run_id
 
 
 def log_params(uri: str, run_id: str, params: dict) -> None:
@@ -170,7 +194,7 @@ def log_params(uri: str, run_id: str, params: dict) -> None:
 
     items = [Param(k, v) for k, v in _param_items(params).items()]
     for i in range(0, len(items), 100):
-        _retry(client(uri).log_batch, run_id, params=items[i:i + 100])
+        call(uri, client(uri).log_batch, run_id, params=items[i:i + 100])
 
 
 def _readable(value: float) -> float:
@@ -178,39 +202,77 @@ def _readable(value: float) -> float:
     return value if value.is_integer() or not math.isfinite(value) else float(f"{value:.6g}")
 
 
+def _numeric(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _send_metrics(uri: str, run_id: str, values: dict, wait: bool = True) -> None:
+    """values: {(key, step): (value, timestamp ms)}, sent in batches of at most 1000 (MLflow's limit)."""
+    from mlflow.entities import Metric
+
+    items = [Metric(k, _readable(float(v)), ts, step) for (k, step), (v, ts) in values.items()]
+    for i in range(0, len(items), 1000):
+        call(uri, client(uri).log_batch, run_id, metrics=items[i:i + 1000], wait=wait)
+
+
 def log_metrics(uri: str, run_id: str, metrics: dict, step: Optional[int] = None) -> None:
     """Log the numeric entries of `metrics` (others are skipped) at `step`, to 6 significant digits (float32 noise
     such as 0.5833333134651184 is not what a person should read)."""
-    from mlflow.entities import Metric
-
     now = int(time.time() * 1000)
-    items = [Metric(k, _readable(float(v)), now, step or 0) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None]
-    if items:
-        _retry(client(uri).log_batch, run_id, metrics=items)
+    _send_metrics(uri, run_id, {(k, step or 0): (v, now) for k, v in _numeric(metrics).items()})
 
 
-def logged_steps(uri: str, run_id: str) -> set[tuple[str, int]]:
+def logged_steps(uri: str, run_id: str, wait: bool = True) -> set[tuple[str, int]]:
     """(metric key, step) of every value already logged to the run."""
     c = client(uri)
-    return {(key, m.step) for key in _retry(c.get_run, run_id).data.metrics
-            for m in _retry(c.get_metric_history, run_id, key)}
+    return {(key, m.step) for key in call(uri, c.get_run, run_id, wait=wait).data.metrics
+            for m in call(uri, c.get_metric_history, run_id, key, wait=wait)}
 
 
 class MetricLog:
     """Logs metrics to one run at most once per (key, step): what a run already holds is skipped, so a trial
     that resumes (after a killed driver, a lost node, a tracking outage) never logs an epoch twice.
-    `new_run`: the run was just created (nothing to read back)."""
+    `new_run`: the run was just created (nothing to read back).
 
-    def __init__(self, uri: str, run_id: str, new_run: bool = False):
-        self.uri, self.run_id = uri, run_id
+    While an http(s) server does not answer, `log` keeps the values (with the time they were logged) and the
+    trial trains on; the next `log` or `flush` sends them, after reading back what the run holds (a request the
+    outage cut off may have landed). At most `max_pending` values are kept: beyond that `log` waits for the
+    server (tracking_outage.call: TrackingUnavailable past the bound), so memory stays bounded."""
+
+    MAX_PENDING = 10_000
+
+    def __init__(self, uri: str, run_id: str, new_run: bool = False, max_pending: int = MAX_PENDING):
+        self.uri, self.run_id, self.max_pending = uri, run_id, int(max_pending)
         self.logged = set() if new_run else logged_steps(uri, run_id)
+        self.pending: dict[tuple[str, int], tuple[float, int]] = {}  # (key, step) -> (value, timestamp ms)
+        self._cut_off = False  # a send failed: read back what the run holds before sending again
 
     def log(self, metrics: dict, step: int = 0) -> None:
         """Log the numeric entries of `metrics` at `step` that the run does not have yet."""
-        new = {k: v for k, v in metrics.items() if (k, step) not in self.logged}
-        log_metrics(self.uri, self.run_id, new, step=step)
-        self.logged |= {(k, step) for k in new}
+        now = int(time.time() * 1000)
+        for key, value in _numeric(metrics).items():
+            if (key, step) not in self.logged:
+                self.pending.setdefault((key, step), (value, now))
+        self.flush(wait=len(self.pending) > self.max_pending)
+
+    def flush(self, wait: bool = True) -> bool:
+        """Send what is pending; True when nothing is left. `wait=False`: keep it while the server is down."""
+        while self.pending:
+            try:
+                if self._cut_off:
+                    self.logged |= logged_steps(self.uri, self.run_id, wait=False)
+                    self.pending = {k: v for k, v in self.pending.items() if k not in self.logged}
+                    self._cut_off = False
+                _send_metrics(self.uri, self.run_id, self.pending, wait=False)
+            except ServerDown as down:
+                self._cut_off = True
+                if not wait:
+                    return False
+                tracking_outage.wait_until_back(self.uri, down.since)
+                continue
+            self.logged |= set(self.pending)
+            self.pending = {}
+        return True
 
 
 def log_json(uri: str, run_id: str, obj, filename: str) -> None:
@@ -218,7 +280,7 @@ def log_json(uri: str, run_id: str, obj, filename: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / filename
         path.write_text(json.dumps(obj, indent=1, default=str))
-        _retry(client(uri).log_artifact, run_id, str(path))
+        call(uri, client(uri).log_artifact, run_id, str(path))
 
 
 def summary_text(value) -> str:
@@ -236,22 +298,30 @@ def log_summary(uri: str, run_id: str, values: dict) -> None:
 
 def set_tags(uri: str, run_id: str, tags: dict) -> None:
     for k, v in tags.items():
-        _retry(client(uri).set_tag, run_id, k, str(v)[:5000])
+        call(uri, client(uri).set_tag, run_id, k, str(v)[:5000])
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run FINISHED / FAILED / KILLED."""
-    _retry(client(uri).set_terminated, run_id, status)
+    call(uri, client(uri).set_terminated, run_id, status)
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark the run RUNNING again (a resumed search or trial logs to it)."""
+    call(uri, client(uri).update_run, run_id, status="RUNNING")
 
 
 def run_status(uri: str, run_id: str) -> Optional[str]:
+    """The run's status, or None for a run id this store does not have (TrackingUnavailable in an outage)."""
     try:
-        return client(uri).get_run(run_id).info.status
+        return call(uri, client(uri).get_run, run_id).info.status
+    except TrackingUnavailable:
+        raise
     except Exception:  # noqa: BLE001 - a run id from another store
         return None
 
 
 def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
     """The runs whose parent is `parent_run_id`."""
-    return client(uri).search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-                                   max_results=10_000)
+    return call(uri, client(uri).search_runs, [experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)

@@ -3,7 +3,7 @@
 `train_trial(config, data, experiment_dir)` is a plain function of the trial config (Ray's function API):
   config: {"arch": <a pipeline.search.space arch dict>, "epochs", "batch_size", "lr_inherited", "lr_new",
            "weight_decay", "hh_init", "seed", "cpus_per_trial", "use_gpu", "tracking_uri",
-           "experiment_id", "parent_run_id", "gate_stats_every_epoch"}
+           "tracking_outage_s", "experiment_id", "parent_run_id", "gate_stats_every_epoch"}
   data (via tune.with_parameters, i.e. the Ray object store): {"backbone": {"config", "state_dict"},
            "caches": {boundary: {"train": SplitTensors, "val": SplitTensors}} (cached trunk features per trial
            boundary, pipeline.search.trunk_cache.trunk_caches, or {None: raw clips}; a trial takes its boundary's),
@@ -16,7 +16,10 @@ checkpoint (pipeline.search.trial_checkpoint). A restarted trial (a killed drive
 from the newest checkpoint it wrote, whatever Ray had recorded; one that had trained every epoch reports its
 last epoch again, untrained. Metrics go to MLflow once per key and step (tracking.MetricLog): a resumed trial
 first logs what its checkpoint holds and the run lacks, then only epochs the run does not have, so the run's
-history equals an uninterrupted run's. The last epoch (every epoch with `gate_stats_every_epoch`, for ASHA,
+history equals an uninterrupted run's. While an http(s) tracking server does not answer, the metrics wait in
+the MetricLog and the trial trains on; its other tracking calls (tags, artifacts, the run's status) wait for the
+server (pipeline.core.tracking_outage, up to `trial_bound` of the driver's `mlflow.outage_s`: the driver stops the
+search first). The last epoch (every epoch with `gate_stats_every_epoch`, for ASHA,
 which may stop a trial early) adds the gate statistics of each recurrent layer on the val clips
 (`gate_stats_json`: the saturation of [0055]-[0062] that the selection of [0065] uses); the last
 epoch also reports `best_val_acc`, `epochs_to_95` and `mean_clips_per_sec`. A loss that is not
@@ -34,17 +37,17 @@ from typing import Optional
 import torch
 
 import prernn
-from pipeline.core import tracking
-
-from pipeline.search import trial_checkpoint
+from pipeline.core import tracking, tracking_outage
 from pipeline.core.checkpoint import backbone_from
-from pipeline.search.trunk_cache import trial_splits
 from pipeline.core.storage import StoragePath
 from pipeline.data.augment import ClipAugment
+from pipeline.search import trial_checkpoint
+from pipeline.search.trunk_cache import trial_splits
 from pipeline.training.tasks import task_from_entries
 from pipeline.training.trainer import Trainer, pick_device, seed_everything, summarize, summary_keys
 
 COMMON_KEYS = ("epochs", "batch_size", "lr_inherited", "lr_new", "weight_decay", "hh_init", "seed")
+TRACKING_KEYS = ("tracking_uri", "tracking_outage_s", "parent_run_id", "experiment_id")  # where a trial logs
 
 
 def flat_config(config: dict) -> dict:
@@ -66,10 +69,10 @@ def _node() -> dict:
         return {"node_id": None, "node_ip": None}
 
 
-def _count_attempt(uri: str, run_id: str) -> int:
+def _count_attempt(mlflow_log: tracking.MetricLog) -> int:
     """Log and return this attempt's number on the child run (metric `attempts`, at step = the attempt)."""
-    attempt = int(tracking.client(uri).get_run(run_id).data.metrics.get("attempts", 0)) + 1
-    tracking.log_metrics(uri, run_id, {"attempts": attempt}, step=attempt)
+    attempt = 1 + max((step for key, step in mlflow_log.logged if key == "attempts"), default=0)
+    mlflow_log.log({"attempts": attempt}, step=attempt)
     return attempt
 
 
@@ -86,12 +89,14 @@ def _open_child_run(cfg: dict, state: dict, trial_id: str) -> tuple[str, bool]:
     run_id = state.get("mlflow_run_id") or tracking.find_child_run(uri, cfg["experiment_id"], cfg["parent_run_id"],
                                                                    trial_id, name=cfg["name"])
     if run_id:
-        tracking.client(uri).update_run(run_id, status="RUNNING")
+        tracking.reopen_run(uri, run_id)
         return run_id, False
     return tracking.start_run(uri, cfg["experiment_id"], cfg["name"], parent_run_id=cfg["parent_run_id"],
-                              params={k: v for k, v in cfg.items() if k != "tracking_uri"},
+                              params={k: v for k, v in cfg.items() if k not in ("tracking_uri", "tracking_outage_s")},
                               tags={tracking.TRIAL_TAG: cfg["name"], tracking.TRIAL_ID_TAG: trial_id,
-                                    "kind": cfg["kind"]}, stage="search"), True
+                                    "kind": cfg["kind"]}, stage="search",
+                              unique_tags={tracking.PARENT_TAG: cfg["parent_run_id"],
+                                           tracking.TRIAL_ID_TAG: trial_id}), True
 
 
 def batch_augment(cfg: dict, start):
@@ -113,6 +118,8 @@ def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) 
     torch.set_num_threads(max(1, int(cfg.get("cpus_per_trial", 1))))
     seed_everything(int(cfg["seed"]))
     device = pick_device(bool(cfg.get("use_gpu")))
+    tracking_outage.set_bound(tracking_outage.trial_bound(cfg.get("tracking_outage_s",
+                                                                  tracking_outage.DEFAULT_BOUND_S)))
     # a restarted trial continues from the newest epoch it checkpointed, and in the same MLflow run
     folder = StoragePath.resolve(experiment_dir, "/") if experiment_dir else None
     state = trial_checkpoint.newest_state(folder, cfg["name"], tune.get_checkpoint(), device)
@@ -121,8 +128,8 @@ def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) 
     epochs = int(cfg["epochs"])
     node = _node()
     try:
-        _count_attempt(uri, run_id)
         mlflow_log = tracking.MetricLog(uri, run_id, new_run)
+        _count_attempt(mlflow_log)
         tracking.set_tags(uri, run_id, {f"ray.{k}": v for k, v in node.items()})
         backbone = backbone_from(data["backbone"])
         model = prernn.build_from_config(cfg, backbone)  # the trial's kind, layers, cell, ...
@@ -160,9 +167,14 @@ def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) 
                 metrics["gate_stats_json"] = json.dumps(stats)
                 tracking.log_json(uri, run_id, stats, "gate_stats.json")
             metrics["trial_wall_clock"] = [started, time.time()]  # the trial's own wall time so far
+            # what an outage kept back is sent before a report that can end the trial (the last; ASHA's any)
+            mlflow_log.flush(wait=trainer.epoch == epochs or bool(cfg.get("gate_stats_every_epoch")))
             with tempfile.TemporaryDirectory() as tmp:
                 trial_checkpoint.save(Path(tmp), trainer.state_dict(), run_id)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        mlflow_log.flush()  # what an outage kept back
+    except tracking.TrackingUnavailable:
+        raise  # the server is gone: nothing to mark the run with
     except Exception as err:
         tracking.set_tags(uri, run_id, {"error": f"{type(err).__name__}: {err}"})
         tracking.end_run(uri, run_id, "FAILED")

@@ -15,14 +15,15 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Optional
 
-from pipeline.core import tracking
-from pipeline.search.space import build_space
+from pipeline.core import tracking, tracking_outage
 from pipeline.core.storage import StoragePath
-from pipeline.search.trainable import COMMON_KEYS, flat_config, train_trial
+from pipeline.search.space import build_space
+from pipeline.search.trainable import COMMON_KEYS, TRACKING_KEYS, flat_config, train_trial
 from pipeline.training.tasks import Classification, Task
 from pipeline.training.trainer import summarize, summary_keys
 
@@ -120,7 +121,7 @@ def _row(result, run_ids: dict, archs: dict, common: dict, task: Task) -> dict:
         "node_id": metrics.get("node_id"), "node_ip": metrics.get("node_ip"),
         "history": history, "epochs_run": len(history), "best_epoch": summary.best_epoch,
         "stopped_early": not failed and len(history) < int(cfg["epochs"]),
-        "config": {k: v for k, v in cfg.items() if k not in ("tracking_uri", "parent_run_id", "experiment_id")},
+        "config": {k: v for k, v in cfg.items() if k not in TRACKING_KEYS},
     }
 
 
@@ -131,7 +132,7 @@ def _open_parent(uri, experiment_id, exp_dir: StoragePath, search, info: dict, r
     if state_file.exists():
         run_id = json.loads(state_file.read_text()).get("parent_run_id")
         if run_id and tracking.run_status(uri, run_id) is not None:
-            tracking.client(uri).update_run(run_id, status="RUNNING")
+            tracking.reopen_run(uri, run_id)
             return run_id
     run_id = tracking.start_run(uri, experiment_id, exp_dir.name,
                                 params={"search": search.model_dump(), **{k: info[k] for k in
@@ -162,6 +163,23 @@ def check_resources(search) -> None:
         raise ParamsError("\n".join(problems))
 
 
+def unfinished_trials(grid) -> int:
+    """How many trials of a ResultGrid neither ended (their last result is `done`: returned, or stopped by the
+    scheduler) nor failed. After Ctrl-C or SIGUSR1 Tune marks the trials it stops TERMINATED in memory (the state it
+    saved just before has them running, so a restore resumes them): the status alone does not tell."""
+    return sum(1 for r in grid if r.error is None and not (r.metrics or {}).get("done"))
+
+
+def _stop_tune() -> None:
+    """Stop Tuner.fit as Ctrl-C does (it saves the experiment state; unfinished trials resume on a rerun): SIGUSR1
+    to this process, which Tune handles so while it runs in the main thread (otherwise nothing is sent, and the
+    trials' own, longer bound applies). Tune's warnings about a stop signal are silenced: the stage says why."""
+    handler = signal.getsignal(signal.SIGUSR1)
+    if callable(handler):
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
 def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, candidates: list, boundary: str,
                space: Optional[list] = None, base_dir: str | os.PathLike | None = None,
                verbose: int = 1, fresh: bool = False, task: Optional[Task] = None,
@@ -176,6 +194,10 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
     (`task.score`); its params (`task.params()`) are part of each trial's config.
 
     `fresh`: discard a previous experiment with the same fingerprint instead of restoring it.
+
+    An http(s) tracking server that does not answer for `mlflow.outage_s` while the trials run stops the search
+    (TrackingUnavailable, one line naming the URI; rerunning resumes it); shorter outages are ridden out
+    (pipeline.core.tracking_outage).
     """
     import ray
     from ray import tune
@@ -187,6 +209,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
     base_dir = Path(base_dir or os.getcwd())
     uri, source = tracking.resolve_tracking_uri(mlflow_params.tracking_uri, base_dir)
     tracking.check_reachable(uri, source)
+    tracking_outage.set_bound(mlflow_params.outage_s)
     space = space if space is not None else build_space(search, candidates, defaults)
     started = ray_cluster.connect(search.address)
     try:
@@ -211,6 +234,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
             "arch": tune.grid_search(space), **common,
             "cpus_per_trial": search.cpus_per_trial, "use_gpu": use_gpu,
             "gate_stats_every_epoch": search.scheduler == "asha", "tracking_uri": uri,
+            "tracking_outage_s": mlflow_params.outage_s,
             "experiment_id": info["experiment_id"], "parent_run_id": parent,
             **task.params(),
             # per batch, uncached
@@ -245,8 +269,19 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
                     # (pipeline.search.trial_checkpoint), which Ray, counting by its own index, could delete
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
             )
-        grid = tuner.fit()
-        unfinished = len(grid) - grid.num_terminated - grid.num_errors
+        tune_log = logging.getLogger("ray.tune")
+        level = tune_log.level
+        try:
+            with tracking_outage.Watch(uri, mlflow_params.outage_s, _stop_tune) as watch:
+                grid = tuner.fit()
+        finally:
+            tune_log.setLevel(level)
+        unfinished = unfinished_trials(grid)
+        if watch.tripped:
+            raise tracking.TrackingUnavailable(
+                f"{tracking_outage.outage_message(uri, mlflow_params.outage_s)}: the search stopped with "
+                f"{unfinished} of {len(grid)} trials unfinished; start the server again and rerun the stage to "
+                f"resume them from {exp_dir}")
         if unfinished:
             tracking.end_run(uri, parent, "KILLED")
             raise SearchInterrupted(
