@@ -8,7 +8,7 @@ US 2018/0373985 A1 (equations, claims and paragraphs such as [0052] are its own)
     model = prernn.convert(cnn, ["fc6"], "lstm", sih=True)                    # PreRNN-SIH, Eqs. (10)-(11)
     logits = model(torch.randn(2, 8, 3, 32, 32))                              # (B, T, K)
     stats = prernn.gate_statistics(model, torch.randn(2, 8, 3, 32, 32))
-    keep = prernn.is_saturated(stats["fc6"])                                  # claim 12
+    keep = prernn.is_saturated(stats["fc6"], gates="embodiment")              # claim 12 on the forget gate
 """
 from . import backbones as _backbones  # noqa: F401  (fills the registry)
 from .backbones import Backbone
@@ -19,12 +19,13 @@ from .registry import create_backbone, list_backbones, register_backbone
 from .counting import count_recurrent_parameters
 from .sequence import (SequenceModel, build_from_config, candidate_layers, check_layers, clip_output, convert,
                        default_candidates, frame_model, readout, traditional, trunk_boundary)
-from .stats import gate_statistics, is_saturated
+from .stats import EMBODIMENT_GATES, SELECT_GATES, deciding_gates, gate_statistics, is_saturated
 
 __all__ = [
     "Backbone", "SequenceModel", "FCRecurrent", "ConvRecurrent", "CELLS", "GATE_NAMES", "GATED_CELLS", "GRU_RESETS",
     "HH_INITS", "check_sih", "check_layers",
     "create_backbone", "list_backbones", "register_backbone", "load_pretrained", "candidate_layers",
     "default_candidates", "trunk_boundary", "convert", "traditional", "build_from_config", "count_recurrent_parameters",
-    "gate_statistics", "is_saturated", "readout", "clip_output", "frame_model",
+    "gate_statistics", "is_saturated", "deciding_gates", "EMBODIMENT_GATES", "SELECT_GATES", "readout", "clip_output",
+    "frame_model",
 ]

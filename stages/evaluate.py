@@ -84,8 +84,8 @@ def main(argv=None) -> None:
     task = task_from_params(params)
     selection = _read_json(Path(args.selection), "run the select stage first (dvc repro select)")
     if not selection.get("selected"):
-        sys.exit(f"evaluate: {args.selection}: no configuration was selected (no PreRNN trial succeeded); "
-                 "see its trials' reasons")
+        why = selection.get("no_selection") or "no PreRNN trial succeeded"
+        sys.exit(f"evaluate: {args.selection}: no configuration was selected ({why}); see its trials' reasons")
     choices = {"selected": selection["selected"], "baseline": selection.get("baseline")}
     try:
         result = run_evaluation(args.clips, args.pretrained, choices, modalities=list(p.modalities), epochs=p.epochs,

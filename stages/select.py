@@ -54,14 +54,15 @@ def main(argv=None) -> None:
     p = load_stage_params(args.params, "select").select
     trials, meta = read_search(Path(args.search))
     configs = aggregate(trials, p.metric)  # one row per configuration: the mean over its seeds
+    frames = (meta.get("frame_reference") or {}).get(p.metric)  # the CNN alone: every converted layer reverted
     try:
-        selection = select_configuration(configs, low=p.low, high=p.high, metric=p.metric, mode=p.mode)
+        selection = select_configuration(configs, low=p.low, high=p.high, metric=p.metric, mode=p.mode,
+                                         gates=p.gates, frame_reference=frames)
     except SelectionError as err:
         sys.exit(f"select: {Path(args.search) / 'trials.json'}: {err}")
     selection["search"] = {k: meta.get(k) for k in ("backbone", "modality", "candidates", "trunk_boundary",
                                                     "parent_run_id", "experiment_id", "tracking_uri")}
     candidates = meta.get("candidates")
-    frames = (meta.get("frame_reference") or {}).get(p.metric)
     table = build_table(configs, metric=p.metric, mode=p.mode, selection=selection, candidates=candidates,
                         frame_reference=frames)
     selection["frame_reference"] = meta.get("frame_reference")
@@ -72,7 +73,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     with atomic_path(out / "plots") as tmp:
         tmp.mkdir()
-        plots = write_plots(configs, tmp, low=p.low, high=p.high, candidates=candidates)
+        plots = write_plots(configs, tmp, low=p.low, high=p.high, candidates=candidates, gates=p.gates)
         if convergence:
             plots.append(convergence_plot(convergence, tmp / "convergence.png", metric=p.metric, title=title))
     selection["plots"] = [str(out / "plots" / f.name) for f in plots]
@@ -84,8 +85,9 @@ def main(argv=None) -> None:
     write_json(out / "selection.json", selection)
 
     sel = selection["selected"]
-    print(f"select: {selection['counts']}; selected: "
-          + (f"{sel['name']} (layers {sel['layers'] or 'none'}, {p.metric} {sel['score']:.3f})" if sel else "none"))
+    print(f"select: {selection['counts']} (gates: {p.gates}); selected: "
+          + (f"{sel['name']} (layers {sel['layers'] or 'none'}, {p.metric} {sel['score']:.3f})" if sel
+             else f"none: {selection['no_selection']}"))
     if meta.get("parent_run_id"):
         from pipeline.serve.mlflow_model import log_reports
 

@@ -88,3 +88,29 @@ def test_traditional_layers_have_stats_too():
     for s in stats.values():
         for g in s["gates"].values():
             assert len(g["left"]) == 8 and g["inside"] + g["outside"] == 2 * 3 * 8
+
+
+@pytest.mark.parametrize("cell,counts,embodiment,pooled", [
+    ("lstm", {"input": (0, 10), "forget": (9, 1), "output": (0, 10)}, False, True),   # [0057]: forget gate central
+    ("lstm", {"input": (9, 1), "forget": (1, 9), "output": (9, 1)}, True, False),     # [0056]: forget gate saturated
+    ("gru", {"reset": (0, 10), "update": (6, 4)}, False, True),                       # [0060]: both must be saturated
+    ("gru", {"reset": (3, 7), "update": (4, 6)}, True, True),
+    ("gru", {"reset": (5, 5), "update": (5, 5)}, False, False),                       # ties
+    ("vrnn", {}, None, None),                                                          # no gates: not judged
+])
+def test_is_saturated_per_rule_and_cell(cell, counts, embodiment, pooled):
+    def g(i, o):
+        return {"left": [], "right": [], "hist": [0] * 10, "inside": i, "outside": o}
+    stats = {"cell": cell, "gates": {k: g(*v) for k, v in counts.items()}, "note": None}
+    assert prernn.is_saturated(stats, gates="embodiment") is embodiment
+    assert prernn.is_saturated(stats, gates="all") is pooled
+    assert prernn.is_saturated(stats) is pooled  # the library's default: claim 12 pooled over every gate
+    assert prernn.deciding_gates(cell, "embodiment") == {"lstm": ("forget",), "gru": ("reset", "update"), "vrnn": ()}[cell]
+    assert prernn.deciding_gates(cell, "all") == prernn.GATE_NAMES[cell]
+
+
+def test_a_deciding_gate_without_statistics_is_not_saturated_and_a_bad_rule_is_named():
+    no_steps = {"cell": "lstm", "gates": {}, "note": "no time steps were seen"}
+    assert prernn.is_saturated(no_steps, gates="embodiment") is False and prernn.is_saturated(no_steps) is False
+    with pytest.raises(ValueError, match="gates must be one of"):
+        prernn.is_saturated(no_steps, gates="forget")

@@ -67,10 +67,11 @@ def test_aggregate_means_seeds_pools_gates_and_fails_a_configuration_with_a_fail
     reset = pre["gate_stats"]["fc6"]["gates"]["reset"]
     assert (reset["inside"], reset["outside"]) == (10, 10) and reset["left"] == [0.2, 0.4] and reset["hist"] == [2] * 10
     assert tra["status"] == "failed" and tra["val_acc"] is None and "boom" in tra["error"]
-    selection = select_configuration([pre, tra])
-    # pooled over seeds 10 inside vs 10 outside: a tie is not saturated, so the layer reverts
+    selection = select_configuration([pre, tra], frame_reference=0.4)
+    # pooled over seeds 10 inside vs 10 outside: a tie is not saturated, so the layer reverts (the CNN alone)
     assert selection["trials"][0]["decision"] == "reverted"
-    assert selection["selected"]["seeds"] == [0, 1] and selection["selected"]["per_seed"] == {"0": 0.6, "1": 0.8}
+    assert selection["selected"]["seeds"] == [0, 1] and selection["selected"]["score"] == 0.4
+    assert selection["selected"]["searched_score"] == pytest.approx(0.7)
 
 
 def test_table1_shows_intervals_the_frame_reference_and_per_seed_values():

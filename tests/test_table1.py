@@ -91,3 +91,22 @@ def test_conv_and_mixed_combinations_get_columns_in_forward_order():
     assert by["prernn-gru-conv3+fc6"]["reverted_layers"] == ["conv3"]
     assert by["prernn-gru-conv3+fc6"]["effective_layers"] == ["fc6"]
     assert "conv3/fc6" in to_markdown(table, title="rgb")
+
+
+def test_reverted_configurations_are_listed_with_the_score_they_are_ranked_by():
+    trials = space()
+    sel = select_configuration(trials, frame_reference=0.33)
+    md = to_markdown(build_table(trials, selection=sel, candidates=["fc6", "fc7"]))
+    metric_part = md.split("## Recurrent")[0]
+    section = metric_part.split("### Reverted configurations")[1]
+    by = {t["name"]: t for t in trials}
+    lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in section.splitlines() if ln.startswith("| prernn-")}
+    assert len(lines) == sel["counts"]["reverted"] == 8
+    # fc6+fc7 with fc7 reverted is ranked as fc6 alone; fc7 alone reverted is ranked as the CNN alone
+    assert lines["prernn-gru-fc6+fc7"] == (f"| prernn-gru-fc6+fc7 | fc7 | fc6 | prernn-gru-fc6 | "
+                                            f"{by['prernn-gru-fc6']['val_acc']:.3f} | {by['prernn-gru-fc6+fc7']['val_acc']:.3f} |")
+    assert lines["prernn-lstm-sih-fc7"] == (f"| prernn-lstm-sih-fc7 | fc7 | none | frames | 0.330 | "
+                                             f"{by['prernn-lstm-sih-fc7']['val_acc']:.3f} |")
+    assert "forget gate" in metric_part.split("| cell")[0]                # the legend names the deciding gates
+    no_sel = to_markdown(build_table(trials, candidates=["fc6", "fc7"]))
+    assert "### Reverted configurations" not in no_sel and "below" not in no_sel

@@ -184,6 +184,7 @@ class SearchParams(_Section):
 class SelectParams(_Section):
     low: float = Field(0.1, gt=0, lt=1)
     high: float = Field(0.9, gt=0, lt=1)
+    gates: Literal["embodiment", "all"] = "embodiment"  # prernn.deciding_gates: LSTM forget, GRU reset + update
     metric: str = "val_acc"
     mode: Literal["max", "min"] = "max"
 

@@ -13,6 +13,8 @@ A cell holds the trial's value, `-` where the cell does not apply (SIH has no me
 it has a single input-to-hidden state already) or was not in the space, and `failed` for a
 failed trial; a metric cell reads `mean [95% interval]` over seeds. Three quantities share that layout: the validation metric (Table 1 itself), the
 recurrent parameter count (where SIH's saving shows) and the epochs to reach 95% of the best score.
+A cell holds what the searched configuration scored; a reverted one (†) is ranked by the score of its reverted
+form instead (pipeline.report.selection), which the markdown lists under "Reverted configurations" (`table.reverted`).
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ class Table:
     intervals: dict = field(default_factory=dict)  # (cell, column.key) -> pipeline.report.seeds.Interval of the metric
     per_seed: dict = field(default_factory=dict)   # (cell, column.key) -> {seed: value | None}
     seeds: list = field(default_factory=list)      # every seed of the search, in order
+    reverted: list = field(default_factory=list)   # selection rows of the reverted configurations, in trial order
+    gates: str | None = None                       # the selection's select.gates
 
 
 def trial_key(trial: dict) -> tuple:
@@ -116,6 +120,8 @@ def build_table(trials: list[dict], *, metric: str = "val_acc", mode: str = "max
                 table.intervals[(cell, col.key)] = Interval(i["mean"], i["ci_low"], i["ci_high"], i["n"])
             if t is not None and t.get("per_seed"):
                 table.per_seed[(cell, col.key)] = dict(t["per_seed"])
+    table.gates = (selection or {}).get("gates")
+    table.reverted = [r for r in (selection or {}).get("trials", []) if r.get("decision") == "reverted"]
     for row in (selection or {}).get("trials", []):
         t = next((x for x in trials if x["name"] == row["name"]), None)
         if t is not None and best.get((t["cell"], trial_key(t))) is t:
@@ -161,13 +167,41 @@ def _md_table(table: Table, quantity: str, marks: bool) -> list[str]:
     return lines
 
 
+GATES_TEXT = {"embodiment": "judged by the LSTM forget gate, the GRU reset and update gates",
+              "all": "pooled over all the layer's gates"}
+
+
+def _reverted_lines(table: Table) -> list[str]:
+    """The reverted configurations (†) with what the selection ranks them by: their reverted form's score."""
+    if not table.reverted:
+        return []
+    m = table.metric
+    lines = ["", "### Reverted configurations", "",
+             "What `evaluate` trains for a † configuration is its reverted form, so the selection ranks it by that "
+             "form's score: the same search's configuration with only the saturated layers converted, or, with none "
+             "left, the trained CNN alone per frame (`frames`); `not scored` where the search has no such "
+             "configuration (selection.json: `scored_as`, `searched_score`).", "",
+             f"| configuration | reverted to feedforward | still recurrent | ranked as | {m} ranked | {m} searched |",
+             "|---|---|---|---|---|---|"]
+    for r in table.reverted:
+        ranked = (r.get("scored_as") or {}).get("configuration") or "not scored"
+        score = "-" if r.get("score") is None else f"{float(r['score']):.3f}"
+        searched = "-" if r.get("searched_score") is None else f"{float(r['searched_score']):.3f}"
+        lines.append(f"| {r['name']} | {'/'.join(r['reverted_layers'])} | {'/'.join(r['effective_layers']) or 'none'} "
+                     f"| {ranked} | {score} | {searched} |")
+    return lines
+
+
 def to_markdown(table: Table, *, title: str = "") -> str:
     """Three markdown tables (metric, recurrent parameters, epochs to 95%) with a legend."""
     lines = [f"# Table 1{': ' + title if title else ''}", "",
              f"Validation {table.metric} of the traditional RNNs and of PreRNN / PreRNN-SIH per converted layer "
              "combination (patent Table 1). `-`: not applicable (SIH x VRNN) or not in the search space; "
              "`failed`: the trial failed. **bold**: the selected configuration; †: a converted layer was not "
-             "saturated (claim 12), so the configuration is evaluated with that layer in feedforward form. "
+             f"saturated (claim 12{', ' + GATES_TEXT[table.gates] if table.gates in GATES_TEXT else ''}), so the "
+             "configuration is evaluated with that layer in feedforward form and ranked by the score of that form"
+             + (' ("Reverted configurations" below)' if table.reverted else "")
+             + "; its cell is what the searched configuration scored. "
              f"A cell is the mean over {len(table.seeds)} seed(s)"
              + (" and its 95% interval (Student's t over seeds); the per-seed values are in table1.csv. "
                 if len(table.seeds) > 1 else ". ")
@@ -177,6 +211,7 @@ def to_markdown(table: Table, *, title: str = "") -> str:
              + f" The selection's tie-break ({TIE_BREAK}) decides between kept configurations with the same score.",
              ""]
     lines += _md_table(table, "metric", marks=True)
+    lines += _reverted_lines(table)
     lines += ["", "## Recurrent parameters", "",
               "Parameters of the recurrent layers; for PreRNN-SIH the change against PreRNN with the same layers.", ""]
     lines += _md_table(table, "recurrent_params", marks=False)
