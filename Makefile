@@ -34,9 +34,10 @@ browser:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "warning: could not install chromium; the browser tests (tests/test_views.py) will be skipped"
 
-BENCHES := layers data extract search dvc stream memory
+BENCHES := layers data extract search dvc stream memory scale
 
-# every CPU benchmark, one after another (about 6 minutes on 2 cores, bench.memory about 3 of them): full output in bench_out/NAME.txt,
+# every CPU benchmark, one after another (about 6 minutes on 2 cores, bench.memory about 3 of them, plus bench.scale:
+# 4-6 minutes on 2 shared cores): full output in bench_out/NAME.txt,
 # the `target ...` lines on the terminal; fails if a benchmark fails (a missed target is printed, not a failure)
 bench: $(STAMP)
 	mkdir -p bench_out

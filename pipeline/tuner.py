@@ -177,6 +177,8 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
     base_dir = Path(base_dir or os.getcwd())
     uri, source = tracking.resolve_tracking_uri(mlflow_params.tracking_uri, base_dir)
     tracking.check_reachable(uri, source)
+    # sqlite: WAL when every trial writes from this machine (a local Ray instance), set before MLflow opens the file
+    journal = tracking.set_journal_mode(uri, local=ray_cluster.resolve_address(search.address)[0] is None)
     space = space if space is not None else build_space(search, candidates)
     started = ray_cluster.connect(search.address)
     try:
@@ -190,7 +192,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
         if fresh and exp_dir.exists():
             exp_dir.rmtree()
         info = {"experiment_id": tracking.ensure_experiment(uri, mlflow_params.experiment), "tracking_uri": uri,
-                "backbone": backbone_ckpt["config"]["name"], "modality": search.modality,
+                "journal_mode": journal, "backbone": backbone_ckpt["config"]["name"], "modality": search.modality,
                 "candidates": list(candidates), "trunk_boundary": boundary, "num_trials": len(space),
                 "storage_path": str(storage), "experiment_dir": str(exp_dir), "class_names": meta.get("class_names")}
         restoring = tune.Tuner.can_restore(str(exp_dir)) and (exp_dir / DRIVER_STATE).exists()
@@ -241,13 +243,14 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
             raise SearchInterrupted(
                 f"the search stopped with {unfinished} of {len(grid)} trials unfinished; rerun the stage with the "
                 f"same params to resume them from {exp_dir}")
-        children = {r.data.tags.get(tracking.TRIAL_TAG): r.info.run_id
-                    for r in tracking.child_runs(uri, info["experiment_id"], parent)}
+        child_runs = tracking.child_runs(uri, info["experiment_id"], parent)  # one query for every trial's run
+        children = {r.data.tags.get(tracking.TRIAL_TAG): r.info.run_id for r in child_runs}
+        statuses = {r.info.run_id: r.info.status for r in child_runs}
         order = {a["name"]: i for i, a in enumerate(space)}
         archs = {a["name"]: a for a in space}
         rows = sorted((_row(result, children, archs, param_space) for result in grid),
                       key=lambda r: order.get(r["name"], 1 << 30))
-        _finish_runs(uri, parent, rows)
+        _finish_runs(uri, parent, rows, statuses)
         info.update({"parent_run_id": parent, "restored": restoring, "wall_seconds": time.perf_counter() - t0,
                      "num_ok": sum(r["status"] == "ok" for r in rows),
                      "num_failed": sum(r["status"] == "failed" for r in rows)})
@@ -257,11 +260,13 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, splits: dict, *, cand
             ray.shutdown()
 
 
-def _finish_runs(uri: str, parent: str, rows: list[dict]) -> None:
-    """Close child runs Ray stopped early (ASHA) or killed, log the search summary, close the parent."""
+def _finish_runs(uri: str, parent: str, rows: list[dict], statuses: Optional[dict] = None) -> None:
+    """Close child runs Ray stopped early (ASHA) or killed, log the search summary, close the parent.
+    `statuses`: {run id: status} of the child runs as one search returned them (else each run is read)."""
     for row in rows:
         rid = row["mlflow_run_id"]
-        if rid and tracking.run_status(uri, rid) == "RUNNING":
+        status = (statuses or {}).get(rid) or (tracking.run_status(uri, rid) if rid else None)
+        if rid and status == "RUNNING":
             tracking.end_run(uri, rid, "FAILED" if row["status"] == "failed" else "KILLED")
     key = "val_auc" if any(r.get("val_auc") is not None for r in rows) else "val_acc"  # regression: val_auc
     ok = [r for r in rows if r["status"] == "ok" and r[key] is not None]
