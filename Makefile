@@ -53,10 +53,12 @@ mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # a tracking server whose artifacts live in ./mlartifacts (proxied `mlflow-artifacts:` URIs, so they follow the
-# checkout when it is moved); log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) make repro
+# checkout when it is moved); log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) make repro.
+# MLFLOW_BACKEND=postgresql://USER:PASSWORD@HOST/DB for a shared database (pip install psycopg2-binary; README "MLflow")
+MLFLOW_BACKEND ?= sqlite:///mlflow.db
 mlflow-server: $(STAMP)
 	@$(BIN)/python -m pipeline.mlflow_links --db mlflow.db --port $(MLFLOW_PORT)
-	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts \
+	$(BIN)/mlflow server --backend-store-uri $(MLFLOW_BACKEND) --artifacts-destination ./mlartifacts \
 	  --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # rebuild .dvc/plots/offline.html (vega, vega-lite, vega-embed inlined) from the pinned npm packages

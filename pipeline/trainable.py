@@ -94,7 +94,8 @@ def _gate_stats(model, val, device) -> dict:
 def _open_child_run(cfg: dict, state: dict, trial_id: str, node: dict) -> tuple[str, bool]:
     """(run id, whether it is new): the trial's MLflow child run from its checkpoint, else the run of an earlier
     attempt, else a new one; this attempt counted (`attempts`) and the Ray node tagged. A new run takes two store
-    writes (the run with its tags, then params and `attempts` = 1), an existing one three."""
+    writes (the run with its tags, then params and `attempts` = 1), an existing one two (its status, then
+    `attempts` and the node) after reading its `attempts`."""
     uri = cfg["tracking_uri"]
     node_tags = {f"ray.{k}": v for k, v in node.items()}
     run_id = state.get("mlflow_run_id") or tracking.find_child_run(uri, cfg["experiment_id"], cfg["parent_run_id"],
