@@ -39,9 +39,10 @@ browser:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "warning: could not install chromium; the browser tests (tests/test_views.py) will be skipped"
 
-BENCHES := layers data extract search dvc stream memory
+BENCHES := layers data extract search dvc stream memory scale
 
-# every CPU benchmark, one after another (about 6 minutes on 2 cores, bench.memory about 3 of them): full output in bench_out/NAME.txt,
+# every CPU benchmark, one after another (about 6 minutes on 2 cores, bench.memory about 3 of them, plus bench.scale:
+# 4-6 minutes on 2 shared cores): full output in bench_out/NAME.txt,
 # the `target ...` lines on the terminal; fails if a benchmark fails (a missed target is printed, not a failure)
 bench: $(STAMP)
 	mkdir -p bench_out
@@ -57,10 +58,12 @@ mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # a tracking server whose artifacts live in ./mlartifacts (proxied `mlflow-artifacts:` URIs, so they follow the
-# checkout when it is moved); log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) make repro
+# checkout when it is moved); log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) make repro.
+# MLFLOW_BACKEND=postgresql://USER:PASSWORD@HOST/DB for a shared database (pip install psycopg2-binary; README "MLflow")
+MLFLOW_BACKEND ?= sqlite:///mlflow.db
 mlflow-server: $(STAMP)
 	@$(BIN)/python -m pipeline.core.mlflow_links --db mlflow.db --port $(MLFLOW_PORT)
-	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts \
+	$(BIN)/mlflow server --backend-store-uri $(MLFLOW_BACKEND) --artifacts-destination ./mlartifacts \
 	  --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # rebuild .dvc/plots/offline.html (vega, vega-lite, vega-embed inlined) from the pinned npm packages

@@ -197,3 +197,41 @@ def test_the_client_registers_where_it_tracks_whatever_the_environment_says(tmp_
     c = tracking.client(uri)
     c.create_registered_model("m")
     assert c._registry_uri == uri and [m.name for m in c.search_registered_models()] == ["m"]
+
+
+def test_log_batch_writes_params_tags_and_metrics_together_in_chunks_mlflow_accepts(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = tracking.ensure_experiment(uri, "t")
+    run = tracking.start_run(uri, exp, "trial", params={"a": 1}, metrics={"attempts": 1}, step=1)
+    calls = []
+    real = tracking.client(uri).log_batch
+    monkeypatch.setattr(tracking.client(uri), "log_batch", lambda *a, **k: (calls.append(k), real(*a, **k))[1])
+    tracking.set_tags(uri, run, {"x": 1, "y": "two", "z": "z" * 6000})
+    assert len(calls) == 1                                   # one store write, not one per tag
+    tracking.log_batch(uri, run, params={f"p{i}": i for i in range(150)}, tags={f"t{i}": i for i in range(120)},
+                       metrics={"val_acc": 0.5, "skipped": "text"}, step=3)
+    assert [(len(c["params"]), len(c["tags"]), len(c["metrics"])) for c in calls[1:]] == [(100, 100, 1), (50, 20, 0)]
+    data = tracking.client(uri).get_run(run).data
+    assert len(data.params) == 151 and data.tags["t119"] == "119" and len(data.tags["z"]) == 5000
+    assert data.metrics == {"attempts": 1.0, "val_acc": 0.5}
+    assert [m.step for m in tracking.client(uri).get_metric_history(run, "attempts")] == [1]
+
+
+def test_journal_mode_wal_for_a_local_search_rollback_journal_for_a_cluster(tmp_path):
+    import sqlite3
+    from contextlib import closing
+
+    def mode(path):
+        with closing(sqlite3.connect(path)) as conn:
+            return conn.execute("PRAGMA journal_mode").fetchone()[0]
+
+    uri = f"sqlite:///{tmp_path}/new/mlflow.db"
+    assert tracking.set_journal_mode(uri, local=True) == "wal"   # a new store is made in WAL mode
+    assert mode(tmp_path / "new" / "mlflow.db") == "wal"          # which the file keeps
+    run = tracking.start_run(uri, tracking.ensure_experiment(uri, "t"), "r")  # MLflow makes its tables in it
+    tracking.log_metrics(uri, run, {"val_acc": 0.5}, step=1)
+    assert tracking.client(uri).get_run(run).data.metrics == {"val_acc": 0.5}
+    shared = f"sqlite:///{tmp_path}/shared.db"
+    assert tracking.set_journal_mode(shared, local=True) == "wal"
+    assert tracking.set_journal_mode(shared, local=False) == "delete" == mode(tmp_path / "shared.db")
+    assert tracking.set_journal_mode("http://127.0.0.1:5000", local=True) is None

@@ -70,9 +70,7 @@ def connect(param_address: Optional[str] = None, *, num_cpus: Optional[int] = No
     address, source = resolve_address(param_address)
     # Tune warns on every per-epoch checkpoint of these short trials (pipeline.search.trainable quiets the workers)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # save the experiment state (which trials finished, their last checkpoints) every second instead of every
-    # >= 10 s, so a killed driver loses at most a second of trial progress when the search is restored
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # how often Ray saves its experiment state: pipeline.search.tuner.state_period, set per search
     common = dict(include_dashboard=False, log_to_driver=log_to_driver, logging_level="warning",
                   configure_logging=True)
     if address is None:

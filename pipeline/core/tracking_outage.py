@@ -85,6 +85,14 @@ def wait_until_back(uri: str, since: float) -> None:
         time.sleep(PROBE_EVERY_S)
 
 
+_lock_retries = [0]  # store calls this process retried on "database is locked"
+
+
+def lock_retries() -> int:
+    """How many store calls this process retried because a sqlite store was locked by another writer."""
+    return _lock_retries[0]
+
+
 def call(uri: str, fn: Callable, *args, wait: bool = True, **kwargs):
     """`fn(*args, **kwargs)`, a call to the store at `uri`, through outages (module docstring)."""
     locked = 0
@@ -94,6 +102,7 @@ def call(uri: str, fn: Callable, *args, wait: bool = True, **kwargs):
         except Exception as err:  # noqa: BLE001 - MLflow wraps connection errors and sqlite locks in MlflowException
             if "locked" in str(err).lower() and locked < 4:  # concurrent trials share one sqlite file
                 locked += 1
+                _lock_retries[0] += 1
                 time.sleep(0.2 * locked)
                 continue
             if not is_http(uri) or answers(uri):

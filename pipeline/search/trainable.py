@@ -11,7 +11,11 @@
   experiment_dir (the same way): the search's experiment folder under search.storage_path.
 Each epoch it reports the epoch's metrics (`val_acc`, `val_loss`, ...), the history so far
 (`history_json`), `recurrent_params`, the MLflow child run id, the Ray node (`node_id`, `node_ip`) and
-`trial_wall_clock` ([time.time() when this attempt's train_trial began, time.time() at this report]), with a
+`trial_wall_clock` ([time.time() when this attempt's train_trial began, time.time() at this report]),
+`work_seconds` / `work_cpu_seconds` (wall and CPU time of this attempt's own work so far, `OwnWork`: building the
+model and trainer, the epochs, the gate statistics; the rest of its time is MLflow, Ray and checkpoints, what
+bench.scale measures) and
+`tracking_lock_retries` (store calls this attempt retried on "database is locked", pipeline.core.tracking), with a
 checkpoint (pipeline.search.trial_checkpoint). A restarted trial (a killed driver, a lost node, a retry) continues
 from the newest checkpoint it wrote, whatever Ray had recorded; one that had trained every epoch reports its
 last epoch again, untrained. Metrics go to MLflow once per key and step (tracking.MetricLog): a resumed trial
@@ -27,6 +31,7 @@ finite raises, so Ray marks the trial failed (and the other trials go on).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -82,10 +87,12 @@ def _gate_stats(model, val, device) -> dict:
         return prernn.gate_statistics(model, val.inputs(device), start=val.start)
 
 
-def _open_child_run(cfg: dict, state: dict, trial_id: str) -> tuple[str, bool]:
+def _open_child_run(cfg: dict, state: dict, trial_id: str, node: dict) -> tuple[str, bool]:
     """(run id, whether it is new): the trial's MLflow child run from its checkpoint, else the run of an earlier
-    attempt, else a new one."""
+    attempt, else a new one (created with the Ray node's tags; `train_trial` counts the attempt and tags an existing
+    run with the node)."""
     uri = cfg["tracking_uri"]
+    node_tags = {f"ray.{k}": v for k, v in node.items()}
     run_id = state.get("mlflow_run_id") or tracking.find_child_run(uri, cfg["experiment_id"], cfg["parent_run_id"],
                                                                    trial_id, name=cfg["name"])
     if run_id:
@@ -94,9 +101,26 @@ def _open_child_run(cfg: dict, state: dict, trial_id: str) -> tuple[str, bool]:
     return tracking.start_run(uri, cfg["experiment_id"], cfg["name"], parent_run_id=cfg["parent_run_id"],
                               params={k: v for k, v in cfg.items() if k not in ("tracking_uri", "tracking_outage_s")},
                               tags={tracking.TRIAL_TAG: cfg["name"], tracking.TRIAL_ID_TAG: trial_id,
-                                    "kind": cfg["kind"]}, stage="search",
+                                    "kind": cfg["kind"], **node_tags}, stage="search",
                               unique_tags={tracking.PARENT_TAG: cfg["parent_run_id"],
                                            tracking.TRIAL_ID_TAG: trial_id}), True
+
+
+class OwnWork:
+    """Wall and CPU seconds a trial spends on its own work, summed over `with work():` blocks (CPU: this thread's,
+    `time.thread_time`; the trial runs in one thread with torch at `cpus_per_trial` threads)."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+
+    @contextlib.contextmanager
+    def __call__(self):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.wall += time.perf_counter() - wall
+            self.cpu += time.thread_time() - cpu
 
 
 def batch_augment(cfg: dict, start):
@@ -124,25 +148,28 @@ def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) 
     folder = StoragePath.resolve(experiment_dir, "/") if experiment_dir else None
     state = trial_checkpoint.newest_state(folder, cfg["name"], tune.get_checkpoint(), device)
     uri = cfg["tracking_uri"]
-    run_id, new_run = _open_child_run(cfg, state, tune.get_context().get_trial_id() or cfg["name"])
-    epochs = int(cfg["epochs"])
     node = _node()
+    retries_before = tracking.lock_retries()
+    run_id, new_run = _open_child_run(cfg, state, tune.get_context().get_trial_id() or cfg["name"], node)
+    epochs = int(cfg["epochs"])
     try:
         mlflow_log = tracking.MetricLog(uri, run_id, new_run)
         _count_attempt(mlflow_log)
-        tracking.set_tags(uri, run_id, {f"ray.{k}": v for k, v in node.items()})
-        backbone = backbone_from(data["backbone"])
-        model = prernn.build_from_config(cfg, backbone)  # the trial's kind, layers, cell, ...
-        splits = trial_splits(data["caches"], backbone, cfg)  # the cache at this trial's boundary
-        train, val = splits["train"], splits["val"]
-        task = task_from_entries(data.get("task", {}))
-        trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"],
-                          weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"], seed=int(cfg["seed"]),
-                          start=train.start, device=device, task=task, augment=batch_augment(cfg, train.start))
-        if state:
-            trainer.load_state_dict(state["trainer"])
+        if not new_run:  # a new run has its node tags from its creation
+            tracking.set_tags(uri, run_id, {f"ray.{k}": v for k, v in node.items()})
+        work = OwnWork()  # the trial's own work (not MLflow, Ray or checkpoints)
+        with work():
+            backbone = backbone_from(data["backbone"])
+            model = prernn.build_from_config(cfg, backbone)  # the trial's kind, layers, cell, ...
+            splits = trial_splits(data["caches"], backbone, cfg)  # the cache at this trial's boundary
+            train, val = splits["train"], splits["val"]
+            task = task_from_entries(data.get("task", {}))
+            trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"],
+                              weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"], seed=int(cfg["seed"]),
+                              start=train.start, device=device, task=task, augment=batch_augment(cfg, train.start))
+            if state:
+                trainer.load_state_dict(state["trainer"])
         recurrent_params = int(prernn.count_recurrent_parameters(model))
-        tracking.log_summary(uri, run_id, {"recurrent_params": recurrent_params})
         for row in trainer.history:  # epochs checkpointed before an interruption cut off their logging
             mlflow_log.log(row, step=row["epoch"])
         # finished before a killed driver recorded it: report the last epoch again (nothing is retrained)
@@ -151,24 +178,30 @@ def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) 
             if replay:
                 row, replay = trainer.history[-1], False
             else:
-                row = trainer.fit_epoch(train, val)
-                mlflow_log.log(row, step=row["epoch"])
+                with work():
+                    row = trainer.fit_epoch(train, val)
             metrics = {**row, "name": cfg["name"], "mlflow_run_id": run_id, "recurrent_params": recurrent_params,
                        "history_json": json.dumps(trainer.history), **node}
+            summary_tags = {"recurrent_params": recurrent_params}
             if trainer.epoch == epochs:
                 summary = summarize(trainer.history, task)
                 final = {"best_val_acc": summary.at_best("val_acc"), "best_val_loss": summary.at_best("val_loss"),
                          "epochs_to_95": summary.epochs_to_95, "mean_clips_per_sec": summary.clips_per_sec,
                          **{f"best_{k}": summary.at_best(k) for k in summary_keys(task)}}
                 metrics.update(final)
-                tracking.log_summary(uri, run_id, final)
+                summary_tags.update(final)
+            # the epoch's metrics (once per step: a replayed epoch is in the run already) and the summary, one write
+            mlflow_log.log(row, step=row["epoch"], tags=summary_tags)
             if trainer.epoch == epochs or cfg.get("gate_stats_every_epoch"):
-                stats = _gate_stats(model, val, device)
+                with work():
+                    stats = _gate_stats(model, val, device)
                 metrics["gate_stats_json"] = json.dumps(stats)
                 tracking.log_json(uri, run_id, stats, "gate_stats.json")
             metrics["trial_wall_clock"] = [started, time.time()]  # the trial's own wall time so far
             # what an outage kept back is sent before a report that can end the trial (the last; ASHA's any)
             mlflow_log.flush(wait=trainer.epoch == epochs or bool(cfg.get("gate_stats_every_epoch")))
+            metrics.update(work_seconds=work.wall, work_cpu_seconds=work.cpu)
+            metrics["tracking_lock_retries"] = tracking.lock_retries() - retries_before
             with tempfile.TemporaryDirectory() as tmp:
                 trial_checkpoint.save(Path(tmp), trainer.state_dict(), run_id)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))

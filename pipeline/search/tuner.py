@@ -11,6 +11,7 @@ checkpointed, see pipeline.search.trainable).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -91,6 +92,31 @@ def _short_error(error) -> str:
     if len(lines) > 1:  # a traceback: keep its last line (the exception)
         text = lines[-1]
     return text[:1000]
+
+
+def state_period(num_trials: int) -> float:
+    """Seconds between Ray Tune's saves of its experiment state (TUNE_GLOBAL_CHECKPOINT_S): 1 s up to 100 trials,
+    then num_trials / 100 s. A save writes every trial's state, so at a fixed period the saves of a search would
+    cost the driver time growing with the square of its trials (bench.scale: a save of 315 trials takes the driver
+    about 0.1 s); at this period their cost per trial stays flat. A stale state costs nothing but a few replayed
+    reports: each restarted trial finds its own newest checkpoint (pipeline.search.trial_checkpoint)."""
+    return max(1.0, num_trials / 100)
+
+
+@contextlib.contextmanager
+def tune_environment(num_trials: int):
+    """The Ray Tune settings of the driver for one search, where the environment does not set them already:
+    `state_period`, and no automatic loggers (run_search asks for the JSON and CSV ones: TensorBoard event files
+    cost the driver about 30 ms per trial and nothing here reads them)."""
+    want = {"TUNE_GLOBAL_CHECKPOINT_S": f"{state_period(num_trials):g}", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+    saved = {k: os.environ.get(k) for k in want}
+    os.environ.update({k: v for k, v in want.items() if saved[k] is None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
 
 
 class SearchInterrupted(RuntimeError):
@@ -201,6 +227,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
     """
     import ray
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
     from pipeline.core import ray_cluster
@@ -210,6 +237,8 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
     uri, source = tracking.resolve_tracking_uri(mlflow_params.tracking_uri, base_dir)
     tracking.check_reachable(uri, source)
     tracking_outage.set_bound(mlflow_params.outage_s)
+    # sqlite: WAL when every trial writes from this machine (a local Ray instance), set before MLflow opens the file
+    journal = tracking.set_journal_mode(uri, local=ray_cluster.resolve_address(search.address)[0] is None)
     space = space if space is not None else build_space(search, candidates, defaults)
     started = ray_cluster.connect(search.address)
     try:
@@ -223,7 +252,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
         if fresh and exp_dir.exists():
             exp_dir.rmtree()
         info = {"experiment_id": tracking.ensure_experiment(uri, mlflow_params.experiment), "tracking_uri": uri,
-                "backbone": backbone_ckpt["config"]["name"], "modality": search.modality,
+                "journal_mode": journal, "backbone": backbone_ckpt["config"]["name"], "modality": search.modality,
                 "candidates": list(candidates), "trunk_boundary": boundary,
                 "trunk_boundaries": [b for b in caches if b is not None], "num_trials": len(space),
                 "storage_path": str(storage), "experiment_dir": str(exp_dir), "class_names": meta.get("class_names")}
@@ -262,6 +291,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
                     trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
                     name=name, storage_path=str(storage), verbose=verbose,
+                    callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],  # result.json, progress.csv per trial
                     failure_config=tune.FailureConfig(max_failures=search.max_failures),
                     # keep every epoch's checkpoint: with a limit, the driver deletes the previous one as soon
                     # as a new one lands, and a driver killed before it saves its state leaves a restore that
@@ -272,7 +302,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
         tune_log = logging.getLogger("ray.tune")
         level = tune_log.level
         try:
-            with tracking_outage.Watch(uri, mlflow_params.outage_s, _stop_tune) as watch:
+            with tune_environment(len(space)), tracking_outage.Watch(uri, mlflow_params.outage_s, _stop_tune) as watch:
                 grid = tuner.fit()
         finally:
             tune_log.setLevel(level)
@@ -287,13 +317,14 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
             raise SearchInterrupted(
                 f"the search stopped with {unfinished} of {len(grid)} trials unfinished; rerun the stage with the "
                 f"same params to resume them from {exp_dir}")
-        children = {r.data.tags.get(tracking.TRIAL_TAG): r.info.run_id
-                    for r in tracking.child_runs(uri, info["experiment_id"], parent)}
+        child_runs = tracking.child_runs(uri, info["experiment_id"], parent)  # one query for every trial's run
+        children = {r.data.tags.get(tracking.TRIAL_TAG): r.info.run_id for r in child_runs}
+        statuses = {r.info.run_id: r.info.status for r in child_runs}
         order = {a["name"]: i for i, a in enumerate(space)}
         archs = {a["name"]: a for a in space}
         rows = sorted((_row(result, children, archs, param_space, task) for result in grid),
                       key=lambda r: order.get(r["name"], 1 << 30))
-        _finish_runs(uri, parent, rows, task.score)
+        _finish_runs(uri, parent, rows, task.score, statuses)
         info.update({"parent_run_id": parent, "restored": restoring, "wall_seconds": time.perf_counter() - t0,
                      "num_ok": sum(r["status"] == "ok" for r in rows),
                      "num_failed": sum(r["status"] == "failed" for r in rows)})
@@ -303,12 +334,13 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
             ray.shutdown()
 
 
-def _finish_runs(uri: str, parent: str, rows: list[dict], key: str) -> None:
+def _finish_runs(uri: str, parent: str, rows: list[dict], key: str, statuses: Optional[dict] = None) -> None:
     """Close child runs Ray stopped early (ASHA) or killed, log the search summary (the best `key`), close the
-    parent."""
+    parent. `statuses`: {run id: status} of the child runs as one search returned them (else each run is read)."""
     for row in rows:
         rid = row["mlflow_run_id"]
-        if rid and tracking.run_status(uri, rid) == "RUNNING":
+        status = (statuses or {}).get(rid) or (tracking.run_status(uri, rid) if rid else None)
+        if rid and status == "RUNNING":
             tracking.end_run(uri, rid, "FAILED" if row["status"] == "failed" else "KILLED")
     ok = [r for r in rows if r["status"] == "ok" and r[key] is not None]
     summary = {"num_ok": len(ok), "num_failed": len(rows) - len(ok)}
