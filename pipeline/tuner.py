@@ -91,8 +91,8 @@ def _short_error(error) -> str:
 def state_period(num_trials: int) -> float:
     """Seconds between Ray Tune's saves of its experiment state (TUNE_GLOBAL_CHECKPOINT_S): 1 s up to 100 trials,
     then num_trials / 100 s. A save writes every trial's state, so at a fixed period the saves of a search would
-    cost the driver time growing with the square of its trials (bench.scale: a save of 315 trials took the driver
-    0.1-0.2 s on shared cores); at this period their cost per trial stays flat. A stale state costs nothing but a few replayed
+    cost the driver time growing with the square of its trials (bench.scale: a save of 315 trials takes the driver
+    about 0.1 s); at this period their cost per trial stays flat. A stale state costs nothing but a few replayed
     reports: each restarted trial finds its own newest checkpoint (pipeline.trial_checkpoint)."""
     return max(1.0, num_trials / 100)
 
