@@ -42,7 +42,7 @@ browser:
 BENCHES := layers data extract search dvc stream memory scale
 
 # every CPU benchmark, one after another (about 6 minutes on 2 cores, bench.memory about 3 of them, plus bench.scale:
-# 4-6 minutes on 2 shared cores): full output in bench_out/NAME.txt,
+# 1 minute idle, 4-6 on 2 shared cores): full output in bench_out/NAME.txt,
 # the `target ...` lines on the terminal; fails if a benchmark fails (a missed target is printed, not a failure)
 bench: $(STAMP)
 	mkdir -p bench_out

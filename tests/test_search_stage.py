@@ -131,3 +131,20 @@ def test_search_stage_fails_fast_on_unreachable_mlflow_server(workdir, monkeypat
         search.main(_search_args(workdir, "search_bad"))
     assert time.perf_counter() - t0 < 20  # before Ray starts, not after MLflow's retries
     assert not (workdir / "search_bad").exists()
+
+
+def test_experiment_state_period_grows_with_the_trials_and_the_environment_wins(monkeypatch):
+    import os
+
+    from pipeline.tuner import state_period, tune_environment
+
+    assert state_period(2) == state_period(100) == 1.0 and state_period(315) == 3.15 and state_period(2000) == 20.0
+    monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S", raising=False)
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")  # a user's value
+    with tune_environment(315):
+        assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "3.15"
+        assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "0"
+    assert "TUNE_GLOBAL_CHECKPOINT_S" not in os.environ and os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "0"
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "3600")  # tests/test_search_resume.py's stale state
+    with tune_environment(5):
+        assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "3600"
