@@ -136,7 +136,7 @@ def test_search_stage_fails_fast_on_unreachable_mlflow_server(workdir, monkeypat
 def test_experiment_state_period_grows_with_the_trials_and_the_environment_wins(monkeypatch):
     import os
 
-    from pipeline.tuner import state_period, tune_environment
+    from pipeline.search.tuner import state_period, tune_environment
 
     assert state_period(2) == state_period(100) == 1.0 and state_period(315) == 3.15 and state_period(2000) == 20.0
     monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S", raising=False)
