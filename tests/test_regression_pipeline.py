@@ -84,8 +84,14 @@ def test_pretrain_search_select_use_the_landmark_auc(run_dir):
     assert all(t["status"] == "ok" and 0 <= t["val_auc"] <= 1 and t["val_nme"] > 0 for t in trials)
     assert all(t["val_acc"] is None for t in trials)
     sel = json.loads((run_dir / "reports/selection.json").read_text())
-    assert sel["metric"] == "val_auc" and sel["selected"]["score"] == max(
-        t["val_auc"] for t in trials if t["kind"] == "prernn")
+    # ranked by the landmark AUC: each PreRNN's searched score is its trial's val_auc, and the selected one has the
+    # best score among the kept configurations, or, when none is kept, among the reverted ones scored as reverted
+    ranked = {r["name"]: r for r in sel["trials"] if r["kind"] == "prernn"}
+    assert sel["metric"] == "val_auc"
+    assert all(ranked[t["name"]]["searched_score"] == t["val_auc"] for t in trials if t["kind"] == "prernn")
+    kept = [r["score"] for r in ranked.values() if r["decision"] == "kept" and r["score"] is not None]
+    scored = kept or [r["score"] for r in ranked.values() if r["score"] is not None]
+    assert sel["selected"]["score"] == max(scored)
     table = (run_dir / "reports/table1.md").read_text()
     assert "val_auc" in table and f"{trials[0]['val_auc']:.3f}" in table
 
