@@ -310,6 +310,7 @@ class MetricLog:
         self.logged = set() if new_run else logged_steps(uri, run_id)
         self.pending: dict[tuple[str, int], tuple[float, int]] = {}  # (key, step) -> (value, timestamp ms)
         self._cut_off = False  # a send failed: read back what the run holds before sending again
+        self.pending_tags: dict[str, str] = {}  # summary tags to set (the newest value of each wins)
 
     def log(self, metrics: dict, step: int = 0, tags: Optional[dict] = None) -> None:
         """Log the numeric entries of `metrics` at `step` that the run does not have yet, and `tags` (summary
@@ -318,9 +319,8 @@ class MetricLog:
         for key, value in _numeric(metrics).items():
             if (key, step) not in self.logged:
                 self.pending.setdefault((key, step), (value, now))
+        self.pending_tags.update(summary_tags(tags or {}))
         self.flush(wait=len(self.pending) > self.max_pending)
-        if tags:
-            set_tags(self.uri, self.run_id, summary_tags(tags))
 
     def flush(self, wait: bool = True) -> bool:
         """Send what is pending; True when nothing is left. `wait=False`: keep it while the server is down."""
@@ -339,6 +339,18 @@ class MetricLog:
                 continue
             self.logged |= set(self.pending)
             self.pending = {}
+        while self.pending_tags:  # tags are set again, not added: nothing to read back after a cut-off send
+            try:
+                from mlflow.entities import RunTag
+
+                call(self.uri, client(self.uri).log_batch, self.run_id,
+                     tags=[RunTag(k, str(v)[:5000]) for k, v in self.pending_tags.items()], wait=False)
+            except ServerDown as down:
+                if not wait:
+                    return False
+                tracking_outage.wait_until_back(self.uri, down.since)
+                continue
+            self.pending_tags = {}
         return True
 
 
