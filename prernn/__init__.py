@@ -12,7 +12,7 @@ US 2018/0373985 A1 (equations, claims and paragraphs such as [0052] are its own)
 """
 from . import backbones as _backbones  # noqa: F401  (fills the registry)
 from .backbones import Backbone
-from .cells import CELLS, GATE_NAMES, GATED_CELLS, GRU_RESETS, HH_INITS, check_sih
+from .cells import CELLS, GATE_NAMES, GATED_CELLS, GRU_RESETS, HH_INITS, check_sih, sih_applies
 from .layers import ConvRecurrent, FCRecurrent
 from .pretrained import load_pretrained
 from .registry import create_backbone, list_backbones, register_backbone
@@ -23,7 +23,7 @@ from .stats import EMBODIMENT_GATES, SELECT_GATES, deciding_gates, gate_statisti
 
 __all__ = [
     "Backbone", "SequenceModel", "FCRecurrent", "ConvRecurrent", "CELLS", "GATE_NAMES", "GATED_CELLS", "GRU_RESETS",
-    "HH_INITS", "check_sih", "check_layers",
+    "HH_INITS", "check_sih", "sih_applies", "check_layers",
     "create_backbone", "list_backbones", "register_backbone", "load_pretrained", "candidate_layers",
     "default_candidates", "trunk_boundary", "convert", "traditional", "build_from_config", "count_recurrent_parameters",
     "gate_statistics", "is_saturated", "deciding_gates", "EMBODIMENT_GATES", "SELECT_GATES", "readout", "clip_output",

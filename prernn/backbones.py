@@ -267,8 +267,7 @@ def c3d_mini(num_classes: int, in_channels: int = 3, *, snippet: int = 4, width:
     stages.append(("fc7", FCStage(width, width, "relu", dropout)))
     stages.append(("classifier", FCStage(width, num_classes, None, 0.0)))
     kwargs = {"snippet": int(snippet), "width": int(width), "dropout": dropout}
-    bb = Backbone(stages, config=_config("c3d_mini", num_classes, in_channels, kwargs), is_3d=True,
-                  candidates=["conv3", "fc6", "fc7"], default_candidates=["fc6", "fc7"], feature_layer="fc7",
-                  feature_dim=width)
-    bb.snippet = int(snippet)
-    return bb
+    # the snippet length lives in the config's kwargs only (pipeline.data.dataset.snippet_length reads it there)
+    return Backbone(stages, config=_config("c3d_mini", num_classes, in_channels, kwargs), is_3d=True,
+                    candidates=["conv3", "fc6", "fc7"], default_candidates=["fc6", "fc7"], feature_layer="fc7",
+                    feature_dim=width)

@@ -39,9 +39,15 @@ def check_choice(what: str, value, allowed) -> None:
         raise ValueError(f"unknown {what} {value!r}; expected one of {list(allowed)}")
 
 
+def sih_applies(cell: str) -> bool:
+    """SIH binds every gate to one shared input-to-hidden state ([0052]-[0053]): a cell without gates has none to
+    bind. The one statement of that rule (check_sih, the search space and Table 1 ask it)."""
+    return cell in GATED_CELLS
+
+
 def check_sih(cell: str, sih: bool) -> None:
-    """SIH binds every gate to one shared input-to-hidden state ([0052]-[0053]): a cell without gates has none to bind."""
-    if sih and cell not in GATED_CELLS:
+    """ValueError when `sih` is asked of a cell it does not apply to (`sih_applies`)."""
+    if sih and not sih_applies(cell):
         raise ValueError(f"sih=True needs a gated cell; expected cell in {list(GATED_CELLS)} (VRNN has no gates)")
 
 

@@ -95,6 +95,25 @@ def test_metric_log_logs_each_key_and_step_once_across_instances(tmp_path):
     assert history("val_loss") == [(1, 1.0)] and history("recurrent_params") == [(0, 10.0)]
 
 
+def test_metric_log_sends_an_epochs_metrics_and_summary_tags_in_one_store_write(tmp_path, monkeypatch):
+    """A trial's epoch (its metrics and its summary tags) costs one `log_batch` on the store, not one per kind."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run_id = tracking.start_run(uri, tracking.ensure_experiment(uri, "one-write"), "trial")
+    log = tracking.MetricLog(uri, run_id, new_run=True)
+    store_client = tracking.client(uri)
+    writes = []
+    real = store_client.log_batch
+    monkeypatch.setattr(store_client, "log_batch", lambda *a, **kw: (writes.append(kw), real(*a, **kw))[1])
+    log.log({"val_acc": 0.5, "train_loss": 1.25}, step=3, tags={"best_val_acc": 0.5, "epochs_to_95": 2})
+    assert len(writes) == 1
+    assert {m.key for m in writes[0]["metrics"]} == {"val_acc", "train_loss"}
+    run = store_client.get_run(run_id)
+    assert run.data.tags["best_val_acc"] == "0.500" and run.data.tags["epochs_to_95"] == "2"
+    assert log.pending == {} and log.pending_tags == {}
+    log.log({"val_acc": 0.5}, step=3)  # nothing new: no write at all
+    assert len(writes) == 1
+
+
 def test_a_trial_outside_the_checkout_takes_its_parents_commit_and_summaries_are_rounded_tags(tmp_path, monkeypatch):
     """Ray runs a trial in its own directory, where `git rev-parse` finds no repository: the run still carries the
     search's commit; one-off values are tags, rounded; per-epoch metrics lose float32 noise."""

@@ -146,21 +146,21 @@ def test_metric_log_keeps_values_while_the_server_is_down_and_sends_each_once(ou
     uri = f"sqlite:///{tmp_path}/m.db"
     exp = tracking.ensure_experiment(uri, "t")
     run = tracking.start_run(uri, exp, "trial")
-    send, down, waited = tracking._send_metrics, {"now": True, "landed": True}, []
+    send, down, waited = tracking._write, {"now": True, "landed": True}, []
 
-    def outage_send(uri_, run_id, values, wait=True):
+    def outage_send(uri_, run_id, values, wait=True, **kw):
         if down["now"]:
             if down["landed"]:  # the first send reached the store, its answer did not come back
                 down["landed"] = False
-                send(uri_, run_id, values)
+                send(uri_, run_id, values, **kw)
             raise tracking.ServerDown(uri_, time.monotonic())
-        send(uri_, run_id, values)
+        send(uri_, run_id, values, **kw)
 
     def server_back(uri_, since):
         waited.append(uri_)
         down["now"] = False
 
-    monkeypatch.setattr(tracking, "_send_metrics", outage_send)
+    monkeypatch.setattr(tracking, "_write", outage_send)
     monkeypatch.setattr(outage, "wait_until_back", server_back)
     log = tracking.MetricLog(uri, run, new_run=True, max_pending=4)
     log.log({"val_acc": 0.5, "name": "skipped"}, step=1)  # landed, but the log cannot know

@@ -12,6 +12,8 @@ import socket
 from pathlib import Path
 from typing import Optional
 
+import ray
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -63,8 +65,6 @@ def connect(param_address: Optional[str] = None, *, num_cpus: Optional[int] = No
     is shipped to the workers (`runtime_env.py_modules`; the nodes need the pinned requirements installed);
     paths given to trials (search.storage_path, a sqlite MLflow store) must be on shared storage.
     """
-    import ray
-
     if ray.is_initialized():
         return False
     address, source = resolve_address(param_address)

@@ -8,9 +8,14 @@ driver-side files (the search's `prernn_search.json`) go through the same filesy
 """
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
+
+import pyarrow.fs
 
 
 class StoragePath:
@@ -27,8 +32,6 @@ class StoragePath:
         return cls("", (path if path.is_absolute() else Path(base_dir) / path).resolve())
 
     def _fs(self):
-        import pyarrow.fs
-
         fs, path = pyarrow.fs.FileSystem.from_uri(self.uri)
         return fs, path
 
@@ -50,8 +53,6 @@ class StoragePath:
     def exists(self) -> bool:
         if self.local is not None:
             return self.local.exists()
-        import pyarrow.fs
-
         fs, path = self._fs()
         return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
@@ -71,10 +72,6 @@ class StoragePath:
         parts = pattern.split("/")
         if self.local is not None:
             return sorted(StoragePath("", p) for p in self.local.glob(pattern)) if self.local.is_dir() else []
-        import fnmatch
-
-        import pyarrow.fs
-
         fs, root = self._fs()
         if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
             return []
@@ -114,9 +111,6 @@ def remove_partial_writes(folder: str | os.PathLike, since: float) -> list[Path]
     `.pt` file that is not a whole zip archive (torch.save's format). Only files modified since `since` are
     looked at, so another search's finished files are never touched. Returns what was removed.
     """
-    import json
-    import zipfile
-
     removed = []
     root = Path(folder)
     if not root.is_dir():

@@ -14,9 +14,12 @@ for reading. MLflow's telemetry is off unless MLFLOW_DISABLE_TELEMETRY is set ot
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import math
 import os
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -91,9 +94,6 @@ def _one_at_a_time(uri: str):
     if not uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-    import hashlib
-
     key = hashlib.sha256(uri[len("sqlite:///"):].encode()).hexdigest()[:16]
     with open(Path(tempfile.gettempdir()) / f"prernn-mlflow-{key}.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -140,15 +140,12 @@ def set_journal_mode(uri: str, local: bool) -> Optional[str]:
     22 ms per commit) and readers do not block the writer; it persists in the file. Otherwise (a Ray cluster whose
     nodes open the file on shared storage): the rollback journal (DELETE), since WAL needs every process on one
     host (https://www.sqlite.org/wal.html) -- though a cluster should log to an MLflow server (README)."""
-    import sqlite3
-    from contextlib import closing
-
     path = sqlite_path(uri)
     if path is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with closing(sqlite3.connect(path, timeout=5)) as conn:
+        with contextlib.closing(sqlite3.connect(path, timeout=5)) as conn:
             return conn.execute(f"PRAGMA journal_mode={'WAL' if local else 'DELETE'}").fetchone()[0].lower()
     except sqlite3.OperationalError:  # another process holds the file (a UI, a running search): keep its mode
         return None
@@ -243,21 +240,29 @@ def log_params(uri: str, run_id: str, params: dict) -> None:
 
 def log_batch(uri: str, run_id: str, *, metrics: Optional[dict] = None, params: Optional[dict] = None,
               tags: Optional[dict] = None, step: int = 0) -> None:
-    """Metrics (numeric entries only, at `step`, 6 significant digits), params (nested dicts flattened to dotted
-    keys) and tags in as few store writes as MLflow allows (one `log_batch` per 100 params / 100 tags / 1000
-    values): each write to a sqlite store is a transaction with its own disk sync, the main cost a short trial
-    pays for tracking (bench.scale)."""
-    from mlflow.entities import Metric, Param, RunTag
-
+    """Metrics (numeric entries only, at `step`), params (nested dicts flattened to dotted keys) and tags, in as
+    few store writes as MLflow allows (`_write`)."""
     now = int(time.time() * 1000)
-    ms = [Metric(k, _readable(float(v)), now, step or 0) for k, v in (metrics or {}).items()
-          if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None]
-    ps = [Param(k, v) for k, v in _param_items(params or {}).items()]
+    _write(uri, run_id, {(k, step or 0): (v, now) for k, v in _numeric(metrics or {}).items()},
+           params=_param_items(params or {}), tags=tags or {})
+
+
+def _write(uri: str, run_id: str, metrics: dict, *, params: Optional[dict] = None, tags: Optional[dict] = None,
+           wait: bool = True) -> None:
+    """The one path to the store's `log_batch`. metrics: {(key, step): (value, timestamp ms)} (6 significant
+    digits, `_readable`), params / tags: {key: value} (tag values as text, at most 5000 characters). One write per
+    100 params / 100 tags / 1000 entries in all (MLflow's limits): each write to a sqlite store is a transaction with
+    its own disk sync, the main cost a short trial pays for tracking (bench.scale). `wait=False`: ServerDown at
+    once while an http(s) server does not answer (tracking_outage.call)."""
+    from mlflow.entities import Metric, Param, RunTag  # mlflow takes ~1 s to import; params.py imports this module
+
+    ms = [Metric(k, _readable(float(v)), ts, step) for (k, step), (v, ts) in metrics.items()]
+    ps = [Param(k, v) for k, v in (params or {}).items()]
     ts = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
     while ms or ps or ts:
         chunk_p, chunk_t = ps[:100], ts[:100]
         chunk_m = ms[:1000 - len(chunk_p) - len(chunk_t)]
-        call(uri, client(uri).log_batch, run_id, metrics=chunk_m, params=chunk_p, tags=chunk_t)
+        call(uri, client(uri).log_batch, run_id, metrics=chunk_m, params=chunk_p, tags=chunk_t, wait=wait)
         ms, ps, ts = ms[len(chunk_m):], ps[len(chunk_p):], ts[len(chunk_t):]
 
 
@@ -270,20 +275,10 @@ def _numeric(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _send_metrics(uri: str, run_id: str, values: dict, wait: bool = True) -> None:
-    """values: {(key, step): (value, timestamp ms)}, sent in batches of at most 1000 (MLflow's limit)."""
-    from mlflow.entities import Metric
-
-    items = [Metric(k, _readable(float(v)), ts, step) for (k, step), (v, ts) in values.items()]
-    for i in range(0, len(items), 1000):
-        call(uri, client(uri).log_batch, run_id, metrics=items[i:i + 1000], wait=wait)
-
-
 def log_metrics(uri: str, run_id: str, metrics: dict, step: Optional[int] = None) -> None:
     """Log the numeric entries of `metrics` (others are skipped) at `step`, to 6 significant digits (float32 noise
     such as 0.5833333134651184 is not what a person should read)."""
-    now = int(time.time() * 1000)
-    _send_metrics(uri, run_id, {(k, step or 0): (v, now) for k, v in _numeric(metrics).items()})
+    log_batch(uri, run_id, metrics=metrics, step=step or 0)
 
 
 def logged_steps(uri: str, run_id: str, wait: bool = True) -> set[tuple[str, int]]:
@@ -299,9 +294,10 @@ class MetricLog:
     `new_run`: the run was just created (nothing to read back).
 
     While an http(s) server does not answer, `log` keeps the values (with the time they were logged) and the
-    trial trains on; the next `log` or `flush` sends them, after reading back what the run holds (a request the
-    outage cut off may have landed). At most `max_pending` values are kept: beyond that `log` waits for the
-    server (tracking_outage.call: TrackingUnavailable past the bound), so memory stays bounded."""
+    summary tags, and the trial trains on; the next `log` or `flush` sends them, metrics and tags in the same
+    write, after reading back what the run holds (a request the outage cut off may have landed). At most
+    `max_pending` values are kept: beyond that `log` waits for the server (tracking_outage.call:
+    TrackingUnavailable past the bound), so memory stays bounded."""
 
     MAX_PENDING = 10_000
 
@@ -323,14 +319,15 @@ class MetricLog:
         self.flush(wait=len(self.pending) > self.max_pending)
 
     def flush(self, wait: bool = True) -> bool:
-        """Send what is pending; True when nothing is left. `wait=False`: keep it while the server is down."""
-        while self.pending:
+        """Send what is pending (metrics and tags, one write); True when nothing is left. `wait=False`: keep it
+        while the server is down."""
+        while self.pending or self.pending_tags:
             try:
-                if self._cut_off:
+                if self._cut_off and self.pending:
                     self.logged |= logged_steps(self.uri, self.run_id, wait=False)
                     self.pending = {k: v for k, v in self.pending.items() if k not in self.logged}
                     self._cut_off = False
-                _send_metrics(self.uri, self.run_id, self.pending, wait=False)
+                _write(self.uri, self.run_id, self.pending, tags=self.pending_tags, wait=False)
             except ServerDown as down:
                 self._cut_off = True
                 if not wait:
@@ -338,19 +335,7 @@ class MetricLog:
                 tracking_outage.wait_until_back(self.uri, down.since)
                 continue
             self.logged |= set(self.pending)
-            self.pending = {}
-        while self.pending_tags:  # tags are set again, not added: nothing to read back after a cut-off send
-            try:
-                from mlflow.entities import RunTag
-
-                call(self.uri, client(self.uri).log_batch, self.run_id,
-                     tags=[RunTag(k, str(v)[:5000]) for k, v in self.pending_tags.items()], wait=False)
-            except ServerDown as down:
-                if not wait:
-                    return False
-                tracking_outage.wait_until_back(self.uri, down.since)
-                continue
-            self.pending_tags = {}
+            self.pending, self.pending_tags = {}, {}
         return True
 
 

@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 import cv2
+from tqdm import tqdm
 
 from pipeline.data.clipstore import CHANNELS, ChannelStats, ClipWriter
+from pipeline.data.landmarks import LandmarkError, clip_landmarks, coordinate_names, num_points
 from pipeline.data.paths import SourceError, resolve
 from pipeline.data.video import FlowComputer, VideoError, read_clip
 
@@ -42,8 +44,6 @@ def _extract_one(row: dict):
                          offset=int(row.get("offset") or 0), total=int(row["frames"]) if path.is_dir() else None,
                          computer=_worker_state["flow"], info=info)
         if p.get("landmarks"):  # task: regression: the sampled frames' landmarks (T, K, 2), normalised
-            from pipeline.data.landmarks import LandmarkError, clip_landmarks
-
             try:
                 pts = clip_landmarks(row, p, info["decoded_frames"])
             except LandmarkError as err:
@@ -114,15 +114,11 @@ def extract_manifest(rows: list[dict], class_names: list[str], params, out_dir: 
     task "regression": every clip also gets its `landmarks` (T, K, 2) (pipeline.data.landmarks); the class names
     become the 2K coordinate names of the regression head and the metadata gets `prernn.task`, `prernn.landmarks`.
     """
-    from tqdm import tqdm
-
     p = params.model_dump() if hasattr(params, "model_dump") else dict(params)
     with_depth = "depth" in p["modalities"] and any(r["depth_path"] for r in rows)
     mods = [m for m in p["modalities"] if m != "depth" or with_depth]
     k = None
     if task == "regression":
-        from pipeline.data.landmarks import LandmarkError, coordinate_names, num_points
-
         try:
             k = num_points(resolve(rows[0]["path"])) if rows else 0
         except LandmarkError as err:

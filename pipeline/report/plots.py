@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from prernn import deciding_gates, is_saturated
+
 PRE_COLOR, TRA_COLORS = "#d62728", ("#1f77b4", "#2ca02c", "#9467bd")
 
 
@@ -63,8 +65,6 @@ def verdict(layer_stats: dict, low: float, high: float, gates: str) -> dict:
     "no gates", "gates": the deciding gates joined by +} -- the same answer as `selection.json`'s
     `saturation[layer]` ("saturated", "decided_by"). Each figure states it in its legend and stores it in its PNG
     text chunks (`prernn.verdict`, `prernn.gates`, `prernn.trial`)."""
-    from prernn import deciding_gates, is_saturated
-
     sat = is_saturated(layer_stats, low=low, high=high, gates=gates)
     names = deciding_gates(layer_stats["cell"], gates) if layer_stats.get("cell") else ()
     return {"verdict": "no gates" if sat is None else "saturated" if sat else "not saturated",
@@ -137,8 +137,6 @@ def write_plots(trials: list[dict], out_dir: str | Path, *, low: float = 0.1, hi
     at which a PreGRU layer is compared with the traditional GRU (the first with rnn1, the second with rnn2).
     `gates`: the selection's rule (`select.gates`): which LSTM gates are drawn, and the verdict in the legends.
     """
-    from prernn import deciding_gates
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

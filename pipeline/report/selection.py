@@ -50,6 +50,8 @@ import json
 import math
 from typing import Any, Iterable
 
+from prernn import deciding_gates, is_saturated
+
 RULES = {
     "embodiment": (
         "claim 12 on the gates the patent judges: a PreLSTM layer is kept recurrent when fewer of its forget gate "
@@ -80,8 +82,6 @@ def _rule(gates: str) -> str:
 
 def _deciding(cell: str | None, recorded: dict, gates: str) -> list[str]:
     """The gates of a layer that decide it under `gates` (`prernn.deciding_gates`; cell unknown: the recorded ones)."""
-    from prernn import deciding_gates  # the library owns the rule; imported late so this module imports without it
-
     return list(deciding_gates(cell, gates)) if cell else list(recorded)
 
 
@@ -89,8 +89,6 @@ def layer_saturation(layer_stats: dict | None, low: float, high: float, gates: s
     """One layer's gate_statistics entry -> {"saturated", "decided_by": [gate], "inside", "outside",
     "inside_fraction", "outside_fraction" (over the deciding gates), "gates": {gate: {"inside", "outside",
     "inside_fraction", "saturated" (claim 12 on that gate alone)}}, "cell", "note"}."""
-    from prernn import is_saturated
-
     _rule(gates)
     if layer_stats is None:
         return {"saturated": False, "decided_by": [], "inside": 0, "outside": 0, "inside_fraction": None,

@@ -22,8 +22,9 @@ import csv
 import io
 from dataclasses import dataclass, field
 
-from prernn import CELLS, GATED_CELLS
+from prernn import CELLS, sih_applies
 from pipeline.report.selection import TIE_BREAK
+from pipeline.report.seeds import Interval
 NA, FAILED = "-", "failed"
 QUANTITIES = ("metric", "recurrent_params", "epochs_to_95")
 
@@ -92,8 +93,6 @@ def build_table(trials: list[dict], *, metric: str = "val_acc", mode: str = "max
                 selection: dict | None = None, candidates: list[str] | None = None,
                 frame_reference: float | None = None) -> Table:
     """Lay the configurations out as Table 1 (see the module docstring). Several in one cell: the best ok one."""
-    from pipeline.report.seeds import Interval
-
     table = Table(metric=metric, columns=_columns(trials, candidates, frame_reference is not None))
     table.seeds = sorted({str(s) for t in trials for s in (t.get("per_seed") or {})}, key=lambda x: (len(x), x))
     sign = 1.0 if mode == "max" else -1.0
@@ -111,7 +110,7 @@ def build_table(trials: list[dict], *, metric: str = "val_acc", mode: str = "max
                                     ("recurrent_params", cell, FRAMES): 0, ("epochs_to_95", cell, FRAMES): NA})
                 continue
             t = best.get((cell, col.key))
-            if cell not in GATED_CELLS and col.group == "PreRNN-SIH":
+            if not sih_applies(cell) and col.group == "PreRNN-SIH":
                 t = None  # does not apply: a VRNN has one input-to-hidden state already (prernn.check_sih)
             for q in QUANTITIES:
                 table.cells[(q, cell, col.key)] = NA if t is None else _value(t, q, metric)

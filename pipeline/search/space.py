@@ -22,7 +22,7 @@ from __future__ import annotations
 from itertools import combinations
 from typing import Iterable, Optional, Sequence
 
-from prernn import CELLS, GATED_CELLS, check_layers
+from prernn import CELLS, GATED_CELLS, check_layers, sih_applies
 
 
 class SpaceError(ValueError):
@@ -103,9 +103,9 @@ def space_problems(search, candidates: Sequence[str], backbone: Optional[str] = 
         problems.append(f"search.cells: []: give at least one of {', '.join(CELLS)}")
     if not sihs:
         problems.append("search.sih: []: give false, true or both")
-    ungated = [c for c in cells if c not in GATED_CELLS]
+    ungated = [c for c in cells if not sih_applies(c)]
     if sihs == [True] and ungated:
-        gated = [c for c in cells if c in GATED_CELLS]
+        gated = [c for c in cells if sih_applies(c)]
         problems.append(
             f"search.sih: [True] with search.cells {cells}: SIH needs a gated cell ({', '.join(GATED_CELLS)}) and "
             f"{', '.join(ungated)} has no gates, so no "
@@ -141,7 +141,7 @@ def build_space(search, candidates: Sequence[str], defaults: Optional[Sequence[s
         {"kind": "prernn", "cell": cell, "sih": sih, "layers": layers, "num_layers": len(layers), "hidden_size": None}
         for cell in cells
         for sih in sihs
-        if not (sih and cell not in GATED_CELLS)
+        if sih_applies(cell) or not sih
         for layers in combos
     ]
     traditional = [

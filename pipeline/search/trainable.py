@@ -39,7 +39,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import ray
 import torch
+from ray import tune
 
 import prernn
 from pipeline.core import tracking, tracking_outage
@@ -64,8 +66,6 @@ def flat_config(config: dict) -> dict:
 
 def _node() -> dict:
     """Where this trial runs: the Ray node id and IP (the cluster tests check that both nodes ran trials)."""
-    import ray  # deferred, as `from ray import tune` below: importing this module (tuner's ROW_KEYS) needs no Ray
-
     try:
         node_id = ray.get_runtime_context().get_node_id()
         ips = [n.get("NodeManagerAddress") for n in ray.nodes() if n.get("NodeID") == node_id]
@@ -135,8 +135,6 @@ def batch_augment(cfg: dict, start):
 def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) -> None:
     """Train one configuration; report metrics + a checkpoint every epoch (see module docstring)."""
     started = time.time()  # trial_wall_clock[0]
-    from ray import tune
-
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one INFO line per checkpoint
     cfg = flat_config(config)
     torch.set_num_threads(max(1, int(cfg.get("cpus_per_trial", 1))))

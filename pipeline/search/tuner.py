@@ -12,7 +12,9 @@ checkpointed, see pipeline.search.trainable).
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -21,7 +23,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from pipeline.core import tracking, tracking_outage
+import ray
+from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler
+
+import prernn
+from pipeline.core import ray_cluster, tracking, tracking_outage
+from pipeline.core.atomic import atomic_path
+from pipeline.core.params import ParamsError
 from pipeline.core.storage import StoragePath
 from pipeline.search.space import build_space
 from pipeline.search.trainable import COMMON_KEYS, TRACKING_KEYS, flat_config, train_trial
@@ -46,8 +56,6 @@ def code_digest(packages=None) -> str:
     """sha256 of the source of `packages` (default: the `prernn` and `pipeline` packages, the code a trial runs;
     every .py file, by relative path). Part of the fingerprint, so a search rerun after a code change (DVC reruns
     the stage for it) trains afresh instead of restoring results the old code computed."""
-    import prernn
-
     h = hashlib.sha256()
     for pkg in packages or (Path(prernn.__file__).parent, Path(__file__).parents[1]):
         pkg = Path(pkg)
@@ -171,10 +179,6 @@ def _open_parent(uri, experiment_id, exp_dir: StoragePath, search, info: dict, r
 def check_resources(search) -> None:
     """ParamsError unless one node of the running Ray cluster has search.gpus_per_trial GPUs and
     search.cpus_per_trial CPUs (a trial never spans nodes); checked before any trial starts."""
-    import ray
-
-    from pipeline.core.params import ParamsError
-
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     total = {k: sum(n.get(k, 0) for n in nodes) for k in ("GPU", "CPU")}
     most = {k: max((n.get(k, 0) for n in nodes), default=0) for k in ("GPU", "CPU")}
@@ -225,12 +229,6 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
     (TrackingUnavailable, one line naming the URI; rerunning resumes it); shorter outages are ridden out
     (pipeline.core.tracking_outage).
     """
-    import ray
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler
-
-    from pipeline.core import ray_cluster
     t0 = time.perf_counter()
     task = task if task is not None else Classification()
     base_dir = Path(base_dir or os.getcwd())
@@ -353,9 +351,6 @@ def _finish_runs(uri: str, parent: str, rows: list[dict], key: str, statuses: Op
 
 def trials_csv(rows: list[dict]) -> str:
     """The trial table as CSV (one line per trial, the scalar keys of trials.json)."""
-    import csv
-    import io
-
     buf = io.StringIO()
     extra = [k for k in (rows[0] if rows else {}) if k.startswith("val_") and k not in ROW_KEYS]  # the task's
     writer = csv.DictWriter(buf, fieldnames=list(ROW_KEYS) + extra + ["epochs_run"], extrasaction="ignore")
@@ -367,8 +362,6 @@ def trials_csv(rows: list[dict]) -> str:
 
 def write_outputs(out_dir: str | os.PathLike, rows: list[dict], info: dict) -> None:
     """search/trials.json, trials.csv, search.json, written together atomically (one folder rename)."""
-    from pipeline.core.atomic import atomic_path
-
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         (tmp / "trials.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
