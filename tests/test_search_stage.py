@@ -2,11 +2,13 @@
 import json
 import socket
 import time
+import typing
 
 import pytest
 import torch
 import yaml
 
+from pipeline.search.tuner import TrialRow
 from tests.search_fixtures import CLASSES, make_clips
 
 TRIAL_KEYS = {"name", "kind", "cell", "sih", "layers", "num_layers", "status", "error", "val_acc", "val_loss",
@@ -88,6 +90,8 @@ def test_search_stage_writes_trials_and_nested_mlflow_runs(workdir, monkeypatch)
     trials = json.loads((workdir / "search" / "trials.json").read_text())
     assert [t["name"] for t in trials] == ["prernn-gru-fc7", "prernn-gru-conv3+fc6", "traditional-gru-1"]
     assert all(TRIAL_KEYS <= set(t) and t["status"] == "ok" for t in trials), [t["error"] for t in trials]
+    declared = set(typing.get_type_hints(TrialRow))  # every key a row has is declared in the record
+    assert all(set(t) <= declared for t in trials), [set(t) - declared for t in trials]
     info = json.loads((workdir / "search" / "search.json").read_text())
     assert info["tracking_uri"] == uri and info["trunk_boundary"] == "fc6"
     assert info["trunk_boundaries"] == ["conv3", "fc6"] and info["candidates"] == ["conv1", "conv2", "conv3", "fc6", "fc7"]

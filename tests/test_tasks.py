@@ -139,3 +139,23 @@ def test_a_checkpoint_round_trip_restores_the_task(name, tmp_path):
     assert loaded.task == task and loaded.task.spec == task.spec
     restored = loaded.models["rgb"].state_dict()
     assert all(torch.equal(restored[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_an_epoch_row_has_the_declared_record_keys_of_its_task(name):
+    """`Trainer.fit_epoch` returns an EpochRow: every key it writes is declared there (the record cannot drift from
+    what the stages read), and the task's own train / val keys are the ones present."""
+    from pipeline.training.trainer import EpochRow
+
+    spec = {"normalize": "bbox", "threshold": 0.2} if get_task(name).section else None
+    task = get_task(name, spec)
+    x, y, outputs = _perfect(name)
+    torch.manual_seed(0)
+    model = prernn.convert(prernn.create_backbone("vgg_mini", outputs, input_size=16, width=8), ["fc7"], "gru")
+    feats = torch.randn(B, T, 8)  # (B, T, width): features entering fc7
+    trainer = Trainer(model, lr_inherited=1e-3, lr_new=1e-3, task=task, start="fc7", batch_size=B)
+    row = trainer.fit_epoch((feats, y), (feats, y))
+    assert set(row) <= set(typing.get_type_hints(EpochRow)), set(row) - set(typing.get_type_hints(EpochRow))
+    assert set(row) == {"epoch", "train_loss", f"train_{task.train_metric}", "clips_per_sec", "val_loss",
+                        *task.val_keys, "epoch_seconds"}
+    assert row["epoch"] == 1 and trainer.history == [row]

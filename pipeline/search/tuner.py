@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TypedDict
 
 import ray
 from ray import tune
@@ -36,12 +36,46 @@ from pipeline.core.storage import StoragePath
 from pipeline.search.space import build_space
 from pipeline.search.trainable import COMMON_KEYS, TRACKING_KEYS, flat_config, train_trial
 from pipeline.training.tasks import Classification, Task
-from pipeline.training.trainer import summarize, summary_keys
+from pipeline.training.trainer import EpochRow, summarize, summary_keys
 
 log = logging.getLogger(__name__)
 DRIVER_STATE = "prernn_search.json"
 ROW_KEYS = ("name", "configuration", "seed", "kind", "cell", "sih", "layers", "num_layers", "status", "error", "val_acc", "val_loss",
             "epochs_to_95", "clips_per_sec", "recurrent_params", "mlflow_run_id")
+
+
+class TrialRow(TypedDict, total=False):
+    """One trial of the search: a row of search/trials.json (the select and evaluate stages read it back as JSON),
+    written by `_row` from the trial's last Ray result. The task's best val metrics (`val_auc`, ... ) join
+    `val_acc` / `val_loss` (None where the task has none)."""
+
+    name: str                   # the trial: configuration + seed (`prernn-gru-fc6-seed1`)
+    configuration: str          # what the seeds share (`prernn-gru-fc6`), the unit Table 1 and selection rank
+    seed: int
+    kind: str                   # prernn | traditional
+    cell: str
+    sih: bool
+    layers: list[str]
+    num_layers: int
+    status: str                 # ok | failed
+    error: Optional[str]
+    val_acc: Optional[float]    # at the best epoch by the task's score (`summarize`)
+    val_loss: Optional[float]
+    val_auc: Optional[float]    # LandmarkRegression's keys
+    val_nme: Optional[float]
+    val_failure_rate: Optional[float]
+    epochs_to_95: Optional[int]
+    clips_per_sec: Optional[float]
+    recurrent_params: Optional[int]
+    mlflow_run_id: Optional[str]
+    gate_stats: Optional[dict]  # prernn.gate_statistics of the last epoch, per recurrent layer
+    node_id: Optional[str]
+    node_ip: Optional[str]
+    history: list[EpochRow]
+    epochs_run: int
+    best_epoch: Optional[int]
+    stopped_early: bool
+    config: dict                # the trial's flat config (tracking keys left out)
 
 
 def trial_name(trial) -> str:
@@ -131,7 +165,7 @@ class SearchInterrupted(RuntimeError):
     """Ray Tune stopped before every trial finished (Ctrl-C, SIGTERM); rerunning resumes the search."""
 
 
-def _row(result, run_ids: dict, archs: dict, common: dict, task: Task) -> dict:
+def _row(result, run_ids: dict, archs: dict, common: dict, task: Task) -> TrialRow:
     """One trials.json row from a Ray Result (ranked by the task's score: `summarize`)."""
     config = result.config
     if config is None:  # a restored trial that failed before its first report: Ray keeps no config for it
@@ -142,7 +176,7 @@ def _row(result, run_ids: dict, archs: dict, common: dict, task: Task) -> dict:
     history = json.loads(metrics.get("history_json", "[]"))
     summary = summarize(history, task)
     failed = result.error is not None
-    return {
+    return TrialRow(**{
         "name": cfg["name"], "configuration": cfg.get("configuration", cfg["name"]), "seed": cfg.get("seed"),
         "kind": cfg["kind"], "cell": cfg["cell"], "sih": bool(cfg["sih"]),
         "layers": list(cfg["layers"]), "num_layers": int(cfg["num_layers"]),
@@ -156,7 +190,7 @@ def _row(result, run_ids: dict, archs: dict, common: dict, task: Task) -> dict:
         "history": history, "epochs_run": len(history), "best_epoch": summary.best_epoch,
         "stopped_early": not failed and len(history) < int(cfg["epochs"]),
         "config": {k: v for k, v in cfg.items() if k not in TRACKING_KEYS},
-    }
+    })
 
 
 def _open_parent(uri, experiment_id, exp_dir: StoragePath, search, info: dict, restoring: bool) -> str:
@@ -213,7 +247,7 @@ def _stop_tune() -> None:
 def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, candidates: list, boundary: str,
                space: Optional[list] = None, base_dir: str | os.PathLike | None = None,
                verbose: int = 1, fresh: bool = False, task: Optional[Task] = None,
-               defaults: Optional[list] = None) -> tuple[list[dict], dict]:
+               defaults: Optional[list] = None) -> tuple[list[TrialRow], dict]:
     """Run (or restore) the search; returns (trial rows in space order, search info).
 
     `caches`: {boundary: {"train", "val": SplitTensors}} (pipeline.search.trunk_cache.trunk_caches); each trial takes
@@ -332,7 +366,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
             ray.shutdown()
 
 
-def _finish_runs(uri: str, parent: str, rows: list[dict], key: str, statuses: Optional[dict] = None) -> None:
+def _finish_runs(uri: str, parent: str, rows: list[TrialRow], key: str, statuses: Optional[dict] = None) -> None:
     """Close child runs Ray stopped early (ASHA) or killed, log the search summary (the best `key`), close the
     parent. `statuses`: {run id: status} of the child runs as one search returned them (else each run is read)."""
     for row in rows:
@@ -349,7 +383,7 @@ def _finish_runs(uri: str, parent: str, rows: list[dict], key: str, statuses: Op
     tracking.end_run(uri, parent, "FINISHED")
 
 
-def trials_csv(rows: list[dict]) -> str:
+def trials_csv(rows: list[TrialRow]) -> str:
     """The trial table as CSV (one line per trial, the scalar keys of trials.json)."""
     buf = io.StringIO()
     extra = [k for k in (rows[0] if rows else {}) if k.startswith("val_") and k not in ROW_KEYS]  # the task's
@@ -360,7 +394,7 @@ def trials_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_outputs(out_dir: str | os.PathLike, rows: list[dict], info: dict) -> None:
+def write_outputs(out_dir: str | os.PathLike, rows: list[TrialRow], info: dict) -> None:
     """search/trials.json, trials.csv, search.json, written together atomically (one folder rename)."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)

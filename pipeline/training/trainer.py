@@ -28,7 +28,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, TypedDict
 
 import numpy as np
 import torch
@@ -100,6 +100,24 @@ def as_dataset(data) -> Dataset:
     return TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
 
 
+class EpochRow(TypedDict, total=False):
+    """One epoch of `Trainer.fit_epoch`: a trial's per-epoch report to Ray Tune and MLflow, one entry of
+    `Trainer.history` and of trials.json's `history`. A plain dict (JSON, Ray results and MLflow take it as it is);
+    the task decides which train / val keys it has (`Task.train_metric`, `Task.metric_keys`)."""
+
+    epoch: int              # 1-based, the epochs trained so far
+    train_loss: float
+    train_acc: float        # Classification (train_<task.train_metric>)
+    train_nme: float        # LandmarkRegression
+    clips_per_sec: float    # training throughput of the epoch
+    val_loss: float
+    val_acc: float          # Classification
+    val_auc: float          # LandmarkRegression: AUC@0.08, NME and failure rate on the val clips
+    val_nme: float
+    val_failure_rate: float
+    epoch_seconds: float    # the epoch's train + val wall time
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """`Trainer.evaluate` over a dataset, in its order: the mean loss, the task's outputs (Classification (N, K)
@@ -133,10 +151,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(model, lr_inherited, lr_new, weight_decay),
                                            weight_decay=weight_decay)
         self.epoch = 0
-        self.history: list[dict] = []
+        self.history: list[EpochRow] = []
 
     # --- one epoch -------------------------------------------------------------------------
-    def train_epoch(self, data) -> dict:
+    def train_epoch(self, data) -> EpochRow:
         """One pass over `data` (shuffled); returns {"train_loss", "train_<task.train_metric>", "clips_per_sec"}."""
         seed_everything(self.seed * 100_003 + self.epoch)
         gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
@@ -157,8 +175,9 @@ class Trainer:
             metric_sum += self.task.train_metric_sum(outputs, y)
         seconds = time.perf_counter() - t0
         self.epoch += 1
-        return {"train_loss": loss_sum / max(total, 1), f"train_{self.task.train_metric}": metric_sum / max(total, 1),
-                "clips_per_sec": total / seconds if seconds > 0 else float("nan")}
+        train_metric = {f"train_{self.task.train_metric}": metric_sum / max(total, 1)}
+        return EpochRow(train_loss=loss_sum / max(total, 1), **train_metric,
+                        clips_per_sec=total / seconds if seconds > 0 else float("nan"))
 
     @torch.no_grad()
     def evaluate(self, data, batch_size: Optional[int] = None) -> Evaluation:
@@ -175,14 +194,14 @@ class Trainer:
         return Evaluation(loss=sum(losses) / max(len(targets_t), 1), outputs=outputs_t, targets=targets_t,
                           metrics=self.task.metrics(outputs_t, targets_t))
 
-    def fit_epoch(self, train_data, val_data) -> dict:
+    def fit_epoch(self, train_data, val_data) -> EpochRow:
         """Train one epoch, evaluate on `val_data`; append and return the epoch's row {"epoch", train metrics,
         "val_loss", "val_<key>" per task metric, "epoch_seconds"}."""
         t0 = time.perf_counter()
         metrics = self.train_epoch(train_data)
         val = self.evaluate(val_data)
-        row = {"epoch": self.epoch, **metrics, "val_loss": val.loss,
-               **{f"val_{k}": v for k, v in val.metrics.items()}, "epoch_seconds": time.perf_counter() - t0}
+        row = EpochRow(epoch=self.epoch, **metrics, val_loss=val.loss, **{f"val_{k}": v for k, v in val.metrics.items()},
+                       epoch_seconds=time.perf_counter() - t0)
         self.history.append(row)
         return row
 
@@ -221,7 +240,7 @@ def fit(trainer: Trainer, train_data, val_data, epochs: int,
     return trainer.history
 
 
-def epochs_to_fraction(history: list[dict], key: str = "val_acc", fraction: float = 0.95) -> Optional[int]:
+def epochs_to_fraction(history: list[EpochRow], key: str = "val_acc", fraction: float = 0.95) -> Optional[int]:
     """The first epoch whose `key` reaches `fraction` of the best value in `history` (None if empty)."""
     values = [row[key] for row in history if key in row and not math.isnan(row[key])]
     if not values:
@@ -258,7 +277,7 @@ def summary_keys(task: Task) -> tuple[str, ...]:
     return tuple(k for k in task.val_keys if k not in ("val_acc", "val_loss"))
 
 
-def summarize(history: list[dict], task: Task) -> HistorySummary:
+def summarize(history: list[EpochRow], task: Task) -> HistorySummary:
     """The best epoch of `history` by `task.score` (see HistorySummary)."""
     if not history:
         return HistorySummary({}, None, None)
