@@ -154,3 +154,18 @@ def test_the_tracking_outage_bound_is_a_positive_number_of_seconds():
     assert validate_params(raw).mlflow.outage_s == 120
     raw["mlflow"]["outage_s"] = 0
     assert "mlflow.outage_s: 0: Input should be greater than 0" in _errors(raw)
+
+
+def test_evaluate_modalities_null_takes_the_tasks_streams_that_pretrain_trains():
+    """classification fuses rgb and flow; regression evaluates rgb alone (flow cannot place a still face's
+    landmarks); a stream pretrain does not train is left out; a list given is kept as it is."""
+    raw = _shipped()
+    assert raw["evaluate"]["modalities"] is None  # the shipped default leaves it to the task
+    assert validate_params(raw).evaluate.modalities == ["rgb", "flow"]
+    regression = {**raw, "task": "regression", "data": {**raw["data"], "source": "synthetic_landmarks"}}
+    assert validate_params(regression).evaluate.modalities == ["rgb"]
+    flow_only = {**raw, "pretrain": {**raw["pretrain"], "modalities": ["flow"]}, "search": {**raw["search"], "modality": "flow"}}
+    assert validate_params(flow_only).evaluate.modalities == ["flow"]
+    given = {**raw, "evaluate": {**raw["evaluate"], "modalities": ["flow", "rgb"]}}
+    assert validate_params(given).evaluate.modalities == ["flow", "rgb"]
+    assert "evaluate.modalities" in _errors({**raw, "evaluate": {**raw["evaluate"], "modalities": []}})

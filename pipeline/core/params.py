@@ -197,7 +197,7 @@ class SelectParams(_Section):
 
 class EvaluateParams(_Section):
     epochs: int = Field(8, ge=1)
-    modalities: list[Literal["rgb", "flow", "depth"]] = ["rgb", "flow"]
+    modalities: list[Literal["rgb", "flow", "depth"]] = Field(["rgb", "flow"], min_length=1)  # null: the task's
     register_name: str = "prernn-final"
 
 
@@ -222,13 +222,22 @@ class Params(_Section):
     @classmethod
     def _task_defaults(cls, raw):
         """select.metric absent or null: the task's score (`Task.score`): val_acc, or for task: regression the
-        landmark AUC val_auc; and select.mode, if absent too, the task's (`Task.mode`: max for both)."""
+        landmark AUC val_auc; and select.mode, if absent too, the task's (`Task.mode`: max for both).
+        evaluate.modalities absent or null: the task's streams (`Task.evaluate_modalities`) that pretrain trains."""
         if isinstance(raw, dict):
             sel = raw.get("select") or {}
             name = raw.get("task") or "classification"
-            if isinstance(sel, dict) and sel.get("metric") is None and name in list_tasks():  # the task's default
-                task = get_task(name)
+            if name not in list_tasks():
+                return raw  # the field's own check names the allowed tasks
+            task = get_task(name)
+            if isinstance(sel, dict) and sel.get("metric") is None:
                 raw = {**raw, "select": {"mode": task.mode, **sel, "metric": task.score}}
+            ev = raw.get("evaluate") or {}
+            if isinstance(ev, dict) and ev.get("modalities") is None:
+                pre = raw.get("pretrain") if isinstance(raw.get("pretrain"), dict) else {}
+                trained = pre.get("modalities") or PretrainParams.model_fields["modalities"].default
+                raw = {**raw, "evaluate": {**ev, "modalities": [m for m in task.evaluate_modalities if m in trained]
+                                           or list(trained)}}
         return raw
 
     @model_validator(mode="after")
