@@ -176,7 +176,7 @@ def _row(result, run_ids: dict, archs: dict, common: dict, task: Task) -> TrialR
     history = json.loads(metrics.get("history_json", "[]"))
     summary = summarize(history, task)
     failed = result.error is not None
-    return TrialRow(**{
+    return {
         "name": cfg["name"], "configuration": cfg.get("configuration", cfg["name"]), "seed": cfg.get("seed"),
         "kind": cfg["kind"], "cell": cfg["cell"], "sih": bool(cfg["sih"]),
         "layers": list(cfg["layers"]), "num_layers": int(cfg["num_layers"]),
@@ -190,7 +190,7 @@ def _row(result, run_ids: dict, archs: dict, common: dict, task: Task) -> TrialR
         "history": history, "epochs_run": len(history), "best_epoch": summary.best_epoch,
         "stopped_early": not failed and len(history) < int(cfg["epochs"]),
         "config": {k: v for k, v in cfg.items() if k not in TRACKING_KEYS},
-    })
+    }
 
 
 def _open_parent(uri, experiment_id, exp_dir: StoragePath, search, info: dict, restoring: bool) -> str:
