@@ -47,7 +47,7 @@ def pretrain_modality(p, extract, clips_dir: Path, modality: str, task) -> tuple
         except ValueError as err:
             sys.exit(f"pretrain: pretrain.weights: {p.weights!r}: {err}")
     epochs = p.epochs if (p.weights is None or p.finetune) else 0
-    augment = from_params(p, p.seed, augments=task.augments)  # shifted, jittered training frames (pretrain.augment_*)
+    augment = from_params(p, p.seed, points=task.points)  # shifted, jittered training frames (pretrain.augment_*)
     trainer = Trainer(model, lr_inherited=p.lr, lr_new=p.lr, weight_decay=p.weight_decay,
                       batch_size=p.batch_size, seed=p.seed, task=task, augment=augment)
     best, best_state = None, copy.deepcopy(model.state_dict())

@@ -100,7 +100,7 @@ def main(argv=None) -> None:
     except (FileNotFoundError, ValueError) as err:  # no clips yet, a modality that was not extracted
         sys.exit(f"search: {err}")
     def train_augment():  # cached trunk: `augment_copies` augmented passes of the train clips, alike for every cache
-        augment = from_params(search, search.seed, augments=task.augments)
+        augment = from_params(search, search.seed, points=task.points)
         return (augment, search.augment_copies) if augment else None
 
     boundaries = space_boundaries(backbone, space)

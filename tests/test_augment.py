@@ -38,13 +38,34 @@ def test_the_trunk_cache_augments_only_the_train_split_in_copies():
     assert len(splits["train"]) == 2 * len(y) and torch.allclose(splits["val"].x, plain.x)
 
 
-def test_regression_is_never_augmented():
-    """A shifted frame would no longer match its landmark coordinates: landmark tasks train on the frames as they are."""
+def test_landmarks_move_with_their_shifted_frame():
+    """Regression augments too: a bright dot drawn at each landmark is still under it after the shift (clips and
+    frames), labels pass through unchanged, and jitter alone leaves the points where they were."""
     from pipeline.data.augment import from_params
     from pipeline.core.params import SearchParams
     from pipeline.training.tasks import get_task
 
-    search = SearchParams(augment_shift=3, augment_jitter=0.3)
-    assert isinstance(from_params(search, augments=get_task("classification").augments), ClipAugment)
-    assert from_params(search, augments=get_task("regression").augments) is None
+    size, b, t = 16, 6, 3
+    g = torch.Generator().manual_seed(0)
+    pix = torch.randint(4, size - 4, (b, 2), generator=g)  # (B, 2) pixel (x, y) of one landmark per clip
+    clips = torch.zeros(b, t, 1, size, size)
+    for i, (px, py) in enumerate(pix.tolist()):
+        clips[i, :, 0, py, px] = 1.0
+    points = ((pix.float() / size)[:, None, None, :]).expand(b, t, 1, 2).clone()  # (B, T, K=1, 2) in [0, 1]
+    aug = from_params(SearchParams(augment_shift=3, augment_jitter=0.0), seed=1, points=get_task("regression").points)
+    moved, moved_points = aug(clips, points)
+    assert not torch.equal(moved_points, points)  # some clip was shifted
+    for i in range(b):
+        px, py = (moved_points[i, 0, 0] * size).round().long().tolist()
+        assert torch.equal(moved[i, :, 0, py, px], torch.ones(t)), i  # the dot is where its point now says
+    frames, frame_points = clips[:, 0], points[:, 0]  # (N, C, H, W), (N, K, 2): pretraining's frames
+    moved_f, moved_fp = aug(frames, frame_points)
+    for i in range(b):
+        px, py = (moved_fp[i, 0] * size).round().long().tolist()
+        assert moved_f[i, 0, py, px] == 1.0
+    labels = torch.arange(b)
+    label_aug = from_params(SearchParams(augment_shift=3), points=get_task("classification").points)
+    assert torch.equal(label_aug(clips, labels)[1], labels)
+    _, still = ClipAugment(0, 0.3, points=True)(clips, points)
+    assert torch.equal(still, points)
     assert from_params(SearchParams()) is None  # off unless asked for

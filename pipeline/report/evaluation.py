@@ -139,7 +139,7 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
             raise ValueError(f"{Path(pretrained_dir) / f'{m}.pt'}: {bb.config['num_classes']} classes, but {clips_dir} "
                              f"has {train_ds.num_classes}; rerun the pretrain stage")
         def train_augment():  # as the search augmented its train clips, alike for every trunk cache
-            augment = from_params(search_params, search_params.seed, augments=task.augments)
+            augment = from_params(search_params, search_params.seed, points=task.points)
             return (augment, search_params.augment_copies) if augment else None
 
         default = prernn.trunk_boundary(bb)  # one cache per boundary a choice needs (pipeline.search.trunk_cache)

@@ -123,13 +123,13 @@ class OwnWork:
             self.cpu += time.thread_time() - cpu
 
 
-def batch_augment(cfg: dict, start):
+def batch_augment(cfg: dict, start, points: bool = False):
     """The per-batch augmentation of an uncached trial (raw clips, start None); a cached trunk was augmented when
     the train features were made (pipeline.search.trunk_cache.prepare_splits)."""
     shift, jitter = (cfg.get("augment") or [0, 0.0])
     if start is not None or not (shift or jitter):
         return None
-    return ClipAugment(int(shift), float(jitter), torch.Generator().manual_seed(int(cfg["seed"])))
+    return ClipAugment(int(shift), float(jitter), torch.Generator().manual_seed(int(cfg["seed"])), points=points)
 
 
 def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) -> None:
@@ -164,7 +164,7 @@ def train_trial(config: dict, data: dict, experiment_dir: Optional[str] = None) 
             task = task_from_entries(data.get("task", {}))
             trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"],
                               weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"], seed=int(cfg["seed"]),
-                              start=train.start, device=device, task=task, augment=batch_augment(cfg, train.start))
+                              start=train.start, device=device, task=task, augment=batch_augment(cfg, train.start, task.points))
             if state:
                 trainer.load_state_dict(state["trainer"])
         recurrent_params = int(prernn.count_recurrent_parameters(model))

@@ -89,12 +89,13 @@ def trunk_features(backbone: torch.nn.Module, dataset, boundary: str, *, batch_s
     xs, ys = [], []
     for _ in range(copies if augment is not None else 1):
         for clips, y in batches(dataset, batch_size, device):  # clips (B, T, C, H, W) float32 on device
-            clips = clips if augment is None else augment(clips)
+            y = _target(y)
+            clips, y = (clips, y) if augment is None else augment(clips, y)  # landmarks (B, T, K, 2) move along
             b, t = clips.shape[:2]
             frames = clips.reshape(b * t, *clips.shape[2:]).float()  # (B*T, C, H, W)
             feats = backbone.forward_stages(frames, stop=boundary)  # (B*T, *F)
             xs.append(feats.reshape(b, t, *feats.shape[1:]).cpu())  # (B, T, *F)
-            ys.append(_target(y.cpu()))
+            ys.append(y.cpu())
     return SplitTensors(torch.cat(xs), torch.cat(ys), boundary)
 
 

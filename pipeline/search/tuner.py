@@ -299,7 +299,7 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
             "experiment_id": info["experiment_id"], "parent_run_id": parent,
             **task.params(),
             # per batch, uncached
-            "augment": [search.augment_shift, search.augment_jitter] if task.augments else [0, 0.0],
+            "augment": [search.augment_shift, search.augment_jitter],
         }
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, data={"backbone": {"config": backbone_ckpt["config"],

@@ -16,7 +16,7 @@ evaluate stage, `prernn predict`, the MLflow pyfunc predictor) takes a task and 
   coordinates; a 2K-output head decoded as 0.5 + output (`pipeline.training.metrics.decode`), trained at every
   time step with the spec's `loss`. Metrics `auc`, `nme`, `failure_rate` (pipeline.training.metrics); ranked by
   `val_auc`, max; fusion is the mean of the streams' coordinates; every frame has its own answer (readout
-  "every"). Never augmented: a shifted frame would no longer match its coordinates.
+  "every"). Augmented like classification, its landmarks shifted with their frames (`points`).
 
 Outputs ("the task's outputs"): Classification (B, K) clip probabilities; LandmarkRegression (B, [T,] K, 2)
 landmarks.
@@ -81,7 +81,7 @@ class Task(ABC):
     mode: ClassVar[str] = "max"
     report_keys: ClassVar[tuple[str, ...]]     # test metrics per stream, per epoch and compared over seeds
     train_metric: ClassVar[str]                # the per-batch train metric: train_<key> in the epoch rows
-    augments: ClassVar[bool] = True            # whether training clips may be shifted / jittered
+    points: ClassVar[bool] = False             # targets are frame coordinates that move with a shifted frame (augment)
     needs_landmarks: ClassVar[bool] = False    # targets are landmark annotations (data.source)
     fc_dropout: ClassVar[Optional[float]] = None  # the pretrained VGG's fc6/fc7 dropout (None: the backbone's)
     fusion: ClassVar[str]                      # how streams are fused, in words (evaluation.json, final.pt)
@@ -325,7 +325,7 @@ class LandmarkRegression(Task):
     score_metric = "auc"
     report_keys = ("auc", "nme")
     train_metric = "nme"
-    augments = False
+    points = True
     needs_landmarks = True
     # no dropout on fc6/fc7: with the classification default 0.5 the coordinates stay near the mean shape (tiny
     # set: val AUC@0.08 0.000 after 10 epochs, 0.135 without dropout)

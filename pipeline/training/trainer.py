@@ -163,7 +163,7 @@ class Trainer:
         for step, (x, y) in enumerate(batches(data, self.batch_size, self.device, shuffle=True, generator=gen)):
             y = self.task.target(y)
             if self.augment is not None:
-                x = self.augment(x)
+                x, y = self.augment(x, y)  # landmark targets move with their shifted frames
             loss, outputs = self.task.loss(_forward(self.model, x, self.start), y, self.readout)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"training loss became {loss.item()} at epoch {self.epoch + 1}, batch {step + 1}")
