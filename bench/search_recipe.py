@@ -61,17 +61,24 @@ def run_recipe(backbone, datasets, search, task, recipe: dict, archs: list[str],
     return out
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--project", default=".", help="a project folder after dvc repro")
-    ap.add_argument("--seeds", type=int, default=3)
+def parse_bench_args(prog: str, doc: str, seeds: int, project_help: str, argv=None) -> argparse.Namespace:
+    """The command line both recipe benchmarks share: --project, --seeds, --archs (checked against ARCHS)."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    ap.add_argument("--project", default=".", help=project_help)
+    ap.add_argument("--seeds", type=int, default=seeds)
     ap.add_argument("--archs", default="gru-fc6,vrnn-fc6+fc7,traditional-gru-1",
                     help=f"comma-separated, of {', '.join(ARCHS)}")
     args = ap.parse_args(argv)
-    archs = args.archs.split(",")
-    unknown = [a for a in archs if a not in ARCHS]
+    args.archs = args.archs.split(",")
+    unknown = [a for a in args.archs if a not in ARCHS]
     if unknown:
-        raise SystemExit(f"bench.search_recipe: --archs: unknown {unknown}; expected some of {list(ARCHS)}")
+        raise SystemExit(f"{prog}: --archs: unknown {unknown}; expected some of {list(ARCHS)}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_bench_args("bench.search_recipe", __doc__, 3, "a project folder after dvc repro", argv)
+    archs = args.archs
     project = Path(args.project)
     params = load_stage_params(str(project / "params.yaml"), "search")
     search, task = params.search, task_from_params(params)

@@ -26,16 +26,19 @@ def pretrain_modality(p, extract, clips_dir: Path, modality: str, task) -> tuple
     import prernn
     from pipeline.data.augment import from_params
     from pipeline.data.dataset import FrameDataset, snippet_length
+    from pipeline.training.phase import PhaseClassification, PhaseHead
     from pipeline.training.trainer import Trainer, seed_everything
 
     seed_everything(p.seed)
     kwargs = {"input_size": extract.size} if p.backbone == "vgg_mini" else {}
-    if task.fc_dropout is not None and p.backbone in ("vgg_mini", "vgg16"):  # regression: no dropout on fc6/fc7
-        kwargs["dropout"] = task.fc_dropout
+    dropout = p.dropout if p.dropout is not None else task.fc_dropout  # null: the task's (regression: none)
+    if dropout is not None and p.backbone in ("vgg_mini", "vgg16"):
+        kwargs["dropout"] = dropout
     with torch.device("meta"):  # the backbone's snippet length, from its config (no memory, no random numbers)
         snippet = snippet_length(prernn.create_backbone(p.backbone, 2, **kwargs).config)
-    train = FrameDataset(clips_dir, "train", modality, snippet=snippet, raw=True)  # uint8, normalised on the device
-    val = FrameDataset(clips_dir, "val", modality, snippet=snippet, raw=True)
+    bins = p.phase_bins if task.frame_phase else 0  # (class, phase) pair targets: classification only
+    train = FrameDataset(clips_dir, "train", modality, snippet=snippet, raw=True, phase_bins=bins)  # uint8
+    val = FrameDataset(clips_dir, "val", modality, snippet=snippet, raw=True, phase_bins=bins)
     if train.task != task.name:
         raise ValueError(f"{clips_dir}: clips extracted for task {train.task!r}, but params.yaml's task is "
                          f"{task.name!r}; rerun the extract stage")
@@ -48,20 +51,24 @@ def pretrain_modality(p, extract, clips_dir: Path, modality: str, task) -> tuple
             sys.exit(f"pretrain: pretrain.weights: {p.weights!r}: {err}")
     epochs = p.epochs if (p.weights is None or p.finetune) else 0
     augment = from_params(p, p.seed, points=task.points)  # shifted, jittered training frames (pretrain.augment_*)
-    trainer = Trainer(model, lr_inherited=p.lr, lr_new=p.lr, weight_decay=p.weight_decay,
-                      batch_size=p.batch_size, seed=p.seed, task=task, augment=augment)
-    best, best_state = None, copy.deepcopy(model.state_dict())
+    trained, train_task = model, task
+    if bins:  # the CNN with its (class, phase) head, dropped afterwards (pipeline.training.phase)
+        trained = PhaseHead(model, bins)
+        train_task = PhaseClassification(bins, p.phase_weight, train.num_classes)
+    trainer = Trainer(trained, lr_inherited=p.lr, lr_new=p.lr, weight_decay=p.weight_decay,
+                      batch_size=p.batch_size, seed=p.seed, task=train_task, augment=augment)
+    best, best_state = None, copy.deepcopy(trained.state_dict())
     key = task.score
     for _ in range(epochs):
         row = trainer.fit_epoch(train, val)
         print(f"pretrain {modality}: epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.3f} "
               f"{key} {row[key]:.3f} ({row['clips_per_sec']:.0f} frames/s)")
         if best is None or (row[key], -row["val_loss"]) > (best[key], -best["val_loss"]):  # ties: lower loss
-            best, best_state = row, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
+            best, best_state = row, copy.deepcopy(trained.state_dict())
+    trained.load_state_dict(best_state)
     final = trainer.evaluate(val, batch_size=256)
     metrics = {"backbone": p.backbone, "frames_train": len(train), "frames_val": len(val),
-               "epochs": epochs, "best_epoch": best["epoch"] if best else 0,
+               "epochs": epochs, "best_epoch": best["epoch"] if best else 0, "phase_bins": bins,
                **{f"val_frame_{k}": v for k, v in final.metrics.items()}, "val_loss": final.loss,
                "weights": p.weights, "finetuned": bool(epochs), "history": trainer.history}
     meta = {"class_names": train.class_names, "normalization": {modality: train.meta["prernn.normalization"][modality]},

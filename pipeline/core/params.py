@@ -130,6 +130,9 @@ class PretrainParams(_Section):
     weight_decay: float = Field(5e-4, ge=0)
     augment_shift: int = Field(0, ge=0, le=16)     # pixels a training frame is shifted by at most (pipeline.data.augment)
     augment_jitter: float = Field(0.0, ge=0, le=1)  # brightness / contrast jitter of a training frame
+    dropout: Optional[float] = Field(None, ge=0, lt=1)  # a VGG's fc6 / fc7 dropout; null: the task's (Task.fc_dropout)
+    phase_bins: int = Field(0, ge=0)  # classification: also train on (class, phase bin) pairs (pipeline.training.phase)
+    phase_weight: float = Field(1.0, ge=0)  # the weight of that pair loss beside the class loss
     seed: int = 0
 
     @field_validator("backbone")

@@ -161,11 +161,25 @@ class ClipDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(pts))
 
 
-class FrameDataset(Dataset):
-    """Every frame of every clip of a ClipDataset: item -> ((C, H, W) [or (C, L, H, W)], label)."""
+def phase_bin(t: int, frames: int, bins: int) -> int:
+    """The phase bin of frame `t` of a clip of `frames` frames: floor(t * bins / frames), in [0, bins) (bins past
+    `frames` stay empty)."""
+    return (int(t) * int(bins)) // int(frames)
 
-    def __init__(self, clips_dir, split, modality: str, *, snippet: int | None = None, raw: bool = False):
+
+class FrameDataset(Dataset):
+    """Every frame of every clip of a ClipDataset: item -> ((C, H, W) [or (C, L, H, W)], label).
+
+    `phase_bins` B > 0 (classification): the target is the (class, phase) pair index label * B + phase_bin(t, T, B)
+    instead of the label (pipeline.training.phase)."""
+
+    def __init__(self, clips_dir, split, modality: str, *, snippet: int | None = None, raw: bool = False,
+                 phase_bins: int = 0):
         self.clips = ClipDataset(clips_dir, split, modality, snippet=snippet, raw=raw)
+        if phase_bins and self.clips.landmarks is not None:
+            raise ValueError(f"{clips_dir}: phase_bins {phase_bins} asks for class targets, but the clips hold "
+                             "landmarks (task regression)")
+        self.phase_bins = int(phase_bins)
         self.raw = self.clips.raw
         self.normalizer = self.clips.normalizer  # the same layouts: (..., [L,] H, W, C) -> (..., C, [L,] H, W)
         self.frames = 0 if self.clips.shape is None else self.clips.shape[0]
@@ -183,4 +197,7 @@ class FrameDataset(Dataset):
         c, t = divmod(i, self.frames)
         raw = self.clips._clip(c)  # (T, H, W, C)
         x = torch.from_numpy(np.array(raw[self._snippets[t]] if self.snippet else raw[t]))  # (L, H, W, C) / (H, W, C)
-        return (x if self.raw else self.normalizer()(x)), self.clips.target(c, t)  # float: (C, [L,] H, W)
+        y = self.clips.target(c, t)
+        if self.phase_bins:
+            y = y * self.phase_bins + phase_bin(t, self.frames, self.phase_bins)
+        return (x if self.raw else self.normalizer()(x)), y  # float: (C, [L,] H, W)
