@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.search_recipe import parse_bench_args, run_recipe
+from bench.search_recipe import parse_bench_args, recipe_of, run_recipe
 from pipeline.core.checkpoint import backbone_from
 from pipeline.core.params import load_stage_params
 from pipeline.data.dataset import ClipDataset
@@ -27,11 +27,9 @@ from pipeline.report.seeds import mean_interval
 from pipeline.training.tasks import task_from_params
 from stages.pretrain import pretrain_modality
 
-RECIPE_KEYS = ("augment_copies", "batch_size", "lr_inherited", "lr_new", "epochs")
-
-
+PREVIOUS_DEFAULT = "labels alone, dropout 0.5"  # the default before phase targets: the ratio lines' baseline
 VARIANTS = {"params.yaml": {}, "labels alone, dropout 0.2": {"phase_bins": 0, "dropout": 0.2},
-            "labels alone, dropout 0.5": {"phase_bins": 0, "dropout": 0.5}}  # label -> pretrain overrides
+            PREVIOUS_DEFAULT: {"phase_bins": 0, "dropout": 0.5}}  # label -> pretrain overrides
 
 
 def main(argv=None) -> None:
@@ -48,7 +46,7 @@ def main(argv=None) -> None:
     search, pretrain = params.search, params.pretrain
     clips = project / "data" / "clips"
     datasets = {s: ClipDataset(str(clips), s, search.modality, raw=True) for s in ("train", "val")}
-    recipe = {k: getattr(search, k) for k in RECIPE_KEYS}
+    recipe = recipe_of(search)
     seeds = range(pretrain.seed, pretrain.seed + args.seeds)
     results: dict[str, dict[str, list[float]]] = {}
     for label, overrides in VARIANTS.items():
@@ -70,8 +68,8 @@ def main(argv=None) -> None:
         for label, res in results.items():
             print(f"  {name:18s} {label:26s} {mean_interval(res[name]).text()}  per seed "
                   f"{' '.join(f'{v:.3f}' for v in res[name])}")
-        now, prev = np.mean(results["params.yaml"][name]), np.mean(results["labels alone, dropout 0.5"][name])
-        print(f"ratio {name}: best {task.score} params.yaml / labels alone at dropout 0.5 = {now / prev:.3f} "
+        now, prev = np.mean(results["params.yaml"][name]), np.mean(results[PREVIOUS_DEFAULT][name])
+        print(f"ratio {name}: best {task.score} params.yaml / {PREVIOUS_DEFAULT} = {now / prev:.3f} "
               f"({now:.3f} / {prev:.3f})")
 
 

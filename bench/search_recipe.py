@@ -33,6 +33,11 @@ ARCHS = {"gru-fc6": ("gru", ["fc6"]), "lstm-fc6": ("lstm", ["fc6"]), "vrnn-fc6+f
 PREVIOUS = {"augment_copies": 2, "batch_size": 16, "lr_inherited": 5e-4, "lr_new": 3e-3, "epochs": 12}
 
 
+def recipe_of(search) -> dict:
+    """The search params' values of the recipe keys (those of PREVIOUS)."""
+    return {k: getattr(search, k) for k in PREVIOUS}
+
+
 def build(backbone, cell: str, layers):
     """A PreRNN conversion of `layers`, or the 1-layer traditional RNN when `layers` is None."""
     return prernn.traditional(backbone, cell, num_layers=1) if layers is None else prernn.convert(backbone, layers, cell)
@@ -84,7 +89,7 @@ def main(argv=None) -> None:
     search, task = params.search, task_from_params(params)
     backbone = load_backbone(project / "models" / "pretrained" / f"{search.modality}.pt")
     datasets = {s: ClipDataset(str(project / "data" / "clips"), s, search.modality, raw=True) for s in ("train", "val")}
-    current = {k: getattr(search, k) for k in PREVIOUS}
+    current = recipe_of(search)
     results = {label: run_recipe(backbone, datasets, search, task, recipe, archs, args.seeds)
                for label, recipe in (("previous", PREVIOUS), ("params.yaml", current))}
     print(f"bench.search_recipe: {project.resolve()} ({task.name}, {search.modality}, best {task.score} over "

@@ -73,5 +73,8 @@ def test_pretrain_stage_trains_the_pair_head_and_stores_the_backbone_alone(tmp_p
     assert not any(k.startswith("phase") or k.startswith("backbone.") for k in ckpt["state_dict"])
     assert set(ckpt["state_dict"]) == set(plain_ckpt["state_dict"])  # loads as the plain CNN
     assert ckpt["config"] == plain_ckpt["config"] and ckpt["config"]["kwargs"]["dropout"] == 0.2  # the task's
-    changed = [k for k in ckpt["state_dict"] if not torch.equal(ckpt["state_dict"][k], plain_ckpt["state_dict"][k])]
-    assert any(k.startswith("stages.fc") for k in changed)  # the pair loss trained the features differently
+    # the same head and random numbers with the pair loss weighted 0: only that loss differs, so the features must
+    unweighted_ckpt, _ = _pretrain(tmp_path / "unweighted", phase_bins=4, phase_weight=0.0, seed=3)
+    state, unweighted = ckpt["state_dict"], unweighted_ckpt["state_dict"]
+    changed = [k for k in state if not torch.equal(state[k], unweighted[k])]
+    assert any(k.startswith("stages.fc") for k in changed)  # the pair loss trained the features

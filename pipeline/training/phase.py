@@ -47,9 +47,6 @@ class PhaseClassification(Classification):
         super().__init__()
         self.bins, self.weight, self.num_classes = int(bins), float(weight), int(num_classes)
 
-    def readout(self, model) -> str:
-        return "mean"  # a frame model
-
     def loss(self, out, y, readout):
         """out (N, K + K * B), y (N,) pair indices -> (CE(class) + weight * CE(pair), class probabilities (N, K))."""
         k = self.num_classes
