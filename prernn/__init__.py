@@ -15,7 +15,7 @@ from .backbones import Backbone
 from .cells import CELLS, GATE_NAMES, GATED_CELLS, GRU_RESETS, HH_INITS, check_sih, sih_applies
 from .layers import ConvRecurrent, FCRecurrent
 from .pretrained import load_pretrained
-from .registry import create_backbone, list_backbones, register_backbone
+from .registry import backbone_options, create_backbone, list_backbones, register_backbone
 from .counting import count_recurrent_parameters
 from .sequence import (SequenceModel, build_from_config, candidate_layers, check_layers, clip_output, convert,
                        default_candidates, frame_model, readout, traditional, trunk_boundary)
@@ -24,7 +24,7 @@ from .stats import EMBODIMENT_GATES, SELECT_GATES, deciding_gates, gate_statisti
 __all__ = [
     "Backbone", "SequenceModel", "FCRecurrent", "ConvRecurrent", "CELLS", "GATE_NAMES", "GATED_CELLS", "GRU_RESETS",
     "HH_INITS", "check_sih", "sih_applies", "check_layers",
-    "create_backbone", "list_backbones", "register_backbone", "load_pretrained", "candidate_layers",
+    "backbone_options", "create_backbone", "list_backbones", "register_backbone", "load_pretrained", "candidate_layers",
     "default_candidates", "trunk_boundary", "convert", "traditional", "build_from_config", "count_recurrent_parameters",
     "gate_statistics", "is_saturated", "deciding_gates", "EMBODIMENT_GATES", "SELECT_GATES", "readout", "clip_output",
     "frame_model",

@@ -30,9 +30,10 @@ def pretrain_modality(p, extract, clips_dir: Path, modality: str, task) -> tuple
     from pipeline.training.trainer import Trainer, seed_everything
 
     seed_everything(p.seed)
-    kwargs = {"input_size": extract.size} if p.backbone == "vgg_mini" else {}
+    options = prernn.backbone_options(p.backbone)  # the builder's keyword options
+    kwargs = {"input_size": extract.size} if "input_size" in options else {}
     dropout = p.dropout if p.dropout is not None else task.fc_dropout  # null: the task's (regression: none)
-    if dropout is not None and p.backbone in ("vgg_mini", "vgg16"):
+    if dropout is not None and "dropout" in options:  # the fc6 / fc7 dropout of a VGG or a C3D
         kwargs["dropout"] = dropout
     with torch.device("meta"):  # the backbone's snippet length, from its config (no memory, no random numbers)
         snippet = snippet_length(prernn.create_backbone(p.backbone, 2, **kwargs).config)

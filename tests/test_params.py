@@ -48,6 +48,14 @@ def test_unknown_backbone_lists_the_registry():
     assert "pretrain.backbone: 'alexnet'" in message and "vgg_mini" in message
 
 
+def test_dropout_for_a_backbone_without_one_is_refused():
+    raw = _shipped()
+    raw["pretrain"].update(backbone="resnet_mini", dropout=0.3)
+    assert "pretrain.dropout: 0.3: backbone 'resnet_mini' has no fc dropout; expected null" in _errors(raw)
+    raw["pretrain"]["backbone"] = "c3d_mini"  # a C3D has fc6 / fc7 dropout
+    assert validate_params(raw).pretrain.dropout == 0.3
+
+
 def test_modality_used_downstream_must_be_extracted():
     raw = _shipped()
     raw["extract"]["modalities"] = ["rgb"]

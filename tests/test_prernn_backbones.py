@@ -13,6 +13,14 @@ def test_registry_lists_all_backbones():
         prernn.create_backbone("alexnet", 3)
 
 
+def test_backbone_options_are_the_builders_keyword_options():
+    assert prernn.backbone_options("vgg_mini") == {"input_size", "width", "dropout"}
+    assert prernn.backbone_options("c3d_mini") == {"snippet", "width", "dropout"}
+    assert prernn.backbone_options("resnet_mini") == set()
+    with pytest.raises(ValueError, match="unknown backbone 'alexnet'"):
+        prernn.backbone_options("alexnet")
+
+
 def test_register_backbone_rejects_duplicate_names():
     def vgg16(num_classes, in_channels=3):
         return None

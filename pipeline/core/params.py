@@ -130,7 +130,7 @@ class PretrainParams(_Section):
     weight_decay: float = Field(5e-4, ge=0)
     augment_shift: int = Field(0, ge=0, le=16)     # pixels a training frame is shifted by at most (pipeline.data.augment)
     augment_jitter: float = Field(0.0, ge=0, le=1)  # brightness / contrast jitter of a training frame
-    dropout: Optional[float] = Field(None, ge=0, lt=1)  # a VGG's fc6 / fc7 dropout; null: the task's (Task.fc_dropout)
+    dropout: Optional[float] = Field(None, ge=0, lt=1)  # fc6 / fc7 dropout (VGG, C3D); null: the task's (Task.fc_dropout)
     phase_bins: int = Field(0, ge=0)  # classification: also train on (class, phase bin) pairs (pipeline.training.phase)
     phase_weight: float = Field(1.0, ge=0)  # the weight of that pair loss beside the class loss
     seed: int = 0
@@ -141,6 +141,13 @@ class PretrainParams(_Section):
         if name not in prernn.list_backbones():
             raise ValueError(f"unknown backbone {name!r}; allowed: {', '.join(prernn.list_backbones())}")
         return name
+
+    @model_validator(mode="after")
+    def _dropout_applies(self):
+        if self.dropout is not None and "dropout" not in prernn.backbone_options(self.backbone):
+            raise ValueError(f"pretrain.dropout: {self.dropout}: backbone {self.backbone!r} has no fc dropout; "
+                             "expected null")
+        return self
 
 
 class SearchParams(_Section):

@@ -83,7 +83,7 @@ class Task(ABC):
     train_metric: ClassVar[str]                # the per-batch train metric: train_<key> in the epoch rows
     points: ClassVar[bool] = False             # targets are frame coordinates that move with a shifted frame (augment)
     needs_landmarks: ClassVar[bool] = False    # targets are landmark annotations (data.source)
-    fc_dropout: ClassVar[Optional[float]] = None  # the pretrained VGG's fc6/fc7 dropout (None: the backbone's)
+    fc_dropout: ClassVar[Optional[float]] = None  # the pretrained CNN's fc6/fc7 dropout (None: the backbone's)
     frame_phase: ClassVar[bool] = False        # pretraining can add (class, phase) targets (pipeline.training.phase)
     fusion: ClassVar[str]                      # how streams are fused, in words (evaluation.json, final.pt)
     evaluate_modalities: ClassVar[tuple[str, ...]]  # the streams `evaluate.modalities: null` fuses
