@@ -72,5 +72,16 @@ plots-template:
 	cd .dvc/tmp/npm && npm ci --no-audit --no-fund
 	$(BIN)/python .dvc/plots/offline.py .dvc/tmp/npm/node_modules
 
+# the docs site (docs/, mkdocs.yml) into site/: `mkdocs build --strict` fails on a broken link or anchor, a page left
+# out of the nav or a docstring mkdocstrings cannot render; offline (no web fonts, no CDN: open site/index.html).
+# docs-serve: the same site with search and live reload on http://127.0.0.1:$(DOCS_PORT)
+DOCS_PORT ?= 8000
+.PHONY: docs docs-serve
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:$(DOCS_PORT)
+
 clean-venv:
 	rm -rf $(VENV)
