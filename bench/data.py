@@ -128,12 +128,13 @@ def data_wait_fraction(clips_dir: Path, epochs: int = 2, batch: int = 16) -> tup
     """(fraction of train_epoch wall time spent in the loader, clips/s) for a raw-clip PreLSTM on vgg_mini."""
     import pipeline.training.trainer as train
     import prernn
+    from pipeline.training.tasks import Classification
 
     ds = ClipDataset(clips_dir, "train", "rgb", raw=True)
     T, H, _, C = ds[0][0].shape
     torch.manual_seed(0)
     model = prernn.convert(prernn.create_backbone("vgg_mini", ds.num_classes, input_size=H), ["fc6"], "lstm")
-    trainer = train.Trainer(model, lr_inherited=1e-4, lr_new=1e-3, batch_size=batch)
+    trainer = train.Trainer(model, lr_inherited=1e-4, lr_new=1e-3, batch_size=batch, task=Classification())
     orig = train.DataLoader
     train.DataLoader = _TimedLoader
     try:

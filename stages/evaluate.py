@@ -37,9 +37,9 @@ def log_to_mlflow(search_meta: dict, ev: FinalEvaluation, p, selection: dict, fi
     """The final model and its files in a child run of the search's parent run; its info, None if MLflow failed."""
     fused, example = fused_model(ev)
     flat = mlflow_metrics(ev.metrics)
+    run_params = {"evaluate": p.model_dump(), "selected": ev.choices["selected"]["name"]}
     info = log_final_model(search_meta, fused, register_name=p.register_name, model_meta=ev.meta, example=example,
-                           metrics=flat, params={"evaluate": p.model_dump(), "selected": ev.choices["selected"]["name"]},
-                           files=files, final_path=final_path, history=ev.history,
+                           metrics=flat, params=run_params, files=files, final_path=final_path, history=ev.history,
                            version_tags=version_tags(ev, selection))
     log_reports(search_meta, files, artifact_path="evaluate", tags={f"final_{k}": v for k, v in flat.items()})
     return info
