@@ -28,7 +28,8 @@ def main(argv=None) -> None:
     ap.add_argument("--search", default="search", help="the search stage's output folder")
     ap.add_argument("--out", default="reports", help="folder for selection.json, table1.md/.csv and plots/")
     args = ap.parse_args(argv)
-    p = load_stage_params(args.params, "select").select
+    params = load_stage_params(args.params, "select")
+    p = params.select
     try:
         trials, meta = read_search(Path(args.search))
     except ReportInputError as err:
