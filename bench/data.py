@@ -29,8 +29,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+import pipeline.training.trainer as train  # its DataLoader is swapped for a timed one (data_wait_fraction)
+import prernn
 from pipeline.data.clipstore import ClipWriter
 from pipeline.data.dataset import ClipDataset, Normalize
+from pipeline.training.tasks import Classification
 
 
 def synthetic_clip(rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
@@ -126,14 +129,11 @@ class _TimedLoader(DataLoader):
 
 def data_wait_fraction(clips_dir: Path, epochs: int = 2, batch: int = 16) -> tuple[float, float]:
     """(fraction of train_epoch wall time spent in the loader, clips/s) for a raw-clip PreLSTM on vgg_mini."""
-    import pipeline.training.trainer as train
-    import prernn
-
     ds = ClipDataset(clips_dir, "train", "rgb", raw=True)
     T, H, _, C = ds[0][0].shape
     torch.manual_seed(0)
     model = prernn.convert(prernn.create_backbone("vgg_mini", ds.num_classes, input_size=H), ["fc6"], "lstm")
-    trainer = train.Trainer(model, lr_inherited=1e-4, lr_new=1e-3, batch_size=batch)
+    trainer = train.Trainer(model, lr_inherited=1e-4, lr_new=1e-3, batch_size=batch, task=Classification())
     orig = train.DataLoader
     train.DataLoader = _TimedLoader
     try:

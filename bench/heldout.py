@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 import yaml
 
+from pipeline.data.synthetic import write_video
+
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "videos"
 PAIRS = {"slide_right": ("slide", False), "slide_left": ("slide", True),
@@ -91,8 +93,6 @@ def render(rng: np.random.Generator, kind: str, sources: list, frames: int, size
 
 def write_set(root: Path, clips_per_class: int, *, seed: int = 1, frames: int = 16, size: int = 64, fps: int = 15) -> Path:
     """The held-out set as class folders of MJPG AVI files under `root`; returns `root`."""
-    from pipeline.data.synthetic import write_video
-
     rng = np.random.default_rng(seed)
     sources = background_frames()
     for i in range(clips_per_class):

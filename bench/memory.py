@@ -23,6 +23,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench.stream import make_model
+from pipeline.core.params import DataParams
+from pipeline.data.sources import ingest, write_manifest
+
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT = 640, 480
 GOAL = 1.2
@@ -50,8 +54,6 @@ def write_long_video(path: Path, frames: int, fps: int) -> Path:
 def peak_rss_mb(cmd: list[str], cwd: Path) -> tuple[float, float]:
     """Run `cmd` (`[python, "-m", module, args...]` or `[python, "-c", code]`) as a child; -> (its own peak RSS in
     MB, VmHWM read inside it by bench.hwm, wall seconds). Raises if it fails."""
-    import tempfile
-
     if cmd[1] == "-c":  # code: run it as a module of its own
         folder = Path(tempfile.mkdtemp(prefix="hwm-"))
         (folder / "snippet.py").write_text(cmd[2])
@@ -73,9 +75,6 @@ def peak_rss_mb(cmd: list[str], cwd: Path) -> tuple[float, float]:
 
 def extract_project(folder: Path, video: Path) -> list[str]:
     """A manifest of the one video (train split) and params for it; -> the extract stage's command."""
-    from pipeline.core.params import DataParams
-    from pipeline.data.sources import ingest, write_manifest
-
     root = folder / "videos"
     (root / "long").mkdir(parents=True)
     os.link(video, root / "long" / video.name)
@@ -93,8 +92,6 @@ def main(argv=None) -> None:
     ap.add_argument("--factor", type=int, default=10, help="the long video is this many times longer (default 10)")
     ap.add_argument("--fps", type=int, default=25)
     args = ap.parse_args(argv)
-    from bench.stream import make_model
-
     tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     try:
         model = make_model(tmp / "final.pt", 32)

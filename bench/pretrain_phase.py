@@ -3,8 +3,9 @@
 
 On a finished classification project (its `data/clips` and `params.yaml`: the built-in set after `make repro`, a
 `bench.heldout --keep DIR` project), pretrains the search stream's CNN with the pretrain stage's own code
-(`stages.pretrain.pretrain_modality`) once per pretraining seed and variant, then trains each configuration over
-its cached trunk with the search recipe of params.yaml (`bench.search_recipe.run_recipe`, one search seed).
+(`pipeline.training.pretrain.pretrain_modality`) once per pretraining seed and variant, then trains each
+configuration over its cached trunk with the search recipe of params.yaml (`bench.search_recipe.run_recipe`, one
+search seed).
 Variants: `params.yaml` (its `pretrain.phase_bins`, `dropout`), `labels alone, dropout 0.2` (phase_bins 0) and
 `labels alone, dropout 0.5` (phase_bins 0, the VGG's dropout: the default before phase targets). Prints per
 variant and configuration the best val score per pretraining seed and its mean [95% interval] over the seeds (the
@@ -24,8 +25,8 @@ from pipeline.core.checkpoint import backbone_from
 from pipeline.core.params import load_stage_params
 from pipeline.data.dataset import ClipDataset
 from pipeline.report.seeds import mean_interval
+from pipeline.training.pretrain import pretrain_modality
 from pipeline.training.tasks import task_from_params
-from stages.pretrain import pretrain_modality
 
 PREVIOUS_DEFAULT = "labels alone, dropout 0.5"  # the default before phase targets: the ratio lines' baseline
 VARIANTS = {"params.yaml": {}, "labels alone, dropout 0.2": {"phase_bins": 0, "dropout": 0.2},

@@ -23,6 +23,7 @@ from pipeline.core.checkpoint import load_backbone
 from pipeline.data.dataset import ClipDataset
 from pipeline.search.trunk_cache import prepare_splits
 from pipeline.report.seeds import mean_interval
+from pipeline.training.tasks import Classification
 from pipeline.training.trainer import Trainer, seed_everything
 
 ARCHS = (("prernn-gru-fc6", "gru", ["fc6"]), ("prernn-lstm-fc6", "lstm", ["fc6"]), ("traditional-lstm-1", "lstm", None))
@@ -40,7 +41,8 @@ def train_once(backbone, arch, splits, *, seed: int, epochs: int, readout: str) 
     _, cell, layers = arch
     seed_everything(seed)
     model = build(backbone, cell, layers)
-    trainer = Trainer(model, lr_inherited=5e-4, lr_new=3e-3, batch_size=16, seed=seed, start=splits["train"].start)
+    trainer = Trainer(model, lr_inherited=5e-4, lr_new=3e-3, batch_size=16, seed=seed, start=splits["train"].start,
+                      task=Classification())  # the recipe of the classification set
     trainer.readout = readout  # the recipe under test
     rows = [trainer.fit_epoch(splits["train"], splits["val"]) for _ in range(epochs)]
     ev = trainer.evaluate(splits["val"])

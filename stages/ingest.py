@@ -5,14 +5,13 @@ Manifest columns: video_id,path,depth_path,label,class_name,split,frames,fps,wid
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
 
 from pipeline.core.atomic import atomic_path
 from pipeline.core.params import load_stage_params
-from pipeline.data.sources import SourceError, ingest, write_manifest
+from pipeline.data.sources import SourceError, ingest, write_ingest
 
 
 def main(argv=None) -> None:
@@ -20,14 +19,14 @@ def main(argv=None) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="data/ingest", help="output folder (manifest.csv, classes.json, videos/)")
     args = ap.parse_args(argv)
-    data = load_stage_params(args.params, "ingest").data
+    params = load_stage_params(args.params, "ingest")
+    data = params.data
     out = Path(args.out)
     try:
         with atomic_path(out) as tmp:
             tmp.mkdir(parents=True)
             rows, class_names = ingest(data, tmp, final_dir=out)
-            write_manifest(rows, tmp / "manifest.csv")
-            (tmp / "classes.json").write_text(json.dumps(class_names, indent=1) + "\n")
+            write_ingest(rows, class_names, tmp)
     except SourceError as err:
         print(f"ingest: {err}", file=sys.stderr)
         sys.exit(1)

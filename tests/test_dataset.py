@@ -8,6 +8,7 @@ from pipeline.data.dataset import ClipDataset, FrameDataset
 from pipeline.data.extraction import extract_manifest
 from pipeline.core.params import DataParams, ExtractParams, SyntheticParams
 from pipeline.data.sources import ingest
+from pipeline.training.tasks import Classification
 
 CLASSES = ["swipe_left", "swipe_right", "push"]
 
@@ -126,7 +127,8 @@ def test_trainer_on_raw_clips_matches_the_float_dataset(clips):
         cnn = prernn.create_backbone("vgg_mini", 3, input_size=16)
         train, val = (ClipDataset(folder, s, "rgb", raw=raw) for s in ("train", "val"))
         feats = prepare_splits(cnn, {"val": val}, prernn.trunk_boundary(cnn), cache_trunk=True)["val"].x
-        trainer = Trainer(prernn.convert(cnn, ["fc6"], "gru"), lr_inherited=1e-3, lr_new=1e-2, batch_size=4, seed=3)
+        trainer = Trainer(prernn.convert(cnn, ["fc6"], "gru"), lr_inherited=1e-3, lr_new=1e-2, batch_size=4, seed=3,
+                          task=Classification())
         rows = [trainer.fit_epoch(train, val) for _ in range(2)]
         runs.append(([(r["train_loss"], r["val_loss"], r["val_acc"]) for r in rows], feats))
     assert runs[0][0] == runs[1][0]
@@ -145,7 +147,8 @@ def test_uncached_splits_keep_uint8_clips_and_train_as_the_float_ones(clips):
         cnn = prernn.create_backbone("vgg_mini", 3, input_size=16)
         data = {s: ClipDataset(folder, s, "rgb", raw=raw) for s in ("train", "val")}
         splits = prepare_splits(cnn, data, prernn.trunk_boundary(cnn), cache_trunk=False)
-        trainer = Trainer(prernn.convert(cnn, ["fc6"], "lstm"), lr_inherited=1e-3, lr_new=1e-2, batch_size=4, seed=1)
+        trainer = Trainer(prernn.convert(cnn, ["fc6"], "lstm"), lr_inherited=1e-3, lr_new=1e-2, batch_size=4, seed=1,
+                          task=Classification())
         rows = [trainer.fit_epoch(splits["train"], splits["val"]) for _ in range(2)]
         runs[raw] = (splits, [(r["train_loss"], r["val_loss"]) for r in rows])
     f, u = runs[False][0]["val"], runs[True][0]["val"]

@@ -164,9 +164,9 @@ def test_pretrain_and_prernn_learn_landmarks(tmp_path):
     from pipeline.data.extraction import extract_manifest
     from pipeline.core.params import DataParams, ExtractParams, PretrainParams, SyntheticLandmarkParams
     from pipeline.data.sources import ingest
+    from pipeline.training.pretrain import pretrain_modality
     from pipeline.training.tasks import LandmarkRegression
     from pipeline.training.trainer import Trainer, fit
-    from stages.pretrain import pretrain_modality
 
     torch.set_num_threads(2)
     data = DataParams(source="synthetic_landmarks", val_fraction=0.2, test_fraction=0.0,

@@ -75,7 +75,7 @@ def test_aggregate_means_seeds_pools_gates_and_fails_a_configuration_with_a_fail
     reset = pre["gate_stats"]["fc6"]["gates"]["reset"]
     assert (reset["inside"], reset["outside"]) == (10, 10) and reset["left"] == [0.2, 0.4] and reset["hist"] == [2] * 10
     assert tra["status"] == "failed" and tra["val_acc"] is None and "boom" in tra["error"]
-    selection = select_configuration([pre, tra], frame_reference=0.4)
+    selection = select_configuration([pre, tra], frame_reference=0.4, metric="val_acc")
     # pooled over seeds 10 inside vs 10 outside: a tie is not saturated, so the layer reverts (the CNN alone)
     assert selection["trials"][0]["decision"] == "reverted"
     assert selection["selected"]["seeds"] == [0, 1] and selection["selected"]["score"] == 0.4
@@ -86,7 +86,8 @@ def test_table1_shows_intervals_the_frame_reference_and_per_seed_values():
     trials = [_trial("prernn-gru-fc6", s, a) for s, a in ((0, 0.6), (1, 0.8), (2, 0.7))]
     trials += [_trial("traditional-gru-1", s, 0.5, kind="traditional") for s in (0, 1, 2)]
     configs = aggregate(trials, "val_acc")
-    table = build_table(configs, selection=select_configuration(configs), candidates=["fc6"], frame_reference=0.45)
+    table = build_table(configs, selection=select_configuration(configs, metric="val_acc"), candidates=["fc6"],
+                        frame_reference=0.45, metric="val_acc")
     md = to_markdown(table)
     expected = mean_interval([0.6, 0.8, 0.7]).text()
     assert expected in md and "CNN alone per frame" in md

@@ -16,7 +16,7 @@ def test_saturated_kept_unsaturated_reverted_and_ranked_as_reverted():
         trial("a", layers=["fc6"], val_acc=0.70, stats={"fc6": layer("lstm", *SAT)}),
         trial("b", layers=["fc6", "fc7"], val_acc=0.90, stats={"fc6": layer("lstm", *SAT), "fc7": layer("lstm", *UNSAT)}),
     ]
-    sel = select_configuration(trials)
+    sel = select_configuration(trials, metric="val_acc")
     rows = _rows(sel)
     assert rows["a"]["decision"] == "kept" and rows["a"]["saturation"]["fc6"]["saturated"] is True
     assert rows["b"]["decision"] == "reverted"
@@ -31,12 +31,13 @@ def test_saturated_kept_unsaturated_reverted_and_ranked_as_reverted():
     assert sat["decided_by"] == ["forget"] and rows["b"]["decided_by"] == {"fc6": ["forget"], "fc7": ["forget"]}
     assert sat["inside"] == 8 and sat["outside"] == 2 and sat["inside_fraction"] == pytest.approx(0.8)
     assert set(sat["gates"]) == {"input", "forget", "output"} and sat["gates"]["input"]["saturated"] is False
-    pooled = _rows(select_configuration(trials, gates="all"))["b"]["saturation"]["fc7"]
+    pooled = _rows(select_configuration(trials, gates="all", metric="val_acc"))["b"]["saturation"]["fc7"]
     assert pooled["decided_by"] == ["input", "forget", "output"] and (pooled["inside"], pooled["outside"]) == (24, 6)
 
 
 def test_tie_is_not_saturated():
-    sel = select_configuration([trial("t", cell="gru", layers=["fc6"], stats={"fc6": layer("gru", *TIE)})])
+    sel = select_configuration([trial("t", cell="gru", layers=["fc6"], stats={"fc6": layer("gru", *TIE)})],
+                               metric="val_acc")
     row = _rows(sel)["t"]
     assert row["saturation"]["fc6"]["saturated"] is False and row["decision"] == "reverted"
 
@@ -69,7 +70,7 @@ RULE_CASES = [
 @pytest.mark.parametrize("cell,per_gate,expected", RULE_CASES)
 def test_decision_and_deciding_gates_per_rule_and_cell(cell, per_gate, expected, gates):
     stats = {"fc6": layer(cell, 0, 0, per_gate=per_gate)}
-    sel = select_configuration([trial("p", cell=cell, layers=["fc6"], stats=stats)], gates=gates)
+    sel = select_configuration([trial("p", cell=cell, layers=["fc6"], stats=stats)], gates=gates, metric="val_acc")
     row = _rows(sel)["p"]
     decision, decided_by = expected[gates]
     assert sel["gates"] == gates and row["decision"] == decision
@@ -77,27 +78,30 @@ def test_decision_and_deciding_gates_per_rule_and_cell(cell, per_gate, expected,
     assert row["saturation"]["fc6"]["saturated"] is ({"kept": True, "reverted": False}[decision] if per_gate else None)
     if decision == "reverted":
         assert all(g in row["reason"] for g in decided_by)
-    assert sel["rule"] != select_configuration([trial("p", cell=cell, layers=["fc6"], stats=stats)],
-                                               gates="all" if gates == "embodiment" else "embodiment")["rule"]
+    other = "all" if gates == "embodiment" else "embodiment"
+    assert sel["rule"] != select_configuration([trial("p", cell=cell, layers=["fc6"], stats=stats)], gates=other,
+                                               metric="val_acc")["rule"]
 
 
 def test_traditional_layers_show_the_deciding_gates_too():
     base = trial("t", kind="traditional", num_layers=2, stats={"rnn1": layer("lstm", *SAT), "rnn2": layer("lstm", *UNSAT)})
-    row = _rows(select_configuration([base, trial("p", layers=["fc6"], stats={"fc6": layer("lstm", *SAT)})]))["t"]
+    row = _rows(select_configuration([base, trial("p", layers=["fc6"], stats={"fc6": layer("lstm", *SAT)})],
+                                     metric="val_acc"))["t"]
     assert row["decision"] == "baseline" and row["decided_by"] == {"rnn1": ["forget"], "rnn2": ["forget"]}
     assert row["saturation"]["rnn2"]["saturated"] is False
 
 
 def test_an_unknown_rule_names_select_gates():
     with pytest.raises(SelectionError, match="select.gates: 'forget'"):
-        select_configuration([trial("p", layers=["fc6"], stats={"fc6": layer("lstm", *SAT)})], gates="forget")
+        select_configuration([trial("p", layers=["fc6"], stats={"fc6": layer("lstm", *SAT)})], gates="forget",
+                             metric="val_acc")
 
 
 def test_failed_trials_are_failed_never_scored():
     trials = [trial("ok", layers=["fc6"], val_acc=0.3, stats={"fc6": layer("lstm", *SAT)}),
               trial("bad", layers=["fc7"], status="failed", error="CUDA out of memory")]
     trials[1]["val_acc"] = 0.99  # a stale score must not count
-    sel = select_configuration(trials)
+    sel = select_configuration(trials, metric="val_acc")
     bad = _rows(sel)["bad"]
     assert bad["decision"] == "failed" and bad["score"] is None and "out of memory" in bad["reason"]
     assert sel["selected"]["name"] == "ok" and sel["counts"]["failed"] == 1
@@ -107,7 +111,7 @@ def test_vrnn_has_no_gates_and_is_kept_by_score():
     trials = [trial("v", cell="vrnn", layers=["fc6", "fc7"], val_acc=0.8,
                     stats={"fc6": layer("vrnn", 0, 0), "fc7": layer("vrnn", 0, 0)}),
               trial("l", layers=["fc6"], val_acc=0.7, stats={"fc6": layer("lstm", *SAT)})]
-    sel = select_configuration(trials)
+    sel = select_configuration(trials, metric="val_acc")
     v = _rows(sel)["v"]
     assert v["decision"] == "kept" and "no gates" in v["reason"]
     assert v["saturation"]["fc6"]["saturated"] is None
@@ -122,7 +126,7 @@ def test_fallback_ranks_reverted_configurations_by_their_reverted_score():
               trial("p67", layers=["fc6", "fc7"], val_acc=0.95, params=1600,
                     stats={"fc6": layer("lstm", *SAT), "fc7": layer("lstm", *UNSAT)}),
               trial("base", kind="traditional", num_layers=1, val_acc=0.9, stats={"rnn1": layer("lstm", *SAT)})]
-    sel = select_configuration(trials, frame_reference=0.55)
+    sel = select_configuration(trials, frame_reference=0.55, metric="val_acc")
     rows = _rows(sel)
     assert rows["p67"]["score"] == 0.50 and rows["p67"]["searched_score"] == 0.95
     assert rows["p67"]["scored_as"]["configuration"] == "p6" and rows["p67"]["recurrent_params"] == 800
@@ -137,7 +141,7 @@ def test_fallback_ranks_reverted_configurations_by_their_reverted_score():
     # the baseline is reported, never selected
     assert sel["baseline"]["name"] == "base" and rows["base"]["decision"] == "baseline"
     # without the CNN-alone score only p67 can be scored as reverted
-    sel = select_configuration(trials)
+    sel = select_configuration(trials, metric="val_acc")
     assert _rows(sel)["p6"]["score"] is None and "frame_reference" in _rows(sel)["p6"]["reason"]
     assert sel["selected"]["name"] == "p67" and sel["selected"]["layers"] == ["fc6"] and sel["selected"]["score"] == 0.50
 
@@ -147,7 +151,7 @@ def test_a_reverted_form_outside_the_search_is_not_ranked_and_says_which_layers_
               # fc7 alone, but trained with another hh_init: not the model evaluate would train for y
               trial("z", layers=["fc7"], val_acc=0.9, stats={"fc7": layer("lstm", *UNSAT)})]
     trials[1]["config"]["hh_init"] = "xavier"
-    sel = select_configuration(trials)
+    sel = select_configuration(trials, metric="val_acc")
     y = _rows(sel)["y"]
     assert y["decision"] == "reverted" and y["effective_layers"] == ["fc7"]
     assert y["score"] is None and y["scored_as"] is None and y["searched_score"] == 0.7
@@ -168,13 +172,13 @@ def test_a_reverted_form_is_scored_by_its_mean_over_seeds():
     trials = [seeded("c6", s, a, ["fc6"], {"fc6": layer("lstm", *SAT)}) for s, a in ((0, 0.6), (1, 0.8))]
     trials += [seeded("c67", s, 0.95, ["fc6", "fc7"], both) for s in (0, 1)]
     configs = aggregate(trials, "val_acc")
-    c67 = _rows(select_configuration(configs))["c67"]
+    c67 = _rows(select_configuration(configs, metric="val_acc"))["c67"]
     assert c67["scored_as"]["configuration"] == "c6" and c67["score"] == pytest.approx(0.7)
     assert c67["per_seed"] == {"0": 0.6, "1": 0.8} and c67["interval"]["n"] == 2
 
 
 def test_missing_gate_statistics_revert_the_layer():
-    sel = select_configuration([trial("m", layers=["fc6"], stats={})])
+    sel = select_configuration([trial("m", layers=["fc6"], stats={})], metric="val_acc")
     assert _rows(sel)["m"]["decision"] == "reverted"
 
 
@@ -188,7 +192,7 @@ def test_min_mode_and_unknown_metric():
 
 
 def test_full_space_counts():
-    sel = select_configuration(space())
+    sel = select_configuration(space(), metric="val_acc")
     # fc6 saturated, fc7 not: per gated cell and SIH, fc6 kept, fc7 and fc6+fc7 reverted; VRNN 3 kept
     assert sel["counts"] == {"kept": 3 + 2 * 2, "reverted": 2 * 2 * 2, "baseline": 6, "failed": 0}
     assert sel["selected"]["kind"] == "prernn" and sel["selected"]["score"] == max(
@@ -237,11 +241,11 @@ def test_ties_go_to_fewer_recurrent_parameters_then_the_name_and_say_so():
               trial("a-small", layers=["fc6"], val_acc=0.6, params=500, stats={"fc6": layer("lstm", *SAT)}),
               trial("0-large", layers=["fc6"], val_acc=0.6, params=9000, stats={"fc6": layer("lstm", *SAT)}),
               trial("worse", layers=["fc6"], val_acc=0.5, params=10, stats={"fc6": layer("lstm", *SAT)})]
-    sel = select_configuration(trials)
+    sel = select_configuration(trials, metric="val_acc")
     assert sel["selected"]["name"] == "a-small" and sel["tie_break"] == TIE_BREAK
     assert "3 tied at 0.600 (0-large, a-small, b-small)" in sel["selected"]["reason"]
     assert TIE_BREAK in sel["selected"]["reason"]
-    alone = select_configuration(trials[-1:])
+    alone = select_configuration(trials[-1:], metric="val_acc")
     assert "tied" not in alone["selected"]["reason"]
 
 

@@ -11,7 +11,7 @@ TITLES = ["Traditional 1 layer", "Traditional 2 layers", "PreRNN fc6", "PreRNN f
 
 
 def _csv(trials, **kw):
-    table = build_table(trials, candidates=["fc6", "fc7"], **kw)
+    table = build_table(trials, candidates=["fc6", "fc7"], **{"metric": "val_acc", **kw})
     return list(csv.DictReader(io.StringIO(to_csv(table)))), table
 
 
@@ -47,8 +47,8 @@ def test_failed_and_missing_cells():
 
 def test_markdown_marks_selected_and_reverted_and_shows_sih_saving():
     trials = space()
-    sel = select_configuration(trials)
-    md = to_markdown(build_table(trials, selection=sel, candidates=["fc6", "fc7"]), title="rgb")
+    sel = select_configuration(trials, metric="val_acc")
+    md = to_markdown(build_table(trials, selection=sel, candidates=["fc6", "fc7"], metric="val_acc"), title="rgb")
     assert md.count("**") == 2 + 2 * 1                         # the legend's **bold** and one selected cell
     assert "†" in md.split("## Recurrent")[0].split("| cell")[1]
     assert "(-75%)" in md                                      # SIH 2000 vs 8000 recurrent parameters
@@ -61,8 +61,8 @@ def test_cells_in_long_form_for_dvc_plots_and_the_tie_break_in_the_caption():
     from pipeline.report.table1 import to_cells_csv
 
     trials = space()
-    sel = select_configuration(trials)
-    table = build_table(trials, selection=sel, candidates=["fc6", "fc7"])
+    sel = select_configuration(trials, metric="val_acc")
+    table = build_table(trials, selection=sel, candidates=["fc6", "fc7"], metric="val_acc")
     rows = list(csv.DictReader(io.StringIO(to_cells_csv(table))))
     assert len(rows) == 3 * len(table.columns) and {r["metric"] for r in rows} == {"val_acc"}
     by = {(r["cell"], r["column"]): r for r in rows}
@@ -82,8 +82,8 @@ def test_conv_and_mixed_combinations_get_columns_in_forward_order():
               trial("prernn-gru-fc7", cell="gru", layers=["fc7"], stats={"fc7": layer("gru", *sat)}),
               trial("prernn-gru-conv2", cell="gru", layers=["conv2"], stats={"conv2": layer("gru", *sat)}),
               trial("traditional-gru-1", kind="traditional", cell="gru", stats={"rnn1": layer("gru", *unsat)})]
-    sel = select_configuration(trials)
-    table = build_table(trials, selection=sel, candidates=["conv1", "conv2", "conv3", "fc6", "fc7"])
+    sel = select_configuration(trials, metric="val_acc")
+    table = build_table(trials, selection=sel, candidates=["conv1", "conv2", "conv3", "fc6", "fc7"], metric="val_acc")
     titles = [c.title for c in table.columns]
     assert titles[2:5] == ["PreRNN conv2", "PreRNN fc7", "PreRNN conv3/fc6"]
     by = {r["name"]: r for r in sel["trials"]}
@@ -95,8 +95,8 @@ def test_conv_and_mixed_combinations_get_columns_in_forward_order():
 
 def test_reverted_configurations_are_listed_with_the_score_they_are_ranked_by():
     trials = space()
-    sel = select_configuration(trials, frame_reference=0.33)
-    md = to_markdown(build_table(trials, selection=sel, candidates=["fc6", "fc7"]))
+    sel = select_configuration(trials, frame_reference=0.33, metric="val_acc")
+    md = to_markdown(build_table(trials, selection=sel, candidates=["fc6", "fc7"], metric="val_acc"))
     metric_part = md.split("## Recurrent")[0]
     section = metric_part.split("### Reverted configurations")[1]
     by = {t["name"]: t for t in trials}
@@ -108,5 +108,5 @@ def test_reverted_configurations_are_listed_with_the_score_they_are_ranked_by():
     assert lines["prernn-lstm-sih-fc7"] == (f"| prernn-lstm-sih-fc7 | fc7 | none | frames | 0.330 | "
                                              f"{by['prernn-lstm-sih-fc7']['val_acc']:.3f} |")
     assert "forget gate" in metric_part.split("| cell")[0]                # the legend names the deciding gates
-    no_sel = to_markdown(build_table(trials, candidates=["fc6", "fc7"]))
+    no_sel = to_markdown(build_table(trials, candidates=["fc6", "fc7"], metric="val_acc"))
     assert "### Reverted configurations" not in no_sel and "below" not in no_sel

@@ -24,7 +24,7 @@ def _setup(seed=0):
 
 
 def _trainer(model, start, seed=0):
-    return Trainer(model, lr_inherited=3e-3, lr_new=1e-2, batch_size=6, seed=seed, start=start)
+    return Trainer(model, lr_inherited=3e-3, lr_new=1e-2, batch_size=6, seed=seed, start=start, task=Classification())
 
 
 def test_sequence_model_learns_separable_toy_set():
@@ -43,7 +43,7 @@ def test_frame_model_learns_too():
     bb = prernn.create_backbone("vgg_mini", 3, input_size=16, width=32)
     x, y = toy_tensors(n_per_class=4)
     frames, labels = x.reshape(-1, *x.shape[2:]), y.repeat_interleave(x.shape[1])
-    trainer = Trainer(bb, lr_inherited=3e-3, lr_new=3e-3, batch_size=16, seed=0)
+    trainer = Trainer(bb, lr_inherited=3e-3, lr_new=3e-3, batch_size=16, seed=0, task=Classification())
     history = fit(trainer, (frames, labels), (frames, labels), epochs=4)
     assert history[-1]["val_acc"] > 0.9
 
@@ -95,9 +95,11 @@ def test_epochs_to_95_and_summary():
     hist = [{"epoch": 1, "val_acc": 0.5, "val_loss": 2.0, "clips_per_sec": 10.0},
             {"epoch": 2, "val_acc": 0.96, "val_loss": 1.0, "clips_per_sec": 20.0},
             {"epoch": 3, "val_acc": 1.0, "val_loss": 0.5, "clips_per_sec": 30.0}]
-    assert epochs_to_fraction(hist) == 2
-    assert epochs_to_fraction(hist, fraction=1.0) == 3
-    assert epochs_to_fraction([]) is None
+    assert epochs_to_fraction(hist, "val_acc") == 2
+    assert epochs_to_fraction(hist, "val_acc", fraction=1.0) == 3
+    auc = [{"epoch": 1, "val_auc": 0.1}, {"epoch": 2, "val_auc": 0.5}]  # a regression history: no val_acc
+    assert epochs_to_fraction(auc, "val_auc") == 2 and epochs_to_fraction(auc, "val_acc") is None
+    assert epochs_to_fraction([], "val_acc") is None
     s = summarize(hist, Classification())
     assert (s.at_best("val_acc"), s.at_best("val_loss"), s.best_epoch, s.epochs_to_95, s.clips_per_sec) == \
         (1.0, 0.5, 3, 2, 20.0)

@@ -3,6 +3,8 @@
 `ingest(data_params, work_dir, final_dir)` -> manifest rows (dicts with `MANIFEST_COLUMNS`), one
 per video, in a stable order (class folder / list order). Splits are stratified and seeded, or
 come from `data.split_files` (a missing val/test split is carved from train the same way).
+`write_ingest(rows, class_names, folder)` writes them as `manifest.csv` and `classes.json`;
+`read_manifest(path)` and `manifest_class_names(path, rows)` read them back (the extract stage).
 
 Accepted list lines (paths relative to `data.root`; never outside it):
   `path label`                          a video (or a folder of frames, all its images)
@@ -16,6 +18,7 @@ sibling as its depth video; depth files are never listed as videos of their own.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -317,3 +320,20 @@ def read_manifest(path: Path) -> list[dict]:
             r["fps"] = float(r["fps"] or 0)
             rows.append(r)
     return rows
+
+
+def write_ingest(rows: list[dict], class_names: list[str], folder: Path) -> None:
+    """The ingest stage's outputs in `folder`: `manifest.csv` (MANIFEST_COLUMNS) and `classes.json` (the class
+    names by label)."""
+    write_manifest(rows, folder / "manifest.csv")
+    (folder / "classes.json").write_text(json.dumps(class_names, indent=1) + "\n")
+
+
+def manifest_class_names(manifest: Path, rows: list[dict]) -> list[str]:
+    """The class names by label: `classes.json` beside the manifest, else the manifest rows' `class_name`s
+    (`class_<label>` for a label no row has)."""
+    classes_file = Path(manifest).parent / "classes.json"
+    if classes_file.is_file():
+        return json.loads(classes_file.read_text())
+    names = {r["label"]: r["class_name"] for r in rows}
+    return [names.get(i, f"class_{i}") for i in range(max(names) + 1)]

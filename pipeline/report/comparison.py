@@ -5,7 +5,8 @@ In: `pipeline.report.evaluation.run_evaluation`'s result (every role trained onc
 = [{"seed", "streams": {modality: last-epoch test outputs}, "fused": last-epoch fused outputs}]; `result["targets"]`
 the test labels or landmarks) and a task's score functions (`Task.metric_fn`). Out: `compare(...)` -> {view: {metric: {"selected", "baseline" (mean and
 95% t-interval over seeds), "difference" (selected - baseline: mean over seeds, paired bootstrap 95% interval
-over test clips), "excludes_zero"}}} for view in "fused" and every modality.
+over test clips), "excludes_zero"}}} for view in "fused" and every modality; `comparison_lines(metrics)` the
+same as text, one line per view and metric (the evaluate stage prints them).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.report.seeds import mean_interval, paired_bootstrap
+from pipeline.report.seeds import Interval, mean_interval, paired_bootstrap
 
 # metric name -> (outputs (N, ...), labels (N, ...)) -> value
 Scores = dict[str, Callable[[object, object], float]]
@@ -48,3 +49,23 @@ def compare(result: dict, modalities: list[str], scores: Scores, *, resamples: i
                 entry["excludes_zero"] = bool(diff.low > 0 or diff.high < 0)
             out[view][metric] = entry
     return out
+
+
+def _interval_text(d: dict) -> str:
+    return Interval(d["mean"], d["ci_low"], d["ci_high"], d["n"]).text()
+
+
+def comparison_lines(metrics: dict) -> list[str]:
+    """One line per view and metric of metrics.json: selected and baseline (mean [95% interval] over seeds) and
+    their difference (paired bootstrap over test clips); then the CNN alone per frame, per modality."""
+    lines = []
+    for view, per in metrics.get("comparison", {}).items():
+        for metric, e in per.items():
+            line = f"{view} {metric} over seeds {metrics.get('seeds')}: selected {_interval_text(e['selected'])}"
+            if "difference" in e:
+                line += (f", baseline {_interval_text(e['baseline'])}, difference {_interval_text(e['difference'])} "
+                         f"({'excludes' if e['excludes_zero'] else 'includes'} 0)")
+            lines.append(line)
+    for m, ref in metrics.get("frame_reference", {}).items():
+        lines.append(f"{m} CNN alone (per frame): " + ", ".join(f"{k} {v:.3f}" for k, v in ref.items()))
+    return lines

@@ -278,7 +278,7 @@ def _choice(row: dict, trial: dict, *, fallback: bool, reason: str) -> dict:
     }
 
 
-def select_configuration(trials: list[dict], *, low: float = 0.1, high: float = 0.9, metric: str = "val_acc",
+def select_configuration(trials: list[dict], *, metric: str, low: float = 0.1, high: float = 0.9,
                          mode: str = "max", gates: str = "embodiment",
                          frame_reference: float | None = None) -> dict:
     """Judge every trial and choose the configuration to evaluate (see the module docstring).

@@ -89,7 +89,7 @@ def _value(trial: dict, quantity: str, metric: str):
     return "n/a" if value is None else value
 
 
-def build_table(trials: list[dict], *, metric: str = "val_acc", mode: str = "max",
+def build_table(trials: list[dict], *, metric: str, mode: str = "max",
                 selection: dict | None = None, candidates: list[str] | None = None,
                 frame_reference: float | None = None) -> Table:
     """Lay the configurations out as Table 1 (see the module docstring). Several in one cell: the best ok one."""

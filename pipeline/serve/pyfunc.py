@@ -34,7 +34,7 @@ from mlflow.types import ColSpec, Schema
 from pipeline.core.checkpoint import RefusedFile, read_weights_only
 from pipeline.serve.errors import PredictError
 from pipeline.serve.predictor import Predictor
-from pipeline.training.tasks import Classification, Task, task_from_entries
+from pipeline.training.tasks import Task, task_from_entries
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUT_COLUMNS = ("path", "depth_path")
@@ -72,12 +72,13 @@ def signature(task: Task) -> ModelSignature:
 
 
 def stored_task(final_path) -> Task:
-    """The task recorded in a final.pt's meta (weights_only load: nothing unpickled); classification if none, or
-    if the file does not load (Predictor.from_file reports an unusable file when the model loads)."""
+    """The task recorded in a final.pt's meta (weights_only load: nothing unpickled); the default task of
+    `task_from_entries` (classification) if none, or if the file does not load (Predictor.from_file reports an
+    unusable file when the model loads)."""
     try:
         return task_from_entries(read_weights_only(final_path).get("meta") or {})
     except (RefusedFile, OSError, ValueError, AttributeError):
-        return Classification()
+        return task_from_entries({})
 
 
 def log_predictor(final_path, *, name: str = "predictor", registered_model_name: str | None = None,

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from pipeline.data.dataset import device_normalizer
-from pipeline.training.tasks import Classification, Task
+from pipeline.training.tasks import Task, task_from_entries
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -134,13 +134,14 @@ class Trainer:
     """Epoch-steppable training of one model for one task; `state_dict()` / `load_state_dict()` for checkpoints.
 
     `start`: the stage name the inputs enter at (cached trunk features), or None for raw inputs.
-    `task`: a pipeline.training.tasks.Task (Classification by default).
+    `task`: the pipeline.training.tasks.Task trained for (its loss, metrics and readout).
     """
 
     def __init__(self, model: torch.nn.Module, *, lr_inherited: float, lr_new: float, weight_decay: float = 0.0,
                  batch_size: int = 16, seed: int = 0, start: Optional[str] = None, device="cpu",
                  task: Optional[Task] = None, augment: Optional[torch.nn.Module] = None):
-        self.task = task if task is not None else Classification()
+        # task None: the default task, for bench/search.py until it names its own (issue 28); then `task: Task`
+        self.task = task if task is not None else task_from_entries({})
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.readout = self.task.readout(model)  # "last" for recurrent models, "mean" for frame models (Task.readout)
@@ -222,7 +223,7 @@ class Trainer:
         self.history = list(state["history"])
 
 
-def evaluate_model(model: torch.nn.Module, data, *, task: Optional[Task] = None, device="cpu") -> Evaluation:
+def evaluate_model(model: torch.nn.Module, data, *, task: Task, device="cpu") -> Evaluation:
     """`Trainer.evaluate` of a model that is not trained here (the CNN alone, `prernn.frame_model`): data's
     `start` (cached trunk features) is used."""
     trainer = Trainer(model, lr_inherited=0.0, lr_new=0.0, start=getattr(data, "start", None), device=device,
@@ -240,8 +241,9 @@ def fit(trainer: Trainer, train_data, val_data, epochs: int,
     return trainer.history
 
 
-def epochs_to_fraction(history: list[EpochRow], key: str = "val_acc", fraction: float = 0.95) -> Optional[int]:
-    """The first epoch whose `key` reaches `fraction` of the best value in `history` (None if empty)."""
+def epochs_to_fraction(history: list[EpochRow], key: str, fraction: float = 0.95) -> Optional[int]:
+    """The first epoch whose `key` (a task's score, `Task.score`) reaches `fraction` of the best value in
+    `history` (None if empty)."""
     values = [row[key] for row in history if key in row and not math.isnan(row[key])]
     if not values:
         return None
