@@ -43,10 +43,16 @@ import torch
 import prernn
 from bench.search import make_split_clips
 from pipeline.data.dataset import ClipDataset
-from pipeline.search.trunk_cache import prepare_splits
 from pipeline.core.params import MlflowParams, SearchParams
-from pipeline.report.seeds import seed_values, with_seeds
+from pipeline.core.ray_cluster import connect
+from pipeline.core.tracking import TRIAL_TAG, Tracker
+from pipeline.search.results import write_outputs
 from pipeline.search.space import build_space
+from pipeline.search.stage import frame_reference
+from pipeline.search.trial_config import seed_values, with_seeds
+from pipeline.search.trunk_cache import prepare_splits
+from pipeline.search.tuner import SearchInputs, run_search
+from pipeline.training.tasks import Classification
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,12 +123,12 @@ def locked_errors(exp_dir: str | Path) -> list[str]:
 
 def store_problems(uri: str, experiment_id: str, parent: str, rows: list[dict]) -> list[str]:
     """Every way the MLflow store disagrees with the trials (section 3 of the module docstring), one line each."""
-    from pipeline.core import tracking
-    c = tracking.client(uri)
-    children = tracking.child_runs(uri, experiment_id, parent)
+    tracker = Tracker(uri)
+    c = tracker.client
+    children = tracker.child_runs(experiment_id, parent)
     by_trial: dict[str, list] = {}
     for run in children:
-        by_trial.setdefault(run.data.tags.get(tracking.TRIAL_TAG), []).append(run)
+        by_trial.setdefault(run.data.tags.get(TRIAL_TAG), []).append(run)
     problems = []
     if len(children) != len(rows):
         problems.append(f"{len(children)} child runs for {len(rows)} trials")
@@ -170,12 +176,6 @@ def run_scale(tmp: Path, *, configurations: int, seeds: int, clips: int, size: i
     """The search, the select stage and the store check (module docstring); returns the measurements."""
     import ray
 
-    from pipeline.core.params import validate_params
-    from pipeline.core.ray_cluster import connect
-    from pipeline.search.tuner import run_search, write_outputs
-    from pipeline.training.tasks import task_from_params
-    from stages.search import frame_reference
-
     clip_dir = make_split_clips(tmp / "clips", {"train": clips, "val": max(4, clips // 2)}, frames, size)
     datasets = {s: ClipDataset(clip_dir, s, "rgb") for s in ("train", "val")}
     torch.manual_seed(0)
@@ -188,15 +188,16 @@ def run_scale(tmp: Path, *, configurations: int, seeds: int, clips: int, size: i
     ckpt = {"config": backbone.config, "state_dict": backbone.state_dict(),
             "meta": {"class_names": datasets["train"].class_names}}
     uri = f"sqlite:///{tmp}/mlflow.db"
+    task = Classification()  # the default params' task
+    inputs = SearchInputs(ckpt, {boundary: splits}, space, candidates, boundary, task)
     ncpu = os.cpu_count() or 1
     slots = max(1, int(ncpu // cpus_per_trial))
     connect(None, num_cpus=ncpu, log_to_driver=False)  # Ray started once, outside the timed search
     try:
         with TreeCpu() as tree:
             driver0, t0 = time.process_time(), time.perf_counter()
-            rows, info = run_search(search, MlflowParams(tracking_uri=uri, experiment="bench-scale"), ckpt,
-                                    {boundary: splits}, candidates=candidates, boundary=boundary, space=space, base_dir=tmp, verbose=0,
-                                    fresh=True)
+            rows, info = run_search(search, MlflowParams(tracking_uri=uri, experiment="bench-scale"), inputs,
+                                    base_dir=tmp, verbose=0, fresh=True)
             wall, driver_cpu = time.perf_counter() - t0, time.process_time() - driver0
         cpu = tree.seconds
     finally:
@@ -211,9 +212,7 @@ def run_scale(tmp: Path, *, configurations: int, seeds: int, clips: int, size: i
     problems += [f"{d}: database is locked" for d in locked_errors(info["experiment_dir"])]
     problems += [f"{retries} store calls retried on 'database is locked'"] if retries else []
 
-    params = validate_params({})
-    info.update(cache_trunk=True, seeds=seed_values(search),
-                frame_reference=frame_reference(backbone, splits["val"], task_from_params(params)))
+    info.update(cache_trunk=True, seeds=seed_values(search), frame_reference=frame_reference(backbone, splits["val"], task))
     write_outputs(tmp / "search", rows, info)
     select_s, select_cpu = time_select(tmp / "search", tmp / "reports", tmp / "params.yaml")
     selection = json.loads((tmp / "reports" / "selection.json").read_text())

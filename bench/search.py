@@ -40,6 +40,7 @@ from pipeline.data.dataset import ClipDataset
 from pipeline.search.trunk_cache import prepare_splits
 from pipeline.core.params import MlflowParams, SearchParams
 from pipeline.search.space import build_space
+from pipeline.training.tasks import Classification
 from pipeline.training.trainer import Trainer, seed_everything
 
 
@@ -104,7 +105,7 @@ def ray_efficiency(ckpt: dict, splits: dict, arch: dict, search: SearchParams, n
     """The N-trial search vs the single trial through pipeline.search.tuner.run_search (see the module docstring):
     {"span": first start..last end of the n trials, "one": median single-trial wall time, "ratio",
     "many_wall" / "one_wall": whole run_search seconds, "ray_total": Ray's time_total_s per trial}."""
-    from pipeline.search.tuner import run_search
+    from pipeline.search.tuner import SearchInputs, run_search
 
     candidates, boundary = prernn.candidate_layers(ckpt["model"]), prernn.trunk_boundary(ckpt["model"])
     ck = {"config": ckpt["config"], "state_dict": ckpt["state_dict"], "meta": {"class_names": ckpt["classes"]}}
@@ -112,8 +113,8 @@ def ray_efficiency(ckpt: dict, splits: dict, arch: dict, search: SearchParams, n
 
     def run(space, tag):
         t0 = time.perf_counter()
-        rows, info = run_search(search, mlflow, ck, {boundary: splits}, candidates=candidates, boundary=boundary,
-                                space=space, base_dir=tmp, verbose=0, fresh=True)
+        inputs = SearchInputs(ck, {boundary: splits}, space, candidates, boundary, Classification())
+        rows, info = run_search(search, mlflow, inputs, base_dir=tmp, verbose=0, fresh=True)
         wall = time.perf_counter() - t0
         bad = [r for r in rows if r["status"] != "ok"]
         if bad:

@@ -149,11 +149,12 @@ def _patch(setattr_, faults: dict, signal_dir=None) -> None:
     run_search = tuner.run_search
 
     @functools.wraps(run_search)
-    def checked_run_search(*args, space=None, **kwargs):
-        unknown = sorted(set(faults) - {a["name"] for a in space or []})
+    def checked_run_search(search, mlflow_params, inputs, **kwargs):
+        names = [a["name"] for a in inputs.space]
+        unknown = sorted(set(faults) - set(names))
         if unknown:
-            raise ValueError(f"faults for {unknown}: not trials of this search ({[a['name'] for a in space or []]})")
-        return run_search(*args, space=space, **kwargs)
+            raise ValueError(f"faults for {unknown}: not trials of this search ({names})")
+        return run_search(search, mlflow_params, inputs, **kwargs)
 
     setattr_(tuner, "train_trial", with_faults(tuner.train_trial, faults, signal_dir))
     setattr_(tuner, "run_search", checked_run_search)

@@ -3,7 +3,7 @@ and doubled runs, and a whole 6-trial run through the real tuner printing its th
 import re
 
 from bench import scale
-from pipeline.core import tracking
+from pipeline.core.tracking import TRIAL_TAG, Tracker
 from pipeline.core.params import SearchParams
 
 
@@ -16,15 +16,15 @@ def test_space_repeats_the_default_configurations_under_distinct_names_once_per_
 
 
 def test_store_check_names_lost_doubled_and_unfinished_runs(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp = tracking.ensure_experiment(uri, "t")
-    parent = tracking.start_run(uri, exp, "search")
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    uri, exp = tracker.uri, tracker.ensure_experiment("t")
+    parent = tracker.start_run(exp, "search")
 
     def child(name, status="FINISHED"):
-        run = tracking.start_run(uri, exp, name, parent_run_id=parent, tags={tracking.TRIAL_TAG: name})
-        tracking.log_batch(uri, run, metrics={"val_acc": 0.5}, tags={"best_val_acc": "0.5"}, step=1)
-        tracking.log_json(uri, run, {}, "gate_stats.json")
-        tracking.end_run(uri, run, status)
+        run = tracker.start_run(exp, name, parent_run_id=parent, tags={TRIAL_TAG: name})
+        tracker.log_batch(run, metrics={"val_acc": 0.5}, tags={"best_val_acc": "0.5"}, step=1)
+        tracker.log_json(run, {}, "gate_stats.json")
+        tracker.end_run(run, status)
         return run
 
     rows = [{"name": n, "status": "ok", "error": None, "mlflow_run_id": None} for n in ("a", "b", "c", "d")]

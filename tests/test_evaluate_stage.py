@@ -148,8 +148,9 @@ def test_select_then_evaluate_log_to_the_parent_run_and_register(workdir, monkey
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    exp = tracking.ensure_experiment(uri, "prernn-test")
-    parent = tracking.start_run(uri, exp, "search")
+    tracker = tracking.Tracker(uri)
+    exp = tracker.ensure_experiment("prernn-test")
+    parent = tracker.start_run(exp, "search")
     trials = [trial("prernn-lstm-fc6", layers=["fc6"], val_acc=0.7, stats={"fc6": layer("lstm", 2, 8)}),
               trial("prernn-lstm-fc6+fc7", layers=["fc6", "fc7"], val_acc=0.9,
                     stats={"fc6": layer("lstm", 2, 8), "fc7": layer("lstm", 8, 2)}),
@@ -176,7 +177,7 @@ def test_select_then_evaluate_log_to_the_parent_run_and_register(workdir, monkey
                    "--pretrained", str(workdir / "pretrained"), "--selection", str(workdir / "reports" / "selection.json"),
                    "--search", str(workdir / "search"), "--out", str(workdir / "models" / "final.pt"),
                    "--metrics", str(workdir / "metrics.json"), "--plots", str(workdir / "reports")])
-    client = tracking.client(uri)
+    client = tracker.client
     names = {a.path for a in client.list_artifacts(parent, "select")} | {a.path for a in client.list_artifacts(parent, "evaluate")}
     assert {"select/table1.md", "select/selection.json", "select/plots", "evaluate/confusion.csv"} <= names
     assert client.get_run(parent).data.tags["prernn.selected"] == "prernn-lstm-fc6"

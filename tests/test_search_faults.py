@@ -41,16 +41,16 @@ def test_faulty_trials_fail_alone_are_retried_and_show_as_failed(workdir, monkey
 
     # retries: 1 + max_failures attempts for the failing trials, one restart for raise_once, one for the clean one
     info = json.loads((workdir / "search" / "search.json").read_text())
-    uri = info["tracking_uri"]
-    runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(uri, info["experiment_id"],
-                                                                            info["parent_run_id"])}
+    tracker = tracking.Tracker(info["tracking_uri"])
+    runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracker.child_runs(info["experiment_id"],
+                                                                           info["parent_run_id"])}
     assert sorted(runs) == sorted(trials)  # one child run per trial, retries reuse it
     attempts = {n: int(r.data.metrics["attempts"]) for n, r in runs.items()}
     assert attempts == {"prernn-gru-fc6": 2, "traditional-gru-1": 2, "prernn-gru-fc7": 2, "prernn-gru-fc6+fc7": 1}
     assert runs["prernn-gru-fc6"].info.status == "FAILED" and runs["prernn-gru-fc7"].info.status == "FINISHED"
 
     # the restarted trial continued from its epoch-1 checkpoint: each epoch trained (and logged) exactly once
-    client = tracking.client(uri)
+    client = tracker.client
     assert sorted(m.step for m in client.get_metric_history(runs["prernn-gru-fc7"].info.run_id, "val_acc")) == [1, 2]
     (trial_dir,) = (workdir / "ray").glob("search-rgb-*/prernn-gru-fc7_*")
     with open(trial_dir / "progress.csv") as fh:
@@ -80,9 +80,9 @@ def test_more_gpus_per_trial_than_the_cluster_has_stops_before_any_trial(workdir
     (workdir / "gpus.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    uri = f"sqlite:///{workdir}/mlflow.db"
-    exp = tracking.client(uri).get_experiment_by_name("faults")
-    before = len(tracking.client(uri).search_runs([exp.experiment_id])) if exp else 0
+    client = tracking.Tracker(f"sqlite:///{workdir}/mlflow.db").client
+    exp = client.get_experiment_by_name("faults")
+    before = len(client.search_runs([exp.experiment_id])) if exp else 0
     t0 = time.perf_counter()
     with pytest.raises(SystemExit) as exc:
         search.main(search_args(workdir, "gpus.yaml", "search_gpus"))
@@ -91,7 +91,7 @@ def test_more_gpus_per_trial_than_the_cluster_has_stops_before_any_trial(workdir
     assert "search.gpus_per_trial: 2: more than the Ray cluster has: 0 GPUs" in err, err
     assert not (workdir / "search_gpus").exists()
     # checked before the parent run is opened: no MLflow run was made for it
-    runs = tracking.client(uri).search_runs([exp.experiment_id]) if exp else []
+    runs = client.search_runs([exp.experiment_id]) if exp else []
     assert len(runs) == before
 
 
@@ -103,4 +103,4 @@ def test_the_fault_plugin_refuses_unknown_kinds_and_trials(monkeypatch):
     faults.install(monkeypatch, {"prernn-gru-fc9": "nan"})
     assert tuner.train_trial.__name__ == "train_trial"  # Tuner.restore matches trainables by name
     with pytest.raises(ValueError, match=r"\['prernn-gru-fc9'\]: not trials of this search"):
-        tuner.run_search(None, None, None, None, candidates=[], boundary="", space=[{"name": "prernn-gru-fc7"}])
+        tuner.run_search(None, None, tuner.SearchInputs({}, {}, [{"name": "prernn-gru-fc7"}], [], "", None))

@@ -83,7 +83,7 @@ def _paused(root: Path, *names: str, every: bool = True) -> bool:
 def _ended(root: Path, name: str) -> bool:
     """The trial's MLflow child run is FINISHED (its trainable returned)."""
     from pipeline.core import tracking
-    client = tracking.client(f"sqlite:///{root}/mlflow.db")
+    client = tracking.Tracker(f"sqlite:///{root}/mlflow.db").client
     try:
         exp = client.get_experiment_by_name("resume")
         runs = client.search_runs([exp.experiment_id], f"tags.`{tracking.TRIAL_TAG}` = '{name}'") if exp else []
@@ -95,7 +95,7 @@ def _ended(root: Path, name: str) -> bool:
 def _children(root: Path) -> dict:
     from pipeline.core import tracking
     info = json.loads((root / "search" / "search.json").read_text())
-    runs = tracking.child_runs(info["tracking_uri"], info["experiment_id"], info["parent_run_id"])
+    runs = tracking.Tracker(info["tracking_uri"]).child_runs(info["experiment_id"], info["parent_run_id"])
     assert len(runs) == len(TRIALS)
     return {r.data.tags[tracking.TRIAL_TAG]: r for r in runs}
 
@@ -103,7 +103,7 @@ def _children(root: Path) -> dict:
 def _histories(root: Path) -> dict:
     """{trial: {metric: [(step, value or None for a timing), ...] in logged order}}, `attempts` left out."""
     from pipeline.core import tracking
-    client = tracking.client(f"sqlite:///{root}/mlflow.db")
+    client = tracking.Tracker(f"sqlite:///{root}/mlflow.db").client
     out = {}
     for name, run in _children(root).items():
         out[name] = {}
@@ -169,8 +169,8 @@ def test_a_search_killed_at_any_moment_resumes_to_the_uninterrupted_result(momen
     assert not (root / "search").exists()  # nothing half-written
     before = {n: _trained(root, n) for n in TRIALS}
     state = json.loads(next(root.glob("ray/search-rgb-*/prernn_search.json")).read_text())
-    runs_before = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in
-                   tracking.child_runs(f"sqlite:///{root}/mlflow.db", state["experiment_id"], state["parent_run_id"])}
+    runs_before = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in tracking.Tracker(
+                   f"sqlite:///{root}/mlflow.db").child_runs(state["experiment_id"], state["parent_run_id"])}
 
     _run(root)
     info = json.loads((root / "search" / "search.json").read_text())
@@ -183,7 +183,7 @@ def test_a_search_killed_at_any_moment_resumes_to_the_uninterrupted_result(momen
     assert {n: children[n].info.run_id for n in runs_before} == runs_before
     assert all(r.info.status == "FINISHED" for r in children.values())
     for name, run in children.items():  # a new attempt is one more step of `attempts`, never a repeated one
-        steps = [m.step for m in tracking.client(info["tracking_uri"]).get_metric_history(run.info.run_id, "attempts")]
+        steps = [m.step for m in tracking.Tracker(info["tracking_uri"]).client.get_metric_history(run.info.run_id, "attempts")]
         assert steps == list(range(1, len(steps) + 1)), (name, steps)
     assert _histories(root) == _histories(uninterrupted)
     assert _rows(root) == _rows(uninterrupted)
@@ -192,9 +192,10 @@ def test_a_search_killed_at_any_moment_resumes_to_the_uninterrupted_result(momen
 def test_code_change_changes_the_fingerprint_so_no_stale_results_are_restored(tmp_path, monkeypatch):
     import torch
 
+    from pipeline.core.params import SearchParams
     from pipeline.search import tuner
     from pipeline.search.trunk_cache import SplitTensors
-    from pipeline.core.params import SearchParams
+    from pipeline.training.tasks import Classification
 
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
@@ -207,7 +208,8 @@ def test_code_change_changes_the_fingerprint_so_no_stale_results_are_restored(tm
     assert len(tuner.code_digest()) == 64  # the real packages are found and read
 
     args = (SearchParams(), "sqlite:///x.db", "e", {"state_dict": {"w": torch.ones(2)}},
-            {"fc6": {"train": SplitTensors(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))}}, [{"name": "a"}])
+            {"fc6": {"train": SplitTensors(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))}}, [{"name": "a"}],
+            Classification())
     names = set()
     for digest in ("old code", "new code", "old code"):
         monkeypatch.setattr(tuner, "code_digest", lambda digest=digest: digest)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline.search.tuner import TrialRow
+from pipeline.search.trial_config import TrialRow
 from tests.search_fixtures import CLASSES, make_clips
 
 TRIAL_KEYS = {"name", "kind", "cell", "sih", "layers", "num_layers", "status", "error", "val_acc", "val_loss",
@@ -96,7 +96,7 @@ def test_search_stage_writes_trials_and_nested_mlflow_runs(workdir, monkeypatch)
     assert info["tracking_uri"] == uri and info["trunk_boundary"] == "fc6"
     assert info["trunk_boundaries"] == ["conv3", "fc6"] and info["candidates"] == ["conv1", "conv2", "conv3", "fc6", "fc7"]
     assert (workdir / "search" / "trials.csv").read_text().splitlines()[0].startswith("name,configuration,seed,kind,cell,sih,layers")
-    children = tracking.child_runs(uri, info["experiment_id"], info["parent_run_id"])
+    children = tracking.Tracker(uri).child_runs(info["experiment_id"], info["parent_run_id"])
     assert sorted(r.info.run_id for r in children) == sorted(t["mlflow_run_id"] for t in trials)
     mixed = trials[1]
     assert mixed["layers"] == ["conv3", "fc6"] and set(mixed["gate_stats"]) == {"conv3", "fc6"}

@@ -1,13 +1,16 @@
 """pipeline.core.tracking (MLflow) and pipeline.core.ray_cluster: URIs, fail-fast checks, nested runs."""
 import json
+import pickle
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
-from pipeline.core import ray_cluster
+from pipeline.core import ray_cluster, tracking
+from pipeline.core.tracking import MetricLog, Tracker
 
-from pipeline.core import tracking
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,17 +52,17 @@ def test_unreachable_ray_address_fails_fast_naming_the_source(monkeypatch):
 
 
 def test_parent_and_nested_child_runs_in_sqlite(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp = tracking.ensure_experiment(uri, "t")
-    assert tracking.ensure_experiment(uri, "t") == exp
-    parent = tracking.start_run(uri, exp, "search", params={"search": {"cells": ["gru"], "epochs": 2}}, stage="search")
-    child = tracking.start_run(uri, exp, "trial-a", parent_run_id=parent, params={"lr": 0.1},
-                               tags={tracking.TRIAL_TAG: "trial-a", tracking.TRIAL_ID_TAG: "abc"}, stage="search")
-    tracking.log_metrics(uri, child, {"val_acc": 0.5, "name": "skipped", "ok": True}, step=1)
-    tracking.log_metrics(uri, child, {"val_acc": 0.75}, step=2)
-    tracking.log_json(uri, child, {"fc6": {"cell": "gru"}}, "gate_stats.json")
-    tracking.end_run(uri, child)
-    c = tracking.client(uri)
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tracker.ensure_experiment("t")
+    assert tracker.ensure_experiment("t") == exp
+    parent = tracker.start_run(exp, "search", params={"search": {"cells": ["gru"], "epochs": 2}}, stage="search")
+    child = tracker.start_run(exp, "trial-a", parent_run_id=parent, params={"lr": 0.1},
+                              tags={tracking.TRIAL_TAG: "trial-a", tracking.TRIAL_ID_TAG: "abc"}, stage="search")
+    tracker.log_batch(child, metrics={"val_acc": 0.5, "name": "skipped", "ok": True}, step=1)
+    tracker.log_batch(child, metrics={"val_acc": 0.75}, step=2)
+    tracker.log_json(child, {"fc6": {"cell": "gru"}}, "gate_stats.json")
+    tracker.end_run(child)
+    c = tracker.client
     run = c.get_run(child)
     assert run.data.tags[tracking.PARENT_TAG] == parent and run.data.tags["dvc_stage"] == "search"
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40 and run.data.params["lr"] == "0.1"
@@ -67,40 +70,39 @@ def test_parent_and_nested_child_runs_in_sqlite(tmp_path):
     assert [a.path for a in c.list_artifacts(child)] == ["gate_stats.json"]
     assert run.info.status == "FINISHED"
     assert c.get_run(parent).data.params["search.cells"] == '["gru"]'
-    assert [r.info.run_id for r in tracking.child_runs(uri, exp, parent)] == [child]
-    assert tracking.find_child_run(uri, exp, parent, "abc") == child
-    assert tracking.find_child_run(uri, exp, parent, "other") is None
+    assert [r.info.run_id for r in tracker.child_runs(exp, parent)] == [child]
+    assert tracker.find_child_run(exp, parent, "abc") == child
+    assert tracker.find_child_run(exp, parent, "other") is None
     # a new Ray trial id for the same trial (Ray lost its experiment state): found by the trial's name
-    assert tracking.find_child_run(uri, exp, parent, "other", name="trial-a") == child
-    assert tracking.find_child_run(uri, exp, parent, "other", name="trial-b") is None
+    assert tracker.find_child_run(exp, parent, "other", name="trial-a") == child
+    assert tracker.find_child_run(exp, parent, "other", name="trial-b") is None
     assert run.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())
 
 
 def test_metric_log_logs_each_key_and_step_once_across_instances(tmp_path):
     """A resumed trial's MetricLog reads back what the run holds and skips it; what is new is logged once."""
-    uri = f"sqlite:///{tmp_path}/m.db"
-    exp = tracking.ensure_experiment(uri, "metric-log")
-    run_id = tracking.start_run(uri, exp, "trial")
-    first = tracking.MetricLog(uri, run_id, new_run=True)
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db")
+    run_id = tracker.start_run(tracker.ensure_experiment("metric-log"), "trial")
+    first = MetricLog(tracker, run_id, new_run=True)
     first.log({"val_acc": 0.5, "name": "not a number"}, step=1)
     first.log({"val_acc": 0.5}, step=1)  # the same step again: skipped
     first.log({"recurrent_params": 10})
-    resumed = tracking.MetricLog(uri, run_id)  # a restarted attempt, on the same run
+    resumed = MetricLog(Tracker(tracker.uri), run_id)  # a restarted attempt (its own Tracker), on the same run
     assert resumed.logged >= {("val_acc", 1), ("recurrent_params", 0)}
     resumed.log({"val_acc": 0.75, "val_loss": 1.0}, step=1)  # val_acc@1 is there: only val_loss@1 is new
     resumed.log({"val_acc": 0.8}, step=2)
     resumed.log({"recurrent_params": 10})
-    history = lambda key: [(m.step, m.value) for m in tracking.client(uri).get_metric_history(run_id, key)]  # noqa: E731
+    history = lambda key: [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, key)]  # noqa: E731
     assert sorted(history("val_acc")) == [(1, 0.5), (2, 0.8)]
     assert history("val_loss") == [(1, 1.0)] and history("recurrent_params") == [(0, 10.0)]
 
 
 def test_metric_log_sends_an_epochs_metrics_and_summary_tags_in_one_store_write(tmp_path, monkeypatch):
     """A trial's epoch (its metrics and its summary tags) costs one `log_batch` on the store, not one per kind."""
-    uri = f"sqlite:///{tmp_path}/m.db"
-    run_id = tracking.start_run(uri, tracking.ensure_experiment(uri, "one-write"), "trial")
-    log = tracking.MetricLog(uri, run_id, new_run=True)
-    store_client = tracking.client(uri)
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db")
+    run_id = tracker.start_run(tracker.ensure_experiment("one-write"), "trial")
+    log = MetricLog(tracker, run_id, new_run=True)
+    store_client = tracker.client
     writes = []
     real = store_client.log_batch
     monkeypatch.setattr(store_client, "log_batch", lambda *a, **kw: (writes.append(kw), real(*a, **kw))[1])
@@ -117,18 +119,20 @@ def test_metric_log_sends_an_epochs_metrics_and_summary_tags_in_one_store_write(
 def test_a_trial_outside_the_checkout_takes_its_parents_commit_and_summaries_are_rounded_tags(tmp_path, monkeypatch):
     """Ray runs a trial in its own directory, where `git rev-parse` finds no repository: the run still carries the
     search's commit; one-off values are tags, rounded; per-epoch metrics lose float32 noise."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp = tracking.ensure_experiment(uri, "t")
-    parent = tracking.start_run(uri, exp, "search", stage="search")  # in the checkout: its commit
-    commit = tracking.client(uri).get_run(parent).data.tags[tracking.COMMIT_TAG]
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tracker.ensure_experiment("t")
+    parent = tracker.start_run(exp, "search", stage="search")  # in the checkout: its commit
+    commit = tracker.client.get_run(parent).data.tags[tracking.COMMIT_TAG]
     assert len(commit) == 40
     monkeypatch.chdir(tmp_path)  # not a git work tree, like a Ray worker's directory
     assert tracking.git_commit() == "unknown"
-    child = tracking.start_run(uri, exp, "trial", parent_run_id=parent, stage="search")
-    tracking.log_summary(uri, child, {"best_val_acc": 0.5833333134651184, "recurrent_params": 66048,
+    trial_tracker = pickle.loads(pickle.dumps(tracker))  # rebuilt in the trial's process from (uri, bound)
+    assert (trial_tracker.uri, trial_tracker.outage.bound_s) == (tracker.uri, tracker.outage.bound_s)
+    child = trial_tracker.start_run(exp, "trial", parent_run_id=parent, stage="search")
+    trial_tracker.log_summary(child, {"best_val_acc": 0.5833333134651184, "recurrent_params": 66048,
                                       "epochs_to_95": None})
-    tracking.log_metrics(uri, child, {"val_acc": 0.5833333134651184}, step=1)
-    run = tracking.client(uri).get_run(child)
+    trial_tracker.log_batch(child, metrics={"val_acc": 0.5833333134651184}, step=1)
+    run = tracker.client.get_run(child)
     assert run.data.tags[tracking.COMMIT_TAG] == commit
     assert run.data.tags["mlflow.source.name"] == "stages/search.py"
     assert run.data.tags["best_val_acc"] == "0.583" and run.data.tags["recurrent_params"] == "66048"
@@ -185,11 +189,12 @@ def test_artifacts_of_the_local_server_follow_a_moved_checkout(tmp_path, monkeyp
     first.mkdir()
     proc, uri = serve(first)
     try:
-        exp = tracking.ensure_experiment(uri, "moved")
-        run = tracking.start_run(uri, exp, "search", stage="search")
-        tracking.log_json(uri, run, {"table": 1}, "table1.json")
-        tracking.end_run(uri, run)
-        assert tracking.client(uri).get_run(run).info.artifact_uri.startswith("mlflow-artifacts:/")
+        tracker = Tracker(uri)
+        exp = tracker.ensure_experiment("moved")
+        run = tracker.start_run(exp, "search", stage="search")
+        tracker.log_json(run, {"table": 1}, "table1.json")
+        tracker.end_run(run)
+        assert tracker.client.get_run(run).info.artifact_uri.startswith("mlflow-artifacts:/")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -198,7 +203,7 @@ def test_artifacts_of_the_local_server_follow_a_moved_checkout(tmp_path, monkeyp
     shutil.move(str(first), str(moved))
     proc, uri = serve(moved)
     try:
-        c = tracking.client(uri)
+        c = Tracker(uri).client
         assert [a.path for a in c.list_artifacts(run)] == ["table1.json"]
         local = c.download_artifacts(run, "table1.json", str(tmp_path))
         assert json.loads(Path(local).read_text()) == {"table": 1}
@@ -212,28 +217,26 @@ def test_the_client_registers_where_it_tracks_whatever_the_environment_says(tmp_
     descriptions and aliases still go to the store the runs are in."""
     uri = f"sqlite:///{tmp_path}/runs.db"
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path}/elsewhere.db")
-    tracking._clients.pop(uri, None)
-    c = tracking.client(uri)
+    c = Tracker(uri).client
     c.create_registered_model("m")
     assert c._registry_uri == uri and [m.name for m in c.search_registered_models()] == ["m"]
 
 
 def test_log_batch_writes_params_tags_and_metrics_together_in_chunks_mlflow_accepts(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp = tracking.ensure_experiment(uri, "t")
-    run = tracking.start_run(uri, exp, "trial", params={"a": 1}, metrics={"attempts": 1}, step=1)
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    run = tracker.start_run(tracker.ensure_experiment("t"), "trial", params={"a": 1}, metrics={"attempts": 1}, step=1)
     calls = []
-    real = tracking.client(uri).log_batch
-    monkeypatch.setattr(tracking.client(uri), "log_batch", lambda *a, **k: (calls.append(k), real(*a, **k))[1])
-    tracking.set_tags(uri, run, {"x": 1, "y": "two", "z": "z" * 6000})
+    real = tracker.client.log_batch
+    monkeypatch.setattr(tracker.client, "log_batch", lambda *a, **k: (calls.append(k), real(*a, **k))[1])
+    tracker.log_batch(run, tags={"x": 1, "y": "two", "z": "z" * 6000})
     assert len(calls) == 1                                   # one store write, not one per tag
-    tracking.log_batch(uri, run, params={f"p{i}": i for i in range(150)}, tags={f"t{i}": i for i in range(120)},
-                       metrics={"val_acc": 0.5, "skipped": "text"}, step=3)
+    tracker.log_batch(run, params={f"p{i}": i for i in range(150)}, tags={f"t{i}": i for i in range(120)},
+                      metrics={"val_acc": 0.5, "skipped": "text"}, step=3)
     assert [(len(c["params"]), len(c["tags"]), len(c["metrics"])) for c in calls[1:]] == [(100, 100, 1), (50, 20, 0)]
-    data = tracking.client(uri).get_run(run).data
+    data = tracker.client.get_run(run).data
     assert len(data.params) == 151 and data.tags["t119"] == "119" and len(data.tags["z"]) == 5000
     assert data.metrics == {"attempts": 1.0, "val_acc": 0.5}
-    assert [m.step for m in tracking.client(uri).get_metric_history(run, "attempts")] == [1]
+    assert [m.step for m in tracker.client.get_metric_history(run, "attempts")] == [1]
 
 
 def test_journal_mode_wal_for_a_local_search_rollback_journal_for_a_cluster(tmp_path):
@@ -244,13 +247,22 @@ def test_journal_mode_wal_for_a_local_search_rollback_journal_for_a_cluster(tmp_
         with closing(sqlite3.connect(path)) as conn:
             return conn.execute("PRAGMA journal_mode").fetchone()[0]
 
-    uri = f"sqlite:///{tmp_path}/new/mlflow.db"
-    assert tracking.set_journal_mode(uri, local=True) == "wal"   # a new store is made in WAL mode
-    assert mode(tmp_path / "new" / "mlflow.db") == "wal"          # which the file keeps
-    run = tracking.start_run(uri, tracking.ensure_experiment(uri, "t"), "r")  # MLflow makes its tables in it
-    tracking.log_metrics(uri, run, {"val_acc": 0.5}, step=1)
-    assert tracking.client(uri).get_run(run).data.metrics == {"val_acc": 0.5}
-    shared = f"sqlite:///{tmp_path}/shared.db"
-    assert tracking.set_journal_mode(shared, local=True) == "wal"
-    assert tracking.set_journal_mode(shared, local=False) == "delete" == mode(tmp_path / "shared.db")
-    assert tracking.set_journal_mode("http://127.0.0.1:5000", local=True) is None
+    tracker = Tracker(f"sqlite:///{tmp_path}/new/mlflow.db")
+    assert tracker.set_journal_mode(local=True) == "wal"   # a new store is made in WAL mode
+    assert mode(tmp_path / "new" / "mlflow.db") == "wal"    # which the file keeps
+    run = tracker.start_run(tracker.ensure_experiment("t"), "r")  # MLflow makes its tables in it
+    tracker.log_batch(run, metrics={"val_acc": 0.5}, step=1)
+    assert tracker.client.get_run(run).data.metrics == {"val_acc": 0.5}
+    shared = Tracker(f"sqlite:///{tmp_path}/shared.db")
+    assert shared.set_journal_mode(local=True) == "wal"
+    assert shared.set_journal_mode(local=False) == "delete" == mode(tmp_path / "shared.db")
+    assert Tracker("http://127.0.0.1:5000").set_journal_mode(local=True) is None
+
+
+def test_the_sqlite_prefix_is_read_in_one_place(tmp_path):
+    assert tracking.sqlite_path("sqlite:///runs/m.db") == Path("runs/m.db")
+    assert tracking.sqlite_path("sqlite:////abs/m.db") == Path("/abs/m.db")
+    assert tracking.sqlite_path("sqlite:///:memory:") is None and tracking.sqlite_path("http://h:5000") is None
+    assert Tracker(f"sqlite:///{tmp_path}/m.db").default_artifact_location() == (tmp_path / "mlruns").as_uri()
+    assert Tracker("http://h:5000").default_artifact_location() is None
+    assert Path(tracking.__file__).read_text().count('"sqlite:///"') == 1  # SQLITE, read by sqlite_path alone

@@ -40,10 +40,8 @@ EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "clips_
 
 @pytest.fixture()
 def outage(monkeypatch):
-    """pipeline.core.tracking_outage with a 1 s bound and no outage in progress (restored afterwards)."""
+    """pipeline.core.tracking_outage probing every 0.1 s (restored afterwards)."""
     from pipeline.core import tracking_outage
-    monkeypatch.setattr(tracking_outage, "_state", {"bound_s": 1.0})
-    monkeypatch.setattr(tracking_outage, "_down_since", {})
     monkeypatch.setattr(tracking_outage, "PROBE_EVERY_S", 0.1)
     return tracking_outage
 
@@ -81,17 +79,19 @@ def test_a_call_while_the_server_is_down_waits_up_to_the_bound_then_names_the_ur
     import threading
 
     uri = _closed()
+    store = outage.Outage(uri, 1)
     with pytest.raises(outage.ServerDown):  # a caller that buffers is told at once
-        outage.call(uri, _refused, wait=False)
+        store.call(_refused, wait=False)
     with pytest.raises(outage.TrackingUnavailable, match=rf"^MLflow tracking server {uri} did not answer for 1 s "
                                                          r"\(mlflow.outage_s\)$"):
-        outage.call(uri, _refused)
-    assert outage.call("sqlite:///x.db", lambda: "local") == "local"
+        store.call(_refused)
+    local = outage.Outage("sqlite:///x.db", 1)
+    assert local.call(lambda: "local") == "local"
     with pytest.raises(ConnectionError):  # a local store has no outages: its errors are its own
-        outage.call("sqlite:///x.db", _refused)
+        local.call(_refused)
 
     # down for 0.4 s, less than the bound: the call waits and goes through, once the server answers again
-    outage._down_since.clear()
+    store = outage.Outage(uri, 1)
     up, calls = threading.Event(), []
     monkeypatch.setattr(outage, "answers", lambda *a, **k: up.is_set())
 
@@ -102,22 +102,23 @@ def test_a_call_while_the_server_is_down_waits_up_to_the_bound_then_names_the_ur
         return "ok"
 
     threading.Timer(0.4, up.set).start()
-    assert outage.call(uri, store_call) == "ok"
-    assert calls[0] is False and calls[-1] is True and uri not in outage._down_since
+    assert store.call(store_call) == "ok"
+    assert calls[0] is False and calls[-1] is True and store.down_since is None
 
 
 def test_an_error_from_a_server_that_answers_is_raised_as_it_is(outage, answering):
     def bad():
         raise ValueError("RESOURCE_DOES_NOT_EXIST")
 
+    store = outage.Outage(answering, 1)
     with pytest.raises(ValueError, match="RESOURCE_DOES_NOT_EXIST"):
-        outage.call(answering, bad)
-    assert outage._down_since == {}
+        store.call(bad)
+    assert store.down_since is None
 
 
 def test_the_watch_calls_back_once_when_the_server_has_been_silent_for_the_bound(outage, answering):
     tripped = []
-    with outage.Watch(_closed(), 0.5, lambda: tripped.append(time.monotonic())) as watch:
+    with outage.Outage(_closed(), 0.5).watch(lambda: tripped.append(time.monotonic())) as watch:
         deadline = time.monotonic() + 10
         while not tripped and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -128,14 +129,19 @@ def test_the_watch_calls_back_once_when_the_server_has_been_silent_for_the_bound
     assert not watch.tripped and len(tripped) == 1
 
 
-def test_set_bound_cuts_mlflow_s_own_retries_unless_the_environment_sets_them(outage, monkeypatch):
+def test_the_tracker_holds_its_bound_and_cuts_mlflow_s_own_retries_unless_the_environment_sets_them(outage, monkeypatch):
+    import pickle
+
+    from pipeline.core.tracking import Tracker
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
-    outage.set_bound(30)
-    assert outage.bound_s() == 30 and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    driver = Tracker(_closed(), 30)
+    assert driver.outage.bound_s == 30 and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
-    outage.set_bound(40)
+    trial = Tracker(driver.uri, outage.trial_bound(40))
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
-    assert outage.trial_bound(40) > 40  # the driver stops the search before a waiting trial gives up
+    assert trial.outage.bound_s > 40  # the driver stops the search before a waiting trial gives up
+    assert driver.outage.bound_s == 30  # each tracker its own bound: no process-wide setting
+    assert pickle.loads(pickle.dumps(trial)).outage.bound_s == trial.outage.bound_s
 
 
 def test_metric_log_keeps_values_while_the_server_is_down_and_sends_each_once(outage, monkeypatch, tmp_path):
@@ -143,36 +149,36 @@ def test_metric_log_keeps_values_while_the_server_is_down_and_sends_each_once(ou
     keeps the values; a send that landed before its answer was lost is not repeated; beyond `max_pending` values
     `log` waits for the server."""
     from pipeline.core import tracking
-    uri = f"sqlite:///{tmp_path}/m.db"
-    exp = tracking.ensure_experiment(uri, "t")
-    run = tracking.start_run(uri, exp, "trial")
-    send, down, waited = tracking._write, {"now": True, "landed": True}, []
+    tracker = tracking.Tracker(f"sqlite:///{tmp_path}/m.db", 1)
+    uri = tracker.uri
+    run = tracker.start_run(tracker.ensure_experiment("t"), "trial")
+    send, down, waited = tracker._write, {"now": True, "landed": True}, []
 
-    def outage_send(uri_, run_id, values, wait=True, **kw):
+    def outage_send(run_id, values, wait=True, **kw):
         if down["now"]:
             if down["landed"]:  # the first send reached the store, its answer did not come back
                 down["landed"] = False
-                send(uri_, run_id, values, **kw)
-            raise tracking.ServerDown(uri_, time.monotonic())
-        send(uri_, run_id, values, **kw)
+                send(run_id, values, **kw)
+            raise tracking.ServerDown(uri, time.monotonic())
+        send(run_id, values, **kw)
 
-    def server_back(uri_, since):
-        waited.append(uri_)
+    def server_back(since):
+        waited.append(uri)
         down["now"] = False
 
-    monkeypatch.setattr(tracking, "_write", outage_send)
-    monkeypatch.setattr(outage, "wait_until_back", server_back)
-    log = tracking.MetricLog(uri, run, new_run=True, max_pending=4)
+    monkeypatch.setattr(tracker, "_write", outage_send)
+    monkeypatch.setattr(tracker.outage, "wait_until_back", server_back)
+    log = tracking.MetricLog(tracker, run, new_run=True, max_pending=4)
     log.log({"val_acc": 0.5, "name": "skipped"}, step=1)  # landed, but the log cannot know
     assert set(log.pending) == {("val_acc", 1)}
     log.log({"val_acc": 0.6}, step=2)  # reads back what the run holds first: step 1 is there
     assert not waited and set(log.pending) == {("val_acc", 2)}
     log.log({"val_acc": 0.7, "val_loss": 1.0, "train_loss": 2.0, "train_acc": 0.1}, step=3)  # 5 > 4: wait
     assert waited == [uri] and log.pending == {}
-    history = tracking.client(uri).get_metric_history(run, "val_acc")
+    history = tracker.client.get_metric_history(run, "val_acc")
     assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.6), (3, 0.7)]
     log.log({"val_acc": 0.8}, step=4)  # the server is back: sent at once
-    assert log.pending == {} and len(tracking.client(uri).get_metric_history(run, "val_acc")) == 4
+    assert log.pending == {} and len(tracker.client.get_metric_history(run, "val_acc")) == 4
 
 
 @pytest.fixture(scope="module")

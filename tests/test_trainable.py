@@ -6,10 +6,13 @@ import torch
 
 import prernn
 from pipeline.core import tracking
-from pipeline.search.trunk_cache import SplitTensors, trunk_features
 from pipeline.core.params import MlflowParams, SearchParams
+from pipeline.search.results import write_outputs
 from pipeline.search.space import build_space
-from pipeline.search.tuner import ROW_KEYS, run_search, write_outputs
+from pipeline.search.trial_config import ROW_KEYS
+from pipeline.search.trunk_cache import SplitTensors, trunk_features
+from pipeline.search.tuner import SearchInputs, run_search
+from pipeline.training.tasks import Classification
 from tests import faults
 from tests.search_fixtures import toy_tensors
 
@@ -52,8 +55,8 @@ def test_search_runs_trials_logs_child_runs_and_marks_nan_trial_failed(ray_sessi
     run_search = tuner.run_search
     assert [a["name"] for a in space] == ["prernn-gru-sih-fc7", "prernn-lstm-sih-fc7", "traditional-vrnn-1"]
     mlflow = MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="t")
-    rows, info = run_search(search, mlflow, ckpt, {boundary: splits}, candidates=candidates, boundary=boundary,
-                            space=space, base_dir=tmp_path, verbose=0)
+    inputs = SearchInputs(ckpt, {boundary: splits}, space, candidates, boundary, Classification())
+    rows, info = run_search(search, mlflow, inputs, base_dir=tmp_path, verbose=0)
     assert [r["name"] for r in rows] == [a["name"] for a in space]
     assert all(CONTRACT_KEYS <= set(r) for r in rows)
     ok, bad = rows[:2], rows[2]
@@ -65,15 +68,15 @@ def test_search_runs_trials_logs_child_runs_and_marks_nan_trial_failed(ray_sessi
         assert list(r["gate_stats"]) == ["fc7"] and r["gate_stats"]["fc7"]["cell"] == r["cell"]
         assert r["config"]["lr_new"] == search.lr_new and r["config"]["layers"] == ["fc7"]
     # one MLflow child run per trial under the one parent run
-    uri = info["tracking_uri"]
-    children = tracking.child_runs(uri, info["experiment_id"], info["parent_run_id"])
+    tracker = tracking.Tracker(info["tracking_uri"])
+    children = tracker.child_runs(info["experiment_id"], info["parent_run_id"])
     assert sorted(c.data.tags[tracking.TRIAL_TAG] for c in children) == sorted(r["name"] for r in rows)
     by_id = {c.info.run_id: c for c in children}
     assert {r["mlflow_run_id"] for r in rows} == set(by_id)
     assert by_id[bad["mlflow_run_id"]].info.status == "FAILED"
     assert by_id[ok[0]["mlflow_run_id"]].info.status == "FINISHED"
     assert by_id[ok[0]["mlflow_run_id"]].data.params["cell"] == "gru"
-    client = tracking.client(uri)
+    client = tracker.client
     assert len(client.get_metric_history(ok[0]["mlflow_run_id"], "val_acc")) == 2
     assert client.get_run(info["parent_run_id"]).info.status == "FINISHED"
     write_outputs(tmp_path / "search", rows, info)
@@ -84,15 +87,13 @@ def test_search_runs_trials_logs_child_runs_and_marks_nan_trial_failed(ray_sessi
             "trunk_boundary"} <= set(meta)
 
     # same inputs again: the finished experiment is restored from storage_path, nothing is retrained
-    again, info2 = run_search(search, mlflow, ckpt, {boundary: splits}, candidates=candidates, boundary=boundary,
-                              space=space, base_dir=tmp_path, verbose=0)
+    again, info2 = run_search(search, mlflow, inputs, base_dir=tmp_path, verbose=0)
     assert info2["restored"] and info2["parent_run_id"] == info["parent_run_id"]
     assert [(r["name"], r["status"], r["val_acc"]) for r in again] == [(r["name"], r["status"], r["val_acc"]) for r in rows]
-    assert len(tracking.child_runs(uri, info["experiment_id"], info["parent_run_id"])) == 3
+    assert len(tracker.child_runs(info["experiment_id"], info["parent_run_id"])) == 3
 
     # fresh: retrained from scratch under a new parent run, the same metrics run to run
-    fresh, info3 = run_search(search, mlflow, ckpt, {boundary: splits}, candidates=candidates, boundary=boundary,
-                              space=space, base_dir=tmp_path, verbose=0, fresh=True)
+    fresh, info3 = run_search(search, mlflow, inputs, base_dir=tmp_path, verbose=0, fresh=True)
     assert not info3["restored"] and info3["parent_run_id"] != info["parent_run_id"]
     key = lambda rs: [(r["name"], r["status"], r["val_acc"], r["val_loss"], r["gate_stats"]) for r in rs]  # noqa: E731
     assert key(fresh) == key(rows)
@@ -112,8 +113,9 @@ def test_same_seed_same_trial_metrics_without_cached_trunk(ray_session, inputs, 
                           cache_trunk=False, storage_path=str(tmp_path / "ray"))
     (arch,) = build_space(search, candidates)
     space = [arch, {**arch, "name": arch["name"] + "-again"}]
-    rows, info = run_search(search, MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/m.db"), ckpt, {None: raw},
-                            candidates=candidates, boundary=boundary, space=space, base_dir=tmp_path, verbose=0)
+    rows, info = run_search(search, MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/m.db"),
+                            SearchInputs(ckpt, {None: raw}, space, candidates, boundary, Classification()),
+                            base_dir=tmp_path, verbose=0)
     assert [r["status"] for r in rows] == ["ok", "ok"], [r["error"] for r in rows]
     a, b = ([{k: v for k, v in h.items() if k not in ("clips_per_sec", "epoch_seconds")} for h in r["history"]]
             for r in rows)

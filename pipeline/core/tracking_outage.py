@@ -2,16 +2,17 @@
 
 Only http(s) tracking URIs have outages; for a sqlite store every call runs as it is (a "database is locked"
 from concurrent trials is retried a few times).
-- `set_bound(seconds)`: how long the tracking calls of this process wait for a server that stopped answering
-  (`mlflow.outage_s` in the search driver; a trial waits longer, `trial_bound`, so that the driver, not a
-  failing trial, decides). MLflow's own HTTP retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, 7 by default, minutes of
-  backoff per call) are cut to one unless the environment sets them, so the wait is this module's.
-- `call(uri, fn, *args)`: a store call. When it fails and the server does not answer `/health`, it waits for the
-  server (probing every second) and calls again; an error from a server that answers is raised as it is. Past
-  the bound, counted from when the outage began: TrackingUnavailable, one line naming the URI. `wait=False`:
-  ServerDown at once instead, for a caller that buffers (pipeline.core.tracking.MetricLog).
-- `Watch(uri, bound_s, on_outage)`: a thread (the search driver's) that probes `/health` every second and calls
-  `on_outage()` once when the server has not answered for `bound_s`.
+- `Outage(uri, bound_s)`: the calls to one store (a `pipeline.core.tracking.Tracker` holds one). `bound_s`: how
+  long they wait for a server that stopped answering (`mlflow.outage_s` in the search driver; a trial waits
+  longer, `trial_bound`, so that the driver, not a failing trial, decides). MLflow's own HTTP retries
+  (MLFLOW_HTTP_REQUEST_MAX_RETRIES, 7 by default, minutes of backoff per call) are cut to one unless the
+  environment sets them, so the wait is this module's.
+- `Outage.call(fn, *args)`: a store call. When it fails and the server does not answer `/health`, it waits for
+  the server (probing every second) and calls again; an error from a server that answers is raised as it is.
+  Past the bound, counted from when the outage began: TrackingUnavailable, one line naming the URI.
+  `wait=False`: ServerDown at once instead, for a caller that buffers (pipeline.core.tracking.MetricLog).
+- `Watch(uri, bound_s, on_outage)` (`Outage.watch(on_outage)`): a thread (the search driver's) that probes
+  `/health` every second and calls `on_outage()` once when the server has not answered for `bound_s`.
 """
 from __future__ import annotations
 
@@ -20,12 +21,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Callable
+from typing import Callable, Optional
 
 DEFAULT_BOUND_S = 120.0
 PROBE_EVERY_S = 1.0
-_state = {"bound_s": DEFAULT_BOUND_S}
-_down_since: dict[str, float] = {}  # uri -> time.monotonic() when its calls began to fail, while they do
 
 
 class TrackingUnavailable(RuntimeError):
@@ -38,16 +37,6 @@ class ServerDown(TrackingUnavailable):
     def __init__(self, uri: str, since: float):
         super().__init__(f"MLflow tracking server {uri} does not answer")
         self.uri, self.since = uri, since
-
-
-def set_bound(seconds: float) -> None:
-    """Wait up to `seconds` for a server that stopped answering (this process); see the module docstring."""
-    _state["bound_s"] = float(seconds)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-
-
-def bound_s() -> float:
-    return _state["bound_s"]
 
 
 def trial_bound(driver_bound_s: float) -> float:
@@ -77,45 +66,52 @@ def answers(uri: str, timeout: float = 3.0) -> bool:
     return True
 
 
-def wait_until_back(uri: str, since: float) -> None:
-    """Return once the server answers; TrackingUnavailable when `bound_s()` has passed since `since`."""
-    while not answers(uri, timeout=min(3.0, max(0.5, bound_s()))):
-        if time.monotonic() - since > bound_s():
-            raise TrackingUnavailable(outage_message(uri, bound_s()))
-        time.sleep(PROBE_EVERY_S)
+class Outage:
+    """The calls to the store at `uri` through outages of up to `bound_s` seconds (module docstring).
+    `down_since`: time.monotonic() when its calls began to fail, while they do; `lock_retries`: the calls retried
+    because a sqlite store was locked by another writer (bench.scale reads it through the trials' results)."""
 
+    def __init__(self, uri: str, bound_s: float = DEFAULT_BOUND_S):
+        self.uri, self.bound_s = uri, float(bound_s)
+        self.down_since: Optional[float] = None
+        self.lock_retries = 0
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 
-_lock_retries = [0]  # store calls this process retried on "database is locked"
+    def wait_until_back(self, since: float) -> None:
+        """Return once the server answers; TrackingUnavailable when `bound_s` has passed since `since`."""
+        while not answers(self.uri, timeout=min(3.0, max(0.5, self.bound_s))):
+            if time.monotonic() - since > self.bound_s:
+                raise TrackingUnavailable(outage_message(self.uri, self.bound_s))
+            time.sleep(PROBE_EVERY_S)
 
-
-def lock_retries() -> int:
-    """How many store calls this process retried because a sqlite store was locked by another writer."""
-    return _lock_retries[0]
-
-
-def call(uri: str, fn: Callable, *args, wait: bool = True, **kwargs):
-    """`fn(*args, **kwargs)`, a call to the store at `uri`, through outages (module docstring)."""
-    locked = 0
-    while True:
-        try:
-            result = fn(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - MLflow wraps connection errors and sqlite locks in MlflowException
-            if "locked" in str(err).lower() and locked < 4:  # concurrent trials share one sqlite file
-                locked += 1
-                _lock_retries[0] += 1
-                time.sleep(0.2 * locked)
+    def call(self, fn: Callable, *args, wait: bool = True, **kwargs):
+        """`fn(*args, **kwargs)`, a call to the store, through outages (module docstring)."""
+        locked = 0
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - MLflow wraps connection errors and sqlite locks in MlflowException
+                if "locked" in str(err).lower() and locked < 4:  # concurrent trials share one sqlite file
+                    locked += 1
+                    self.lock_retries += 1
+                    time.sleep(0.2 * locked)
+                    continue
+                if not is_http(self.uri) or answers(self.uri):
+                    raise
+                if self.down_since is None:
+                    self.down_since = time.monotonic()
+                if time.monotonic() - self.down_since > self.bound_s:
+                    raise TrackingUnavailable(outage_message(self.uri, self.bound_s)) from None
+                if not wait:
+                    raise ServerDown(self.uri, self.down_since) from None
+                self.wait_until_back(self.down_since)
                 continue
-            if not is_http(uri) or answers(uri):
-                raise
-            since = _down_since.setdefault(uri, time.monotonic())
-            if time.monotonic() - since > bound_s():
-                raise TrackingUnavailable(outage_message(uri, bound_s())) from None
-            if not wait:
-                raise ServerDown(uri, since) from None
-            wait_until_back(uri, since)
-            continue
-        _down_since.pop(uri, None)
-        return result
+            self.down_since = None
+            return result
+
+    def watch(self, on_outage: Callable[[], None]) -> "Watch":
+        """A `Watch` of this store with this bound."""
+        return Watch(self.uri, self.bound_s, on_outage)
 
 
 class Watch:

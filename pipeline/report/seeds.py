@@ -15,22 +15,9 @@ from typing import Sequence
 import numpy as np
 from scipy import special  # stdtrit: Student's t quantiles (scipy.stats' own, without its import cost)
 
+from pipeline.search.trial_config import seed_values, with_seeds  # noqa: F401 - the seed axis of the space
+
 CONFIDENCE = 0.95
-
-
-def seed_values(search) -> list[int]:
-    """`search.seed`, `search.seed + 1`, ... (`search.seeds` values)."""
-    get = (lambda k: search[k]) if isinstance(search, dict) else (lambda k: getattr(search, k))
-    first = int(get("seed"))
-    return [first + i for i in range(int(get("seeds")))]
-
-
-def with_seeds(space: list[dict], seeds: Sequence[int]) -> list[dict]:
-    """Each arch dict once per seed: {"configuration": arch name, "seed", "name": "<arch>-seed<k>"}; with one seed
-    the names stay the arch names."""
-    seeds = list(seeds)
-    return [{**arch, "name": arch["name"] if len(seeds) == 1 else f"{arch['name']}-seed{s}",
-             "configuration": arch["name"], "seed": int(s)} for arch in space for s in seeds]
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,12 @@ For a VGG-style backbone (default candidates fc6, fc7) the default is 3*3 + 2*3 
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
+from pipeline.search.trial_config import Arch, arch, trial_name
 from prernn import CELLS, GATED_CELLS, check_layers, sih_applies
+
+__all__ = ["ALL", "SpaceError", "build_space", "layer_combinations", "space_problems", "trial_name"]
 
 
 class SpaceError(ValueError):
@@ -119,14 +122,7 @@ def space_problems(search, candidates: Sequence[str], backbone: Optional[str] = 
     return problems
 
 
-def trial_name(kind: str, cell: str, sih: bool = False, layers: Sequence[str] = (), num_layers: int = 1) -> str:
-    """`prernn-lstm-sih-fc6+fc7`, `prernn-gru-fc7`, `traditional-vrnn-2`."""
-    if kind == "traditional":
-        return f"traditional-{cell}-{num_layers}"
-    return "-".join(["prernn", cell] + (["sih"] if sih else []) + ["+".join(layers)])
-
-
-def build_space(search, candidates: Sequence[str], defaults: Optional[Sequence[str]] = None) -> list[dict]:
+def build_space(search, candidates: Sequence[str], defaults: Optional[Sequence[str]] = None) -> list[Arch]:
     """All trial "arch" dicts for the `search` params section (pipeline.core.params.SearchParams or a
     mapping with the same keys) and the backbone's candidate layers (`prernn.candidate_layers`; `defaults`:
     `prernn.default_candidates`, None: all of them); SpaceError lists `space_problems`.
@@ -138,17 +134,13 @@ def build_space(search, candidates: Sequence[str], defaults: Optional[Sequence[s
     cells, sihs, baselines = list(get("cells")), list(get("sih")), list(get("baselines"))
     combos = layer_combinations(candidates, get("layers"), defaults=defaults, max_layers=_max_layers(search))
     prernn = [
-        {"kind": "prernn", "cell": cell, "sih": sih, "layers": layers, "num_layers": len(layers), "hidden_size": None}
+        arch("prernn", cell, sih, layers, len(layers))
         for cell in cells
         for sih in sihs
         if sih_applies(cell) or not sih
         for layers in combos
     ]
-    traditional = [
-        {"kind": "traditional", "cell": cell, "sih": False, "layers": [], "num_layers": int(n),
-         "hidden_size": get("baseline_hidden_size")}
-        for cell in cells
-        for n in baselines
-    ]
-    return [{"name": trial_name(**{k: a[k] for k in ("kind", "cell", "sih", "layers", "num_layers")}), **a}
-            for a in prernn + traditional]
+    traditional = [arch("traditional", cell, False, [], int(n), get("baseline_hidden_size"))
+                   for cell in cells for n in baselines]
+    return prernn + traditional
+

@@ -1,27 +1,27 @@
-"""The search driver: one Ray Tune trial per configuration, MLflow parent run, trial table.
+"""The search driver: one Ray Tune trial per configuration, an MLflow parent run, the trial table.
 
-`run_search(...)` takes the validated `search` and `mlflow` params sections, the pretrained backbone
-checkpoint (save format of the contract), the trunk caches (pipeline.search.trunk_cache.trunk_caches: {boundary: {split:
-SplitTensors}}, one per distinct trial boundary, or {None: raw clips}) and returns
-(rows, info): one row per trial with the contract's keys (trials.json) and the search summary
-(search.json). Ray results live under `search.storage_path`/<name>; the name is a fingerprint of
-the params and inputs, so rerunning a killed search with the same inputs restores it there
-(`Tuner.restore`: finished trials are kept, unfinished ones continue from the newest epoch they
-checkpointed, see pipeline.search.trainable).
+`run_search(search, mlflow_params, inputs)` takes the validated `search` and `mlflow` params sections and the
+`SearchInputs` (the pretrained backbone checkpoint, the trunk caches, the space of trials, the task) and returns
+(rows, info): one `TrialRow` per trial (trials.json) and the search summary (search.json). Its steps:
+open the MLflow store (`Tracker.open`), name the experiment (`_experiment`: a fingerprint of the params and
+inputs), open the parent run (`_open_parent`), build the tuner or restore it (`_tuner`), run it (`_fit`), collect
+the rows (`_collect_rows`) and finish the runs (`_finish_runs`). Ray results live under
+`search.storage_path`/<name>, so rerunning a killed search with the same inputs restores it there
+(`Tuner.restore`: finished trials are kept, unfinished ones continue from the newest epoch they checkpointed, see
+pipeline.search.trainable).
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, TypedDict
+from typing import Optional
 
 import ray
 from ray import tune
@@ -29,56 +29,49 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
 import prernn
-from pipeline.core import ray_cluster, tracking, tracking_outage
-from pipeline.core.atomic import atomic_path
+from pipeline.core import ray_cluster, tracking_outage
 from pipeline.core.params import ParamsError
 from pipeline.core.storage import StoragePath
-from pipeline.search.space import build_space
-from pipeline.search.trainable import COMMON_KEYS, TRACKING_KEYS, flat_config, train_trial
-from pipeline.training.tasks import Classification, Task
-from pipeline.training.trainer import EpochRow, summarize, summary_keys
+from pipeline.core.tracking import TRIAL_TAG, Tracker, TrackingUnavailable
+from pipeline.search.results import trial_row
+from pipeline.search.trainable import train_trial
+from pipeline.search.trial_config import ROW_KEYS, Arch, TrialRow, TrialSettings, trial_settings
+from pipeline.training.tasks import Task
 
 log = logging.getLogger(__name__)
 DRIVER_STATE = "prernn_search.json"
-ROW_KEYS = ("name", "configuration", "seed", "kind", "cell", "sih", "layers", "num_layers", "status", "error", "val_acc", "val_loss",
-            "epochs_to_95", "clips_per_sec", "recurrent_params", "mlflow_run_id")
 
 
-class TrialRow(TypedDict, total=False):
-    """One trial of the search: a row of search/trials.json (the select and evaluate stages read it back as JSON),
-    written by `_row` from the trial's last Ray result. The task's best val metrics (`val_auc`, ... ) join
-    `val_acc` / `val_loss` (None where the task has none)."""
+@dataclass
+class SearchInputs:
+    """What a search trains: `backbone_ckpt`, the pretrained backbone (save format of the contract: "config",
+    "state_dict", "meta"); `caches`, {boundary: {"train", "val": SplitTensors}}
+    (pipeline.search.trunk_cache.trunk_caches; each trial takes the one at its boundary) or {None: raw clips};
+    `space`, the trials (Arch dicts, pipeline.search.space.build_space + trial_config.with_seeds), in the order of
+    the rows; `candidates` and `boundary`, the backbone's candidate layers and default boundary (search.json's
+    `candidates`, `trunk_boundary`); `task` (pipeline.training.tasks): every trial trains, reports and is ranked
+    by it (`task.score`), its params (`task.params()`) in each trial's config."""
 
-    name: str                   # the trial: configuration + seed (`prernn-gru-fc6-seed1`)
-    configuration: str          # what the seeds share (`prernn-gru-fc6`), the unit Table 1 and selection rank
-    seed: int
-    kind: str                   # prernn | traditional
-    cell: str
-    sih: bool
-    layers: list[str]
-    num_layers: int
-    status: str                 # ok | failed
-    error: Optional[str]
-    val_acc: Optional[float]    # at the best epoch by the task's score (`summarize`)
-    val_loss: Optional[float]
-    val_auc: Optional[float]    # LandmarkRegression's keys
-    val_nme: Optional[float]
-    val_failure_rate: Optional[float]
-    epochs_to_95: Optional[int]
-    clips_per_sec: Optional[float]
-    recurrent_params: Optional[int]
-    mlflow_run_id: Optional[str]
-    gate_stats: Optional[dict]  # prernn.gate_statistics of the last epoch, per recurrent layer
-    node_id: Optional[str]
-    node_ip: Optional[str]
-    history: list[EpochRow]
-    epochs_run: int
-    best_epoch: Optional[int]
-    stopped_early: bool
-    config: dict                # the trial's flat config (tracking keys left out)
+    backbone_ckpt: dict
+    caches: dict
+    space: list[Arch]
+    candidates: list[str]
+    boundary: str
+    task: Task
 
 
-def trial_name(trial) -> str:
+@dataclass
+class Experiment:
+    """Where one search lives: its name (`search-<modality>-<fingerprint>`), its folder under storage_path
+    (`dir`, a shared folder or a pyarrow URI) and its MLflow experiment id."""
+
+    name: str
+    storage: StoragePath
+    dir: StoragePath
+    experiment_id: str
+
+
+def ray_trial_name(trial) -> str:
     return trial.config["arch"]["name"]
 
 
@@ -100,15 +93,14 @@ def code_digest(packages=None) -> str:
 
 
 def fingerprint(search, tracking_uri: str, experiment: str, backbone_ckpt: dict, caches: dict, space: list,
-                task: Optional[Task] = None) -> str:
+                task: Task) -> str:
     """A short hash of everything that decides the trial results (not the resources): the search params,
-    the MLflow target, the space, the task's params (`task.params()`: the regression section; default
-    classification, which has none), the pretrained weights, the cached inputs and the code (`code_digest`)."""
+    the MLflow target, the space, the task's params (`task.params()`), the pretrained weights, the cached inputs
+    and the code (`code_digest`)."""
     h = hashlib.sha256(code_digest().encode())
     keep = {k: v for k, v in search.model_dump().items()
             if k not in ("address", "max_concurrent", "storage_path", "cpus_per_trial", "gpus_per_trial")}
-    task_params = (task if task is not None else Classification()).params()
-    h.update(json.dumps([keep, tracking_uri, experiment, space] + list(task_params.values()),
+    h.update(json.dumps([keep, tracking_uri, experiment, space] + list(task.params().values()),
                         sort_keys=True, default=str).encode())
     for name, tensor in sorted(backbone_ckpt["state_dict"].items()):
         h.update(name.encode())
@@ -119,21 +111,6 @@ def fingerprint(search, tracking_uri: str, experiment: str, backbone_ckpt: dict,
             h.update(caches[boundary][split].x.contiguous().numpy().tobytes())
             h.update(caches[boundary][split].y.numpy().tobytes())
     return h.hexdigest()[:12]
-
-
-def _short_error(error) -> str:
-    """The root cause of a Ray trial error as one line `Type: message`."""
-    cause = error
-    for _ in range(5):
-        inner = getattr(cause, "cause", None) or getattr(cause, "__cause__", None)
-        if inner is None or inner is cause:
-            break
-        cause = inner
-    text = f"{type(cause).__name__}: {cause}"
-    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
-    if len(lines) > 1:  # a traceback: keep its last line (the exception)
-        text = lines[-1]
-    return text[:1000]
 
 
 def state_period(num_trials: int) -> float:
@@ -148,7 +125,7 @@ def state_period(num_trials: int) -> float:
 @contextlib.contextmanager
 def tune_environment(num_trials: int):
     """The Ray Tune settings of the driver for one search, where the environment does not set them already:
-    `state_period`, and no automatic loggers (run_search asks for the JSON and CSV ones: TensorBoard event files
+    `state_period`, and no automatic loggers (`_tuner` asks for the JSON and CSV ones: TensorBoard event files
     cost the driver about 30 ms per trial and nothing here reads them)."""
     want = {"TUNE_GLOBAL_CHECKPOINT_S": f"{state_period(num_trials):g}", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
     saved = {k: os.environ.get(k) for k in want}
@@ -163,51 +140,6 @@ def tune_environment(num_trials: int):
 
 class SearchInterrupted(RuntimeError):
     """Ray Tune stopped before every trial finished (Ctrl-C, SIGTERM); rerunning resumes the search."""
-
-
-def _row(result, run_ids: dict, archs: dict, common: dict, task: Task) -> TrialRow:
-    """One trials.json row from a Ray Result (ranked by the task's score: `summarize`)."""
-    config = result.config
-    if config is None:  # a restored trial that failed before its first report: Ray keeps no config for it
-        name = Path(result.path).name.rsplit("_", 2)[0]  # trial_dirname: <name>_<trial_id (xxxxx_NNNNN)>
-        config = {**common, "arch": archs[name]}
-    cfg = flat_config(config)
-    metrics = result.metrics or {}
-    history = json.loads(metrics.get("history_json", "[]"))
-    summary = summarize(history, task)
-    failed = result.error is not None
-    return {
-        "name": cfg["name"], "configuration": cfg.get("configuration", cfg["name"]), "seed": cfg.get("seed"),
-        "kind": cfg["kind"], "cell": cfg["cell"], "sih": bool(cfg["sih"]),
-        "layers": list(cfg["layers"]), "num_layers": int(cfg["num_layers"]),
-        "status": "failed" if failed else "ok", "error": _short_error(result.error) if failed else None,
-        "val_acc": summary.at_best("val_acc"), "val_loss": summary.at_best("val_loss"),
-        "epochs_to_95": summary.epochs_to_95, **{k: summary.at_best(k) for k in summary_keys(task)},
-        "clips_per_sec": summary.clips_per_sec, "recurrent_params": metrics.get("recurrent_params"),
-        "mlflow_run_id": metrics.get("mlflow_run_id") or run_ids.get(cfg["name"]),
-        "gate_stats": json.loads(metrics["gate_stats_json"]) if metrics.get("gate_stats_json") else None,
-        "node_id": metrics.get("node_id"), "node_ip": metrics.get("node_ip"),
-        "history": history, "epochs_run": len(history), "best_epoch": summary.best_epoch,
-        "stopped_early": not failed and len(history) < int(cfg["epochs"]),
-        "config": {k: v for k, v in cfg.items() if k not in TRACKING_KEYS},
-    }
-
-
-def _open_parent(uri, experiment_id, exp_dir: StoragePath, search, info: dict, restoring: bool) -> str:
-    """The parent run: reused from the driver state of an earlier run of the same search (restored, or killed
-    before Ray saved any experiment state), else created."""
-    state_file = exp_dir / DRIVER_STATE
-    if state_file.exists():
-        run_id = json.loads(state_file.read_text()).get("parent_run_id")
-        if run_id and tracking.run_status(uri, run_id) is not None:
-            tracking.reopen_run(uri, run_id)
-            return run_id
-    run_id = tracking.start_run(uri, experiment_id, exp_dir.name,
-                                params={"search": search.model_dump(), **{k: info[k] for k in
-                                        ("backbone", "modality", "trunk_boundary", "num_trials")}},
-                                tags={"kind": "search"}, stage="search")
-    state_file.write_text(json.dumps({"parent_run_id": run_id, "experiment_id": experiment_id}))
-    return run_id
 
 
 def check_resources(search) -> None:
@@ -244,119 +176,167 @@ def _stop_tune() -> None:
         os.kill(os.getpid(), signal.SIGUSR1)
 
 
-def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, candidates: list, boundary: str,
-               space: Optional[list] = None, base_dir: str | os.PathLike | None = None,
-               verbose: int = 1, fresh: bool = False, task: Optional[Task] = None,
-               defaults: Optional[list] = None) -> tuple[list[TrialRow], dict]:
-    """Run (or restore) the search; returns (trial rows in space order, search info).
+def _experiment(search, mlflow_params, inputs: SearchInputs, tracker: Tracker, base_dir: Path,
+                fresh: bool) -> Experiment:
+    """The search's experiment: named by its `fingerprint`, its folder emptied first when `fresh`."""
+    storage = StoragePath.resolve(search.storage_path, base_dir)  # a shared folder or a pyarrow URI
+    name = f"search-{search.modality}-" + fingerprint(search, tracker.uri, mlflow_params.experiment,
+                                                      inputs.backbone_ckpt, inputs.caches, inputs.space, inputs.task)
+    exp_dir = storage / name
+    if fresh and exp_dir.exists():
+        exp_dir.rmtree()
+    return Experiment(name, storage, exp_dir, tracker.ensure_experiment(mlflow_params.experiment))
 
-    `caches`: {boundary: {"train", "val": SplitTensors}} (pipeline.search.trunk_cache.trunk_caches); each trial takes
-    the one at its boundary. `boundary`: the backbone's default one (search.json's `trunk_boundary`); `candidates`,
-    `defaults`: prernn.candidate_layers / default_candidates (the space when `space` is None).
 
-    `task` (pipeline.training.tasks; Classification by default): every trial trains, reports and is ranked by it
-    (`task.score`); its params (`task.params()`) are part of each trial's config.
+def _info(search, inputs: SearchInputs, tracker: Tracker, exp: Experiment, journal: Optional[str]) -> dict:
+    """search.json before the run: where it logs and stores, what it searches."""
+    return {"experiment_id": exp.experiment_id, "tracking_uri": tracker.uri, "journal_mode": journal,
+            "backbone": inputs.backbone_ckpt["config"]["name"], "modality": search.modality,
+            "candidates": list(inputs.candidates), "trunk_boundary": inputs.boundary,
+            "trunk_boundaries": [b for b in inputs.caches if b is not None], "num_trials": len(inputs.space),
+            "storage_path": str(exp.storage), "experiment_dir": str(exp.dir),
+            "class_names": inputs.backbone_ckpt.get("meta", {}).get("class_names")}
 
-    `fresh`: discard a previous experiment with the same fingerprint instead of restoring it.
 
-    An http(s) tracking server that does not answer for `mlflow.outage_s` while the trials run stops the search
-    (TrackingUnavailable, one line naming the URI; rerunning resumes it); shorter outages are ridden out
-    (pipeline.core.tracking_outage).
+def _open_parent(tracker: Tracker, exp: Experiment, search, info: dict) -> str:
+    """The parent run: reused from the driver state of an earlier run of the same search (restored, or killed
+    before Ray saved any experiment state), else created."""
+    state_file = exp.dir / DRIVER_STATE
+    if state_file.exists():
+        run_id = json.loads(state_file.read_text()).get("parent_run_id")
+        if run_id and tracker.run_status(run_id) is not None:
+            tracker.reopen_run(run_id)
+            return run_id
+    run_id = tracker.start_run(exp.experiment_id, exp.name,
+                               params={"search": search.model_dump(), **{k: info[k] for k in
+                                       ("backbone", "modality", "trunk_boundary", "num_trials")}},
+                               tags={"kind": "search"}, stage="search")
+    state_file.write_text(json.dumps({"parent_run_id": run_id, "experiment_id": exp.experiment_id}))
+    return run_id
+
+
+def _trainable(search, inputs: SearchInputs, exp: Experiment):
+    """`train_trial` with the shared data (Ray's object store) and the resources of one trial."""
+    data = {"backbone": {"config": inputs.backbone_ckpt["config"], "state_dict": inputs.backbone_ckpt["state_dict"]},
+            "caches": inputs.caches, "task": inputs.task.entries()}
+    use_gpu = search.gpus_per_trial > 0
+    return tune.with_resources(
+        tune.with_parameters(train_trial, data=data,
+                             experiment_dir=str(exp.dir)),  # where a restarted trial finds its checkpoints
+        {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial if use_gpu else 0})
+
+
+def _tuner(search, inputs: SearchInputs, exp: Experiment, param_space: dict, restoring: bool,
+           verbose: int) -> tune.Tuner:
+    """A new Tuner over `param_space`, or the one Ray saved under the experiment folder (`restoring`)."""
+    trainable = _trainable(search, inputs, exp)
+    if restoring:
+        log.warning("restoring the search from %s (finished trials are kept)", exp.dir)
+        return tune.Tuner.restore(str(exp.dir), trainable=trainable, param_space=param_space)
+    task = inputs.task
+    scheduler = (ASHAScheduler(max_t=search.epochs, grace_period=max(1, search.epochs // 4),
+                               reduction_factor=2) if search.scheduler == "asha" else None)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=task.score if scheduler else None, mode=task.mode if scheduler else None,
+            scheduler=scheduler, max_concurrent_trials=search.max_concurrent or None, reuse_actors=True,
+            trial_name_creator=ray_trial_name, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=exp.name, storage_path=str(exp.storage), verbose=verbose,
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],  # result.json, progress.csv per trial
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            # keep every epoch's checkpoint: with a limit, the driver deletes the previous one as soon
+            # as a new one lands, and a driver killed before it saves its state leaves a restore that
+            # points at a deleted checkpoint; and a restarted trial looks for the newest of them itself
+            # (pipeline.search.trial_checkpoint), which Ray, counting by its own index, could delete
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
+    )
+
+
+def _fit(tuner: tune.Tuner, tracker: Tracker, exp: Experiment, parent: str, num_trials: int):
+    """Run the trials; the ResultGrid once every trial ended or failed. A tracking server silent for the outage
+    bound stops the search (TrackingUnavailable); a stop before every trial ended (Ctrl-C, SIGTERM) marks the
+    parent run KILLED (SearchInterrupted). Either way rerunning resumes it."""
+    tune_log = logging.getLogger("ray.tune")
+    level = tune_log.level
+    try:
+        with tune_environment(num_trials), tracker.outage.watch(_stop_tune) as watch:
+            grid = tuner.fit()
+    finally:
+        tune_log.setLevel(level)
+    unfinished = unfinished_trials(grid)
+    if watch.tripped:
+        raise TrackingUnavailable(
+            f"{tracking_outage.outage_message(tracker.uri, tracker.outage.bound_s)}: the search stopped with "
+            f"{unfinished} of {len(grid)} trials unfinished; start the server again and rerun the stage to "
+            f"resume them from {exp.dir}")
+    if unfinished:
+        tracker.end_run(parent, "KILLED")
+        raise SearchInterrupted(
+            f"the search stopped with {unfinished} of {len(grid)} trials unfinished; rerun the stage with the "
+            f"same params to resume them from {exp.dir}")
+    return grid
+
+
+def _collect_rows(tracker: Tracker, grid, exp: Experiment, parent: str, inputs: SearchInputs,
+                  settings: TrialSettings) -> tuple[list[TrialRow], dict]:
+    """(the trial rows in space order, {child run id: status}), the child runs read in one query."""
+    child_runs = tracker.child_runs(exp.experiment_id, parent)
+    children = {r.data.tags.get(TRIAL_TAG): r.info.run_id for r in child_runs}
+    statuses = {r.info.run_id: r.info.status for r in child_runs}
+    order = {a["name"]: i for i, a in enumerate(inputs.space)}
+    archs = {a["name"]: a for a in inputs.space}
+    rows = sorted((trial_row(result, archs, settings, children, inputs.task) for result in grid),
+                  key=lambda r: order.get(r["name"], 1 << 30))
+    return rows, statuses
+
+
+def _finish_runs(tracker: Tracker, parent: str, rows: list[TrialRow], key: str,
+                 statuses: Optional[dict] = None) -> None:
+    """Close child runs Ray stopped early (ASHA) or killed, log the search summary (the best `key`), close the
+    parent. `statuses`: {run id: status} of the child runs as one search returned them (else each run is read)."""
+    for row in rows:
+        rid = row["mlflow_run_id"]
+        status = (statuses or {}).get(rid) or (tracker.run_status(rid) if rid else None)
+        if rid and status == "RUNNING":
+            tracker.end_run(rid, "FAILED" if row["status"] == "failed" else "KILLED")
+    ok = [r for r in rows if r["status"] == "ok" and r[key] is not None]
+    summary = {"num_ok": len(ok), "num_failed": len(rows) - len(ok)}
+    if ok:
+        summary[f"best_{key}"] = max(r[key] for r in ok)
+    tracker.log_summary(parent, summary)
+    tracker.log_json(parent, [{k: r[k] for k in ROW_KEYS} for r in rows], "trials_summary.json")
+    tracker.end_run(parent, "FINISHED")
+
+
+def run_search(search, mlflow_params, inputs: SearchInputs, *, base_dir: str | os.PathLike | None = None,
+               verbose: int = 1, fresh: bool = False) -> tuple[list[TrialRow], dict]:
+    """Run (or restore) the search (module docstring); returns (trial rows in space order, search info).
+
+    `fresh`: discard a previous experiment with the same fingerprint instead of restoring it. An http(s) tracking
+    server that does not answer for `mlflow.outage_s` while the trials run stops the search (TrackingUnavailable,
+    one line naming the URI; rerunning resumes it); shorter outages are ridden out (pipeline.core.tracking_outage).
     """
     t0 = time.perf_counter()
-    task = task if task is not None else Classification()
     base_dir = Path(base_dir or os.getcwd())
-    uri, source = tracking.resolve_tracking_uri(mlflow_params.tracking_uri, base_dir)
-    tracking.check_reachable(uri, source)
-    tracking_outage.set_bound(mlflow_params.outage_s)
+    tracker = Tracker.open(mlflow_params.tracking_uri, base_dir, mlflow_params.outage_s)
     # sqlite: WAL when every trial writes from this machine (a local Ray instance), set before MLflow opens the file
-    journal = tracking.set_journal_mode(uri, local=ray_cluster.resolve_address(search.address)[0] is None)
-    space = space if space is not None else build_space(search, candidates, defaults)
+    journal = tracker.set_journal_mode(local=ray_cluster.resolve_address(search.address)[0] is None)
     started = ray_cluster.connect(search.address)
     try:
         check_resources(search)
-        use_gpu = search.gpus_per_trial > 0
-        storage = StoragePath.resolve(search.storage_path, base_dir)  # a shared folder or a pyarrow URI
-        meta = backbone_ckpt.get("meta", {})
-        name = f"search-{search.modality}-" + fingerprint(search, uri, mlflow_params.experiment, backbone_ckpt,
-                                                          caches, space, task)
-        exp_dir = storage / name
-        if fresh and exp_dir.exists():
-            exp_dir.rmtree()
-        info = {"experiment_id": tracking.ensure_experiment(uri, mlflow_params.experiment), "tracking_uri": uri,
-                "journal_mode": journal, "backbone": backbone_ckpt["config"]["name"], "modality": search.modality,
-                "candidates": list(candidates), "trunk_boundary": boundary,
-                "trunk_boundaries": [b for b in caches if b is not None], "num_trials": len(space),
-                "storage_path": str(storage), "experiment_dir": str(exp_dir), "class_names": meta.get("class_names")}
-        restoring = tune.Tuner.can_restore(str(exp_dir)) and (exp_dir / DRIVER_STATE).exists()
-        parent = _open_parent(uri, info["experiment_id"], exp_dir, search, info, restoring)
-        common = {k: getattr(search, k) for k in COMMON_KEYS}
-        param_space = {
-            "arch": tune.grid_search(space), **common,
-            "cpus_per_trial": search.cpus_per_trial, "use_gpu": use_gpu,
-            "gate_stats_every_epoch": search.scheduler == "asha", "tracking_uri": uri,
-            "tracking_outage_s": mlflow_params.outage_s,
-            "experiment_id": info["experiment_id"], "parent_run_id": parent,
-            **task.params(),
-            # per batch, uncached
-            "augment": [search.augment_shift, search.augment_jitter],
-        }
-        trainable = tune.with_resources(
-            tune.with_parameters(train_trial, data={"backbone": {"config": backbone_ckpt["config"],
-                                                                 "state_dict": backbone_ckpt["state_dict"]},
-                                                    "caches": caches, "task": task.entries()},
-                                experiment_dir=str(exp_dir)),  # where a restarted trial finds its checkpoints
-            {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial if use_gpu else 0},
-        )
-        if restoring:
-            log.warning("restoring the search from %s (finished trials are kept)", exp_dir)
-            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, param_space=param_space)
-        else:
-            scheduler = (ASHAScheduler(max_t=search.epochs, grace_period=max(1, search.epochs // 4),
-                                       reduction_factor=2) if search.scheduler == "asha" else None)
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space,
-                tune_config=tune.TuneConfig(
-                    metric=task.score if scheduler else None, mode=task.mode if scheduler else None,
-                    scheduler=scheduler, max_concurrent_trials=search.max_concurrent or None, reuse_actors=True,
-                    trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
-                run_config=tune.RunConfig(
-                    name=name, storage_path=str(storage), verbose=verbose,
-                    callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],  # result.json, progress.csv per trial
-                    failure_config=tune.FailureConfig(max_failures=search.max_failures),
-                    # keep every epoch's checkpoint: with a limit, the driver deletes the previous one as soon
-                    # as a new one lands, and a driver killed before it saves its state leaves a restore that
-                    # points at a deleted checkpoint; and a restarted trial looks for the newest of them itself
-                    # (pipeline.search.trial_checkpoint), which Ray, counting by its own index, could delete
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
-            )
-        tune_log = logging.getLogger("ray.tune")
-        level = tune_log.level
-        try:
-            with tune_environment(len(space)), tracking_outage.Watch(uri, mlflow_params.outage_s, _stop_tune) as watch:
-                grid = tuner.fit()
-        finally:
-            tune_log.setLevel(level)
-        unfinished = unfinished_trials(grid)
-        if watch.tripped:
-            raise tracking.TrackingUnavailable(
-                f"{tracking_outage.outage_message(uri, mlflow_params.outage_s)}: the search stopped with "
-                f"{unfinished} of {len(grid)} trials unfinished; start the server again and rerun the stage to "
-                f"resume them from {exp_dir}")
-        if unfinished:
-            tracking.end_run(uri, parent, "KILLED")
-            raise SearchInterrupted(
-                f"the search stopped with {unfinished} of {len(grid)} trials unfinished; rerun the stage with the "
-                f"same params to resume them from {exp_dir}")
-        child_runs = tracking.child_runs(uri, info["experiment_id"], parent)  # one query for every trial's run
-        children = {r.data.tags.get(tracking.TRIAL_TAG): r.info.run_id for r in child_runs}
-        statuses = {r.info.run_id: r.info.status for r in child_runs}
-        order = {a["name"]: i for i, a in enumerate(space)}
-        archs = {a["name"]: a for a in space}
-        rows = sorted((_row(result, children, archs, param_space, task) for result in grid),
-                      key=lambda r: order.get(r["name"], 1 << 30))
-        _finish_runs(uri, parent, rows, task.score, statuses)
+        exp = _experiment(search, mlflow_params, inputs, tracker, base_dir, fresh)
+        info = _info(search, inputs, tracker, exp, journal)
+        restoring = tune.Tuner.can_restore(str(exp.dir)) and (exp.dir / DRIVER_STATE).exists()
+        parent = _open_parent(tracker, exp, search, info)
+        settings = trial_settings(search, inputs.task, tracking_uri=tracker.uri, outage_s=mlflow_params.outage_s,
+                                  experiment_id=exp.experiment_id, parent_run_id=parent)
+        tuner = _tuner(search, inputs, exp, {"arch": tune.grid_search(inputs.space), **settings}, restoring, verbose)
+        grid = _fit(tuner, tracker, exp, parent, len(inputs.space))
+        rows, statuses = _collect_rows(tracker, grid, exp, parent, inputs, settings)
+        _finish_runs(tracker, parent, rows, inputs.task.score, statuses)
         info.update({"parent_run_id": parent, "restored": restoring, "wall_seconds": time.perf_counter() - t0,
                      "num_ok": sum(r["status"] == "ok" for r in rows),
                      "num_failed": sum(r["status"] == "failed" for r in rows)})
@@ -364,41 +344,3 @@ def run_search(search, mlflow_params, backbone_ckpt: dict, caches: dict, *, cand
     finally:
         if started:
             ray.shutdown()
-
-
-def _finish_runs(uri: str, parent: str, rows: list[TrialRow], key: str, statuses: Optional[dict] = None) -> None:
-    """Close child runs Ray stopped early (ASHA) or killed, log the search summary (the best `key`), close the
-    parent. `statuses`: {run id: status} of the child runs as one search returned them (else each run is read)."""
-    for row in rows:
-        rid = row["mlflow_run_id"]
-        status = (statuses or {}).get(rid) or (tracking.run_status(uri, rid) if rid else None)
-        if rid and status == "RUNNING":
-            tracking.end_run(uri, rid, "FAILED" if row["status"] == "failed" else "KILLED")
-    ok = [r for r in rows if r["status"] == "ok" and r[key] is not None]
-    summary = {"num_ok": len(ok), "num_failed": len(rows) - len(ok)}
-    if ok:
-        summary[f"best_{key}"] = max(r[key] for r in ok)
-    tracking.log_summary(uri, parent, summary)
-    tracking.log_json(uri, parent, [{k: r[k] for k in ROW_KEYS} for r in rows], "trials_summary.json")
-    tracking.end_run(uri, parent, "FINISHED")
-
-
-def trials_csv(rows: list[TrialRow]) -> str:
-    """The trial table as CSV (one line per trial, the scalar keys of trials.json)."""
-    buf = io.StringIO()
-    extra = [k for k in (rows[0] if rows else {}) if k.startswith("val_") and k not in ROW_KEYS]  # the task's
-    writer = csv.DictWriter(buf, fieldnames=list(ROW_KEYS) + extra + ["epochs_run"], extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({**row, "layers": "+".join(row["layers"])})
-    return buf.getvalue()
-
-
-def write_outputs(out_dir: str | os.PathLike, rows: list[TrialRow], info: dict) -> None:
-    """search/trials.json, trials.csv, search.json, written together atomically (one folder rename)."""
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        (tmp / "trials.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
-        (tmp / "trials.csv").write_text(trials_csv(rows))
-        (tmp / "search.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-

@@ -20,12 +20,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.core import tracking
+from pipeline.core.tracking import COMMIT_TAG, Tracker, check_reachable, resolve_tracking_uri, summary_text
+
 MODEL_NAME = "model"
 
 
-def _uri(meta: dict) -> str:
-    return tracking.resolve_tracking_uri(meta.get("tracking_uri"))[0]
+def _tracker(meta: dict) -> Tracker:
+    """The store of the search (`meta`: search.json; MLFLOW_TRACKING_URI wins), its server checked."""
+    tracker = Tracker(resolve_tracking_uri(meta.get("tracking_uri"))[0])
+    check_reachable(tracker.uri)
+    return tracker
 
 
 def _warn(what: str, meta: dict, err: Exception) -> None:
@@ -35,17 +39,16 @@ def _warn(what: str, meta: dict, err: Exception) -> None:
 
 def log_reports(meta: dict, paths: list, *, artifact_path: str, tags: dict | None = None) -> bool:
     """Log each existing file / folder of `paths` under `artifact_path` of the parent run, and `tags` (summary
-    values, rounded: `tracking.log_summary`); True on success."""
+    values, rounded: `Tracker.log_summary`); True on success."""
     try:
-        uri, run_id = _uri(meta), meta["parent_run_id"]
-        tracking.check_reachable(uri)
-        c = tracking.client(uri)
+        tracker, run_id = _tracker(meta), meta["parent_run_id"]
+        c = tracker.client
         for p in map(Path, paths):
             if p.is_dir():
                 c.log_artifacts(run_id, str(p), f"{artifact_path}/{p.name}")
             elif p.exists():
                 c.log_artifact(run_id, str(p), artifact_path)
-        tracking.log_summary(uri, run_id, tags or {})
+        tracker.log_summary(run_id, tags or {})
         return True
     except Exception as err:  # noqa: BLE001 - see the module docstring
         _warn(f"log {artifact_path} reports", meta, err)
@@ -64,11 +67,11 @@ DESCRIPTIONS = {
 }
 
 
-def describe_registry(uri: str, register_name: str, versions: dict, tags: dict) -> None:
+def describe_registry(tracker: Tracker, register_name: str, versions: dict, tags: dict) -> None:
     """Descriptions and tags on both registered models (`register_name`, `<register_name>-predictor`) and on the
     new versions (`versions`: {name: version}), and alias @champion on each new version."""
-    c = tracking.client(uri)
-    text = {k: tracking.summary_text(v) for k, v in tags.items() if v is not None}
+    c = tracker.client
+    text = {k: summary_text(v) for k, v in tags.items() if v is not None}
     for suffix, description in DESCRIPTIONS.items():
         name, version = register_name + suffix, versions.get(register_name + suffix)
         if version is None:
@@ -97,16 +100,16 @@ def log_final_model(meta: dict, model, *, register_name: str, model_meta: dict, 
         import torch
         from mlflow.models import infer_signature
 
-        uri = _uri(meta)
-        tracking.check_reachable(uri)
-        exp = meta.get("experiment_id") or tracking.ensure_experiment(uri, "prernn")
-        run_id = tracking.start_run(uri, exp, "evaluate", parent_run_id=meta.get("parent_run_id"), params=params,
-                                    stage="evaluate")
+        tracker = _tracker(meta)
+        uri = tracker.uri
+        exp = meta.get("experiment_id") or tracker.ensure_experiment("prernn")
+        run_id = tracker.start_run(exp, "evaluate", parent_run_id=meta.get("parent_run_id"), params=params,
+                                   stage="evaluate")
         for row in history or []:  # curves, not single points: the test scores per epoch
-            tracking.log_metrics(uri, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+            tracker.log_batch(run_id, metrics={k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         last = (history or [{}])[-1]  # the final values of the curves are their last points already
-        tracking.log_metrics(uri, run_id, {k: v for k, v in metrics.items() if k not in last}, step=len(history or []))
-        c = tracking.client(uri)
+        tracker.log_batch(run_id, metrics={k: v for k, v in metrics.items() if k not in last}, step=len(history or []))
+        c = tracker.client
         for p in map(Path, files):
             if p.exists():
                 c.log_artifact(run_id, str(p), "evaluate")
@@ -140,12 +143,12 @@ def log_final_model(meta: dict, model, *, register_name: str, model_meta: dict, 
             except Exception as err:  # noqa: BLE001 - the PyTorch model above is still logged
                 predictor, predictor_uri = None, None
                 _warn("log the pyfunc predictor", meta, err)
-        tracking.end_run(uri, run_id, "FINISHED")
+        tracker.end_run(run_id, "FINISHED")
         version = getattr(info, "registered_model_version", None)
         versions = {register_name: version,
                     f"{register_name}-predictor": getattr(predictor, "registered_model_version", None)}
-        commit = c.get_run(run_id).data.tags.get(tracking.COMMIT_TAG, "unknown")
-        describe_registry(uri, register_name, versions, {**(version_tags or {}), "git_commit": commit,
+        commit = c.get_run(run_id).data.tags.get(COMMIT_TAG, "unknown")
+        describe_registry(tracker, register_name, versions, {**(version_tags or {}), "git_commit": commit,
                                                          "run_id": run_id})
         return {"run_id": run_id, "model_uri": info.model_uri, "registered": register_name, "format": fmt,
                 "version": None if version is None else str(version), "predictor_uri": predictor_uri,

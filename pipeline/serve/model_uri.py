@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pipeline.core import tracking
+from pipeline.core.tracking import resolve_tracking_uri
 from pipeline.serve.errors import PredictError
 
 
@@ -35,7 +35,7 @@ def mlflow_final(uri: str, tracking_uri: str | None, workdir) -> Path:
     """The final.pt of MLflow model `uri`, downloaded into `workdir` (a new temporary folder when None)."""
     import mlflow  # deferred: a local final.pt needs no MLflow (about 1 s to import)
 
-    resolved = tracking.resolve_tracking_uri(tracking_uri)[0]
+    resolved = resolve_tracking_uri(tracking_uri)[0]
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)
     dst = Path(workdir or tempfile.mkdtemp(prefix="prernn-predict-"))
