@@ -94,7 +94,7 @@ def main(argv=None) -> None:
 
     from pipeline.core.atomic import atomic_path
     from pipeline.data.clipstore import ClipFileError
-    from pipeline.core.params import load_stage_params
+    from pipeline.checks import load_stage_params
     from pipeline.training.tasks import task_from_params
 
     params = load_stage_params(args.params, "pretrain")

@@ -62,7 +62,8 @@ def main(argv=None) -> None:
     from pipeline.data.dataset import ClipDataset, snippet_length
     from pipeline.data.augment import from_params
     from pipeline.search.trunk_cache import space_boundaries, trunk_caches
-    from pipeline.core.params import ParamsError, load_stage_params
+    from pipeline.checks import load_stage_params
+    from pipeline.core.params import ParamsError
     from pipeline.core.ray_cluster import ClusterUnavailable
     from pipeline.report.seeds import seed_values, with_seeds
     from pipeline.search.space import SpaceError, build_space

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline.core.atomic import atomic_path, write_json, write_text
 from pipeline.core.csv_text import csv_text
-from pipeline.core.params import load_stage_params
+from pipeline.checks import load_stage_params
 
 
 def read_search(search_dir: Path) -> tuple[list[dict], dict]:

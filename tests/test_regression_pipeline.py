@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.core.params import ParamsError, validate_params
+from pipeline.checks import validate_params
+from pipeline.core.params import ParamsError
 from tests.dvc_project import make_project, run
 from tests.mlflow_store import use_mlflow_store
 
