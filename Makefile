@@ -1,12 +1,12 @@
 # Two entry points: `make repro` runs the pipeline on the built-in synthetic default,
-# `make test` runs the test suite. Both create .venv from the pinned requirements when it is
-# missing or older than them.
+# `make test` runs the quick test loop (`make test-all` and `make test-faults`: everything, as CI runs it).
+# They create .venv from the pinned requirements when it is missing or older than them.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv repro test test-faults bench clean-venv mlflow-ui mlflow-server plots-template browser
+.PHONY: venv repro test test-all test-faults bench clean-venv mlflow-ui mlflow-server plots-template browser
 
 # MLflow's client and UI telemetry off, like DVC's analytics in .dvc/config (`MLFLOW_DISABLE_TELEMETRY=false make ...`
 # turns it back on); pipeline/core/tracking.py sets the same default for the stages.
@@ -22,22 +22,31 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# every params check first (seconds; exit 2 naming each bad key), so a bad search.layers stops it before ingest
 repro: $(STAMP)
+	$(BIN)/python -m pipeline.checks params.yaml
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-test: $(STAMP) browser
+# the quick local loop (a few minutes on 2 cores): every test but those marked `slow` (real `dvc repro` runs, Ray
+# searches and clusters, MLflow servers, the browser checks of the DVC plots and the MLflow UI) and `faults`
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow and not faults" $(PYTEST_ARGS)
+
+# everything but the fault tests, the slow ones included (CI: .ci/run, then `make test-faults`)
+test-all: $(STAMP) browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not faults" $(PYTEST_ARGS)
 
 # the real-process fault tests (tests marked `faults`: a Ray node SIGKILLed mid-search, the MLflow server stopped
-# mid-search, two queued DVC experiments at once; network namespaces, so root); CI runs them after `make test`
+# mid-search, two queued DVC experiments at once; network namespaces, so root); CI runs them after `make test-all`
 test-faults: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
 
-# Debian's chromium for tests/test_views.py (headless, loopback only); installed when missing and apt-get exists
+# Debian's chromium for the browser checks in tests/test_pipeline_e2e.py (tests/browser.py: headless, loopback
+# only; the DVC plots page and the MLflow UI, marked `slow`); installed when missing and apt-get exists
 browser:
 	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
-	  echo "warning: could not install chromium; the browser tests (tests/test_views.py) will be skipped"
+	  echo "warning: could not install chromium; the browser tests (tests/test_pipeline_e2e.py) will be skipped"
 
 BENCHES := layers data extract search dvc stream memory scale
 

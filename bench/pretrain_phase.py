@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.search_recipe import parse_bench_args, recipe_of, run_recipe
 from pipeline.core.checkpoint import backbone_from
-from pipeline.core.params import load_stage_params
+from pipeline.checks import load_stage_params
 from pipeline.data.dataset import ClipDataset
 from pipeline.report.seeds import mean_interval
 from pipeline.training.pretrain import pretrain_modality

@@ -40,6 +40,7 @@ from pipeline.data.dataset import ClipDataset
 from pipeline.search.trunk_cache import prepare_splits
 from pipeline.core.params import MlflowParams, SearchParams
 from pipeline.search.space import build_space
+from pipeline.search.trial_config import SHARED_KEYS
 from pipeline.training.tasks import Classification
 from pipeline.training.trainer import Trainer, seed_everything
 
@@ -59,13 +60,12 @@ def make_split_clips(out: Path, per_split: dict, frames: int, size: int, classes
 def train_one(backbone, arch: dict, splits: dict, search: SearchParams, device="cpu") -> float:
     """The trainable's work for one config (build, fit every epoch, gate statistics), outside Ray; seconds."""
     t0 = time.perf_counter()
-    cfg = {**{k: getattr(search, k) for k in ("epochs", "batch_size", "lr_inherited", "lr_new", "weight_decay",
-                                             "hh_init", "seed")}, **arch}
+    cfg = {**{k: getattr(search, k) for k in SHARED_KEYS}, **arch}
     seed_everything(int(cfg["seed"]))
     model = prernn.build_from_config(cfg, copy.deepcopy(backbone))
     train, val = splits["train"], splits["val"]
     trainer = Trainer(model, lr_inherited=cfg["lr_inherited"], lr_new=cfg["lr_new"], batch_size=cfg["batch_size"],
-                      seed=int(cfg["seed"]), start=train.start, device=device)
+                      seed=int(cfg["seed"]), start=train.start, device=device, task=Classification())
     while trainer.epoch < int(cfg["epochs"]):
         trainer.fit_epoch(train, val)
     prernn.gate_statistics(model, val.inputs(device), start=val.start)

@@ -20,7 +20,7 @@ import torch
 
 import prernn
 from pipeline.core.checkpoint import load_backbone
-from pipeline.core.params import load_stage_params
+from pipeline.checks import load_stage_params
 from pipeline.data.augment import from_params
 from pipeline.data.dataset import ClipDataset
 from pipeline.report.seeds import mean_interval

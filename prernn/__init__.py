@@ -17,6 +17,7 @@ from .layers import ConvRecurrent, FCRecurrent
 from .pretrained import load_pretrained
 from .registry import backbone_options, create_backbone, list_backbones, register_backbone
 from .counting import count_recurrent_parameters
+from .model_config import ModelConfig
 from .sequence import (SequenceModel, build_from_config, candidate_layers, check_layers, clip_output, convert,
                        default_candidates, frame_model, readout, traditional, trunk_boundary)
 from .stats import EMBODIMENT_GATES, SELECT_GATES, deciding_gates, gate_statistics, is_saturated
@@ -27,5 +28,5 @@ __all__ = [
     "backbone_options", "create_backbone", "list_backbones", "register_backbone", "load_pretrained", "candidate_layers",
     "default_candidates", "trunk_boundary", "convert", "traditional", "build_from_config", "count_recurrent_parameters",
     "gate_statistics", "is_saturated", "deciding_gates", "EMBODIMENT_GATES", "SELECT_GATES", "readout", "clip_output",
-    "frame_model",
+    "frame_model", "ModelConfig",
 ]

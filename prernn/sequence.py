@@ -15,6 +15,7 @@ from torch import nn
 from .backbones import Backbone, FCStage
 from .cells import CELLS, GRU_RESETS, HH_INITS, check_choice, check_sih
 from .layers import ConvRecurrent, FCRecurrent
+from .model_config import KINDS, ModelConfig
 from .registry import create_backbone
 
 
@@ -66,14 +67,17 @@ class SequenceModel(nn.Module):
 
     forward(clips (B, T, C, H, W) [3D: (B, T, C, L, H, W)], start=None) -> (B, T, K). With ``start`` the input
     is the features entering that stage, (B, T, *F). ``step(frame, state)`` runs one time step.
+    ``model_config``: the ``ModelConfig`` it was built from; ``config``: its plain mapping (``to_dict()``), what
+    checkpoints store and ``build_from_config`` reads.
     """
 
-    def __init__(self, stages, recurrent, config, *, is_3d: bool = False, new_stages=()):
+    def __init__(self, stages, recurrent, config: ModelConfig | dict, *, is_3d: bool = False, new_stages=()):
         super().__init__()
         self.stages = nn.ModuleDict(stages)
         self._recurrent = [n for n in self.stages if n in set(recurrent)]
         self._new_stages = list(new_stages)
-        self.config = config
+        self.model_config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+        self.config = self.model_config.to_dict()
         self.is_3d = bool(is_3d)
 
     def recurrent_layers(self) -> dict[str, nn.Module]:
@@ -204,9 +208,8 @@ def convert(model, layers, cell: str, sih: bool = False, *, hh_init: str = "orth
             stages.append((name, ConvRecurrent(stage, cell, output=output, **kw)))
             if name in bb.absorbs:
                 skip.add(bb.absorbs[name])
-    config = {"kind": "prernn", "backbone": copy.deepcopy(bb.config), "layers": order, "cell": cell,
-              "sih": bool(sih), "hh_init": hh_init, "gru_reset": gru_reset,
-              "candidates": list(bb.candidates), "trunk_boundary": trunk_boundary(bb, order)}
+    config = ModelConfig("prernn", bb.config, order, cell, bool(sih), hh_init=hh_init, gru_reset=gru_reset,
+                         candidates=list(bb.candidates), trunk_boundary=trunk_boundary(bb, order))
     return SequenceModel(stages, order, config, is_3d=bb.is_3d)
 
 
@@ -238,9 +241,8 @@ def traditional(model, cell: str, num_layers: int = 1, hidden_size: int | None =
                                               hh_init=hh_init, inherited=False)))
         d = H
     stages.append(("classifier", FCStage(H, bb.num_classes, None, 0.0)))
-    config = {"kind": "traditional", "backbone": copy.deepcopy(bb.config), "layers": [], "cell": cell,
-              "sih": False, "num_layers": int(num_layers), "hidden_size": H, "hh_init": hh_init,
-              "gru_reset": gru_reset, "candidates": list(bb.candidates), "trunk_boundary": trunk_boundary(bb)}
+    config = ModelConfig("traditional", bb.config, [], cell, False, int(num_layers), H, hh_init, gru_reset,
+                         list(bb.candidates), trunk_boundary(bb))
     return SequenceModel(stages, rnn, config, is_3d=bb.is_3d, new_stages=["classifier"])
 
 
@@ -248,8 +250,7 @@ def frame_model(model) -> SequenceModel:
     """The trained CNN applied to every frame, no recurrent layer (the frame reference of Table 1):
     (B, T, ...) -> (B, T, K); its clip readout is the mean over T (``readout``)."""
     bb = _backbone(model)
-    config = {"kind": "frames", "backbone": copy.deepcopy(bb.config), "layers": [], "cell": None, "sih": False,
-              "candidates": list(bb.candidates), "trunk_boundary": trunk_boundary(bb)}
+    config = ModelConfig("frames", bb.config, candidates=list(bb.candidates), trunk_boundary=trunk_boundary(bb))
     return SequenceModel([(n, copy.deepcopy(s)) for n, s in bb.stages.items()], [], config, is_3d=bb.is_3d)
 
 
@@ -274,29 +275,26 @@ def clip_output(outputs: torch.Tensor, how: str) -> torch.Tensor:
     return outputs[:, -1] if how == "last" else outputs.mean(1)
 
 
-def build_from_config(config: dict, backbone: Backbone | None = None):
+def build_from_config(config: ModelConfig | dict, backbone: Backbone | None = None):
     """Rebuild a Backbone or SequenceModel (random weights) from its ``.config``; then ``load_state_dict``.
 
-    With a trained ``backbone`` a SequenceModel config (``kind``, ``layers``, ``cell``, ``sih``, ``hh_init``,
-    ``gru_reset``, ``num_layers``, ``hidden_size``; its ``backbone`` key is then not needed) is built on it, as
-    ``convert`` / ``traditional`` / ``frame_model`` would: the one way to build a model from a search trial's
-    configuration."""
-    if not isinstance(config, dict):
-        raise ValueError(f"config must be a dict, got {type(config).__name__}")
-    if "kind" not in config:
+    A mapping without ``kind`` is a Backbone's config. A ``ModelConfig``, or a mapping ``ModelConfig.from_dict``
+    reads (a SequenceModel's ``.config``, a search trial's configuration), is built as ``convert`` /
+    ``traditional`` / ``frame_model`` built it; with a trained ``backbone`` on that backbone (its ``backbone``
+    key is then not needed): the one way to build a model from a search trial's configuration."""
+    if isinstance(config, dict) and "kind" not in config:
         missing = [k for k in ("name", "num_classes") if k not in config]
         if missing:
             raise ValueError(f"backbone config is missing keys {missing}; got keys {sorted(config)}")
         return create_backbone(config["name"], config["num_classes"], config.get("in_channels", 3),
                                **config.get("kwargs", {}))
-    bb = _backbone(backbone) if backbone is not None else build_from_config(config["backbone"])
-    kind = config["kind"]
-    if kind == "prernn":
-        return convert(bb, config["layers"], config["cell"], config.get("sih", False),
-                       hh_init=config.get("hh_init", "orthogonal"), gru_reset=config.get("gru_reset", "before"))
-    if kind == "traditional":
-        return traditional(bb, config["cell"], config.get("num_layers", 1), config.get("hidden_size"),
-                           hh_init=config.get("hh_init", "orthogonal"), gru_reset=config.get("gru_reset", "before"))
-    if kind == "frames":  # the trained CNN applied per frame, no recurrent layer (the frame reference)
-        return frame_model(bb)
-    raise ValueError(f"unknown config kind {kind!r}; expected one of ['prernn', 'traditional', 'frames']")
+    mc = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+    if backbone is None and not mc.backbone:
+        raise ValueError(f"{mc.kind} config has no 'backbone' and no trained backbone was given")
+    bb = _backbone(backbone) if backbone is not None else build_from_config(mc.backbone)
+    if mc.kind == "prernn":
+        return convert(bb, mc.layers, mc.cell, mc.sih, hh_init=mc.hh_init, gru_reset=mc.gru_reset)
+    if mc.kind == "traditional":
+        return traditional(bb, mc.cell, mc.num_layers, mc.hidden_size, hh_init=mc.hh_init, gru_reset=mc.gru_reset)
+    assert mc.kind == "frames", KINDS  # ModelConfig refuses any other kind
+    return frame_model(bb)  # the trained CNN applied per frame, no recurrent layer (the frame reference)

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core.atomic import write_json
-from pipeline.core.params import load_stage_params
+from pipeline.checks import load_stage_params
 from pipeline.data.clipstore import ClipFileError
 from pipeline.report.comparison import comparison_lines
 from pipeline.report.final_evaluation import (FinalEvaluation, evaluate_choices, fused_model, mlflow_metrics,

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from pipeline.core.atomic import atomic_path
-from pipeline.core.params import load_stage_params
+from pipeline.checks import load_stage_params
 from pipeline.data.clipstore import ClipFileError
 from pipeline.training.pretrain import PretrainedWeightsError, pretrain_modality
 from pipeline.training.tasks import task_from_params

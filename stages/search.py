@@ -15,7 +15,8 @@ import argparse
 import logging
 import sys
 
-from pipeline.core.params import ParamsError, load_stage_params
+from pipeline.checks import load_stage_params
+from pipeline.core.params import ParamsError
 from pipeline.search.space import SpaceError
 from pipeline.search.stage import SearchStageError, run_search_stage
 

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.core.params import load_stage_params
+from pipeline.checks import load_stage_params
 from pipeline.report.inputs import ReportInputError, read_search
 from pipeline.report.selection import SelectionError
 from pipeline.report.selection_report import selection_tags, summary_line, write_selection_report

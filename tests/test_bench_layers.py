@@ -45,6 +45,7 @@ def test_bench_layers_smoke(capsys):
     assert out.count("target ") == 5 and "(goal 1.1)" in out
 
 
+@pytest.mark.slow  # bench/gpu.sh
 def test_gpu_sh_cpu_smoke(tmp_path):
     """bench/gpu.sh's prepared device check, in its tiny CPU mode: it runs and writes its tables to $OUT."""
     import os

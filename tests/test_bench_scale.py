@@ -2,6 +2,8 @@
 and doubled runs, and a whole 6-trial run through the real tuner printing its three `target` lines."""
 import re
 
+import pytest
+
 from bench import scale
 from pipeline.core.tracking import TRIAL_TAG, Tracker
 from pipeline.core.params import SearchParams
@@ -38,6 +40,7 @@ def test_store_check_names_lost_doubled_and_unfinished_runs(tmp_path):
     assert f"a: trials.json names run {b}, the store {a}" in scale.store_problems(uri, exp, parent, rows)
 
 
+@pytest.mark.slow  # Ray search
 def test_tiny_run_prints_the_three_targets(capsys):
     scale.main(["--configurations", "3", "--seeds", "2"])
     out = capsys.readouterr().out

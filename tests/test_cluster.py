@@ -24,6 +24,7 @@ def cluster():
         yield {"root": c.root, "address": c.address, "uri": c.uri, "env": c.env, "ns": c.ns, "cluster": c}
 
 
+@pytest.mark.slow  # Ray cluster
 def test_search_runs_trials_on_both_nodes_and_logs_to_the_tracking_server(cluster):
     from stages import pretrain
 

@@ -52,6 +52,7 @@ def _dvc(root, env, *args, timeout=180):
     return out.stdout + out.stderr
 
 
+@pytest.mark.slow  # dvc repro
 def test_extract_killed_mid_write_keeps_old_clips_and_repro_reruns_only_it(project):
     root, env = project
     _dvc(root, env, "repro", "extract")

@@ -139,6 +139,7 @@ def test_no_selection_stops_with_a_clear_message(workdir):
         _run(workdir, {"selected": None, "baseline": None})
 
 
+@pytest.mark.slow  # MLflow registry
 def test_select_then_evaluate_log_to_the_parent_run_and_register(workdir, monkeypatch):
     """select + evaluate with MLflow: reports on the search's parent run, the final model registered."""
     import mlflow

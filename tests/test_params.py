@@ -1,10 +1,18 @@
-"""pipeline.core.params: the schema accepts the shipped params.yaml and names every bad key, value and combination."""
+"""pipeline.core.params and pipeline.checks: the shipped params.yaml is accepted; every bad key, value and
+combination is named, by the plain schema or by the registry checks above it, in the stages that use it."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.core.params import ParamsError, load_params, validate_params
+import prernn
+from pipeline import checks
+from pipeline.checks import load_params, validate_params
+from pipeline.core import params as schema
+from pipeline.core.params import ParamsError
+from pipeline.training.tasks import list_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,7 +153,8 @@ def test_every_stage_prints_the_params_error_and_exits_2(stage, tmp_path, capsys
     {"layers": [["conv3", "fc6", "fc7"]], "max_layers": 2},
 ])
 def test_params_refuse_every_space_the_search_stage_refuses_with_the_same_lines(search):
-    from pipeline.core.params import SearchParams, backbone_candidates
+    from pipeline.checks import backbone_candidates
+    from pipeline.core.params import SearchParams
     from pipeline.search.space import SpaceError, build_space
 
     raw = _shipped()
@@ -177,3 +186,77 @@ def test_evaluate_modalities_null_takes_the_tasks_streams_that_pretrain_trains()
     given = {**raw, "evaluate": {**raw["evaluate"], "modalities": ["flow", "rgb"]}}
     assert validate_params(given).evaluate.modalities == ["flow", "rgb"]
     assert "evaluate.modalities" in _errors({**raw, "evaluate": {**raw["evaluate"], "modalities": []}})
+
+
+def test_the_schemas_fixed_lists_are_the_registries():
+    """pipeline.core.params keeps the task and cell names as plain strings (no registry import): the same lists."""
+    assert list(schema.TASKS) == list_tasks()
+    assert schema.CELLS == prernn.CELLS
+
+
+def test_the_schema_imports_no_torch_prernn_or_upper_package():
+    code = ("import sys, pipeline.core.params; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'prernn') "
+            "or m.startswith(('pipeline.training', 'pipeline.search', 'pipeline.report', 'pipeline.serve'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_plain_schema_leaves_the_task_defaults_and_registry_checks_to_pipeline_checks():
+    raw = _shipped()
+    raw["pretrain"]["backbone"] = "alexnet"
+    plain = schema.validate_params(raw)  # what ingest and extract read: a backbone name is a string to them
+    assert plain.pretrain.backbone == "alexnet" and plain.select.metric is None and plain.evaluate.modalities is None
+    resolved = checks.with_task_defaults(plain)
+    assert (resolved.select.metric, resolved.select.mode, resolved.evaluate.modalities) == ("val_acc", "max", ["rgb", "flow"])
+    assert "pretrain.backbone: 'alexnet'" in _errors(raw)
+
+
+def test_select_mode_beside_a_given_metric_defaults_to_max():
+    raw = _shipped()
+    raw["select"] = {**(raw.get("select") or {}), "metric": "val_loss"}
+    raw["select"].pop("mode", None)
+    assert (validate_params(raw).select.metric, validate_params(raw).select.mode) == ("val_loss", "max")
+    raw["select"]["mode"] = "min"
+    assert validate_params(raw).select.mode == "min"
+
+
+def test_each_stage_runs_the_checks_it_needs():
+    raw = _shipped()
+    raw["search"]["layers"] = [["fc8"]]  # the search space: search (and the full check) refuse it
+    with pytest.raises(ParamsError, match=r"search\.layers\.0: \['fc8'\]"):
+        validate_params(raw, "search")
+    assert validate_params(raw, "pretrain").search.layers == [["fc8"]]
+    assert validate_params(raw, "select").select.metric == "val_acc"
+    raw = _shipped()
+    raw["pretrain"].update(backbone="resnet_mini", dropout=0.3)
+    assert "pretrain.dropout" in _errors(raw) and validate_params(raw, "select").pretrain.dropout == 0.3
+    with pytest.raises(ParamsError, match="pretrain.dropout"):
+        validate_params(raw, "pretrain")
+    with pytest.raises(ValueError, match="stage 'train': unknown"):
+        validate_params(_shipped(), "train")
+
+
+@pytest.mark.parametrize("stage", ["ingest", "extract"])
+def test_ingest_and_extract_read_plain_params(stage, tmp_path):
+    """Those stages load through pipeline.core.params (their DVC deps are the data code): a bad search space is
+    for the stages that search; the full check (`python -m pipeline.checks`, first in `make repro`) names it."""
+    raw = _shipped()
+    raw["search"]["layers"] = [["fc8"]]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert schema.load_stage_params(tmp_path / "params.yaml", stage).search.layers == [["fc8"]]
+    assert checks.main([str(tmp_path / "params.yaml")]) == 2
+    assert checks.main([str(ROOT / "params.yaml")]) == 0
+
+
+def test_the_full_check_names_the_file_and_exits_2(tmp_path, capsys):
+    raw = _shipped()
+    raw["search"]["layers"] = [["fc8"]]
+    raw["pretrain"]["backbone"] = "alexnet"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = subprocess.run([sys.executable, "-m", "pipeline.checks", str(path)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[:2] == [f"{path}: invalid params:",
+                                           "pretrain.backbone: 'alexnet': unknown backbone 'alexnet'; allowed: "
+                                           + ", ".join(prernn.list_backbones())]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core.stage_deps import module_file
+from tools.stage_deps import module_file
 from tests.browser import needs_chromium, page, page_with
 from tests.dvc_project import make_project
 from tests.dvc_project import run as _run

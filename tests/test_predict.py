@@ -191,6 +191,7 @@ def test_cli_clip_and_stream(world):
     assert res.returncode == 2 and "no such model file" in res.stderr
 
 
+@pytest.mark.slow  # MLflow model logged and loaded
 def test_mlflow_pyfunc_round_trip(world, tmp_path, monkeypatch):
     import mlflow
     import pandas as pd

@@ -1,5 +1,6 @@
 """convert / traditional / SequenceModel / build_from_config / count_recurrent_parameters."""
 import json
+import re
 
 import pytest
 import torch
@@ -341,3 +342,49 @@ def test_the_layer_set_and_sih_rules_every_caller_uses():
     prernn.check_sih("vrnn", False)
     with pytest.raises(ValueError, match="sih=True needs a gated cell"):
         prernn.check_sih("vrnn", True)
+
+
+def test_model_config_round_trip_and_the_builders_config():
+    """Each builder's ModelConfig gives the dict checkpoints store (its kind's keys only) and reads back from it."""
+    bb = prernn.create_backbone("vgg_mini", 3, input_size=16)
+    models = [prernn.convert(bb, ["fc6"], "gru", True, gru_reset="after"), prernn.traditional(bb, "lstm", 2, 8),
+              prernn.frame_model(bb)]
+    for m in models:
+        assert isinstance(m.model_config, prernn.ModelConfig) and m.config == m.model_config.to_dict()
+        assert prernn.ModelConfig.from_dict(json.loads(json.dumps(m.config))) == m.model_config
+        assert prernn.build_from_config(m.model_config).config == m.config  # a ModelConfig builds as its dict does
+    prernn_cfg, trad_cfg, frames_cfg = (m.config for m in models)
+    assert list(prernn_cfg) == ["kind", "backbone", "layers", "cell", "sih", "hh_init", "gru_reset", "candidates",
+                                "trunk_boundary"]
+    assert (trad_cfg["num_layers"], trad_cfg["hidden_size"]) == (2, 8) and "num_layers" not in prernn_cfg
+    assert "hh_init" not in frames_cfg and frames_cfg["cell"] is None
+    copied = models[0].model_config.to_dict()
+    copied["layers"].append("fc7")
+    copied["backbone"]["num_classes"] = 9  # to_dict gives a copy: the typed config and the model are unchanged
+    assert models[0].model_config.layers == ["fc6"] and models[0].config["backbone"]["num_classes"] == 3
+
+
+def test_model_config_defaults_are_the_builders_defaults():
+    bb = prernn.create_backbone("vgg_mini", 3, input_size=16)
+    cfg = prernn.ModelConfig.from_dict({"kind": "traditional", "cell": "gru", "epochs": 3, "lr_new": 0.1})
+    assert (cfg.num_layers, cfg.hidden_size, cfg.sih, cfg.hh_init, cfg.gru_reset) == (1, None, False, "orthogonal",
+                                                                                     "before")
+    assert prernn.build_from_config(cfg, bb).config == prernn.traditional(bb, "gru").config
+    trial = {"kind": "prernn", "layers": ["fc7"], "cell": "lstm", "name": "prernn-lstm-fc7", "seed": 0}
+    assert prernn.build_from_config(trial, bb).config == prernn.convert(bb, ["fc7"], "lstm").config
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"kind": "other"}, "unknown config kind 'other'; expected one of ['prernn', 'traditional', 'frames']"),
+    ({"cell": "gru"}, "unknown config kind None"),
+    ({"kind": "prernn", "cell": "gru"}, "prernn config is missing keys ['layers']; got keys ['cell', 'kind']"),
+    ({"kind": "traditional"}, "traditional config is missing keys ['cell']"),
+    (["prernn"], "config must be a dict, got list"),
+])
+def test_model_config_refuses_unknown_kinds_and_missing_keys(config, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        prernn.ModelConfig.from_dict(config)
+    with pytest.raises(ValueError, match="unknown config kind 'rnn'"):
+        prernn.ModelConfig("rnn")
+    with pytest.raises(ValueError, match="no 'backbone' and no trained backbone"):
+        prernn.build_from_config({"kind": "frames"})

@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.core.params import ParamsError, validate_params
+from pipeline.checks import validate_params
+from pipeline.core.params import ParamsError
 from tests.dvc_project import make_project, run
 from tests.mlflow_store import use_mlflow_store
 
@@ -153,6 +154,7 @@ def test_mlflow_pyfunc_predictor_returns_landmarks(run_dir, monkeypatch):
     assert pd.isna(out["landmarks"][2]) and out["frame"][2] == -1 and "no such file" in out["error"][2]
 
 
+@pytest.mark.slow  # training to a landmark score
 def test_pretrain_and_prernn_learn_landmarks(tmp_path):
     """The regression path learns, not just runs: on a slightly larger clean synthetic set (40 clips of 4 frames,
     16 px) the pretrain stage's backbone and then its PreRNN conversion (GRU at fc7) reach a validation AUC > 0 at

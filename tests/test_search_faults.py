@@ -21,6 +21,7 @@ def workdir(tmp_path_factory):
     return pretrained_search_project(tmp_path_factory.mktemp("faults"), {"epochs": 2, "max_failures": 1}, "faults")
 
 
+@pytest.mark.slow  # Ray search
 def test_faulty_trials_fail_alone_are_retried_and_show_as_failed(workdir, monkeypatch):
     from pipeline.core import tracking
     from stages import search, select
@@ -71,6 +72,7 @@ def test_faulty_trials_fail_alone_are_retried_and_show_as_failed(workdir, monkey
     assert gru_rows and all(ln.count("failed") == 2 for ln in gru_rows), table
 
 
+@pytest.mark.slow  # Ray search
 def test_more_gpus_per_trial_than_the_cluster_has_stops_before_any_trial(workdir, monkeypatch, capsys):
     from pipeline.core import tracking
     from stages import search

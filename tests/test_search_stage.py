@@ -75,6 +75,7 @@ def test_pretrain_keeps_user_weights_without_finetuning(workdir, tmp_path):
     assert report["epochs"] == 0 and not report["finetuned"] and 0 <= report["val_frame_acc"] <= 1
 
 
+@pytest.mark.slow  # Ray search
 def test_search_stage_writes_trials_and_nested_mlflow_runs(workdir, monkeypatch):
     """Also: search.layers with fc7 and conv3+fc6 makes two trunk caches (below conv3, and the default below fc6
     that fc7 and the baseline share); the conv trial trains on the conv3 features, and reports gate statistics

@@ -1,12 +1,12 @@
-"""pipeline.core.stage_deps: each stage's code deps in dvc.yaml are the project modules the stage imports."""
+"""tools.stage_deps: each stage's code deps in dvc.yaml are the project modules the stage imports."""
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.core import stage_deps
-from pipeline.core.stage_deps import DepsError, check, closure, code_files, rewrite, write
+from tools import stage_deps
+from tools.stage_deps import DepsError, check, closure, code_files, rewrite, write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,13 +117,26 @@ def test_imports_it_cannot_follow_are_errors_naming_file_and_line(project, line,
 
 def test_this_projects_dvc_yaml_lists_exactly_the_code_each_stage_runs():
     problems = check(ROOT)
-    assert problems == [], "\n".join(problems + ["fix: python -m pipeline.core.stage_deps --write"])
+    assert problems == [], "\n".join(problems + ["fix: python -m tools.stage_deps --write"])
 
 
 def test_the_search_stage_depends_on_the_code_ray_trials_run():
     deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["search"]["deps"]
     assert {"pipeline/search/trainable.py", "pipeline/training/trainer.py", "pipeline/core/storage.py", "pipeline/core/checkpoint.py",
             "pipeline/core/params.py", "prernn/cells.py"} <= set(deps)
+
+
+@pytest.mark.parametrize("stage", ["ingest", "extract"])
+def test_ingest_and_extract_depend_on_core_and_data_code_only(stage):
+    """A change to the library, the search or the training (a recurrent kernel, a trial) does not rerun the hours
+    of ingestion and extraction: those stages import no registry (pipeline.core.params is plain data)."""
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
+    code = [d for d in deps if isinstance(d, str) and stage_deps.is_code(d)]
+    assert "pipeline/core/params.py" in code and f"stages/{stage}.py" in code
+    upper = [d for d in code if d.startswith(("prernn/", "pipeline/search/", "pipeline/training/", "pipeline/report/",
+                                              "pipeline/serve/", "pipeline/checks"))]
+    assert upper == []
+    assert set(code) == set(code_files(ROOT, f"stages.{stage}"))
 
 
 def test_a_dropped_dep_of_this_project_is_reported(tmp_path):
@@ -137,7 +150,7 @@ def test_a_dropped_dep_of_this_project_is_reported(tmp_path):
 
 def test_cli_exit_codes(project, capsys):
     assert stage_deps.main(["--root", str(project)]) == 1
-    assert "stage_deps: run `python -m pipeline.core.stage_deps --write`" in capsys.readouterr().err
+    assert "stage_deps: run `python -m tools.stage_deps --write`" in capsys.readouterr().err
     assert stage_deps.main(["--root", str(project), "--write"]) == 0
     assert stage_deps.main(["--root", str(project)]) == 0
     (project / "pipeline" / "x.py").write_text("__import__('os')\n")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import prernn
-from pipeline.core.params import Params, validate_params
+from pipeline.checks import validate_params
+from pipeline.core.params import Params
 from pipeline.report.evaluation import final_checkpoint
 from pipeline.serve.model_file import load_model_file
 from pipeline.training.tasks import get_task, list_tasks, task_from_entries, task_from_params

@@ -45,6 +45,7 @@ def _search(tmp, **kw):
                         max_failures=0, storage_path=str(tmp / "ray"), **kw)
 
 
+@pytest.mark.slow  # Ray search
 def test_search_runs_trials_logs_child_runs_and_marks_nan_trial_failed(ray_session, inputs, tmp_path, monkeypatch):
     from pipeline.search import tuner
     ckpt, splits, candidates, boundary = inputs
@@ -99,6 +100,7 @@ def test_search_runs_trials_logs_child_runs_and_marks_nan_trial_failed(ray_sessi
     assert key(fresh) == key(rows)
 
 
+@pytest.mark.slow  # Ray search
 def test_same_seed_same_trial_metrics_without_cached_trunk(ray_session, inputs, tmp_path):
     """Two trials with the same config (under two names) in one search train to the same metrics, on uint8 clips
     that travel through Ray's object store with their normaliser and are normalised in the trial."""

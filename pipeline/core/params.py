@@ -1,25 +1,28 @@
-"""The params.yaml schema, validated before any stage does work.
+"""The params.yaml schema as plain data, validated before any stage does work.
 
 `load_params(path)` -> `Params`; every problem (unknown key, wrong type, value not allowed,
-impossible combination) is collected into one `ParamsError` whose message has one line per
+impossible combination of sections) is collected into one `ParamsError` whose message has one line per
 problem naming the dotted key, the value given and what is allowed.
+
+This module imports no torch, no `prernn` and nothing above `pipeline.core`, so a stage that reads only its
+params (ingest, extract) depends on nothing else (dvc.yaml's derived deps). Allowed values are strings:
+the task names (`TASKS`) and the cells (`CELLS`) are fixed lists that tests/test_params.py compares with their
+registries. The checks that need a registry (pretrain.backbone known, pretrain.dropout applies, the task's
+defaults and cross-checks, the search space over the backbone's layers) live above, in `pipeline.checks`,
+which every later stage loads its params through; `python -m pipeline.checks params.yaml` runs all of them.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Callable, Literal, Optional, Union
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.search.space import space_problems
-from pipeline.training.tasks import get_task, list_tasks
-import prernn
-from prernn import CELLS
-
 MODALITIES = ("rgb", "flow", "depth")
+TASKS = ("classification", "regression")  # pipeline.training.tasks.list_tasks() (tests/test_params.py)
+CELLS = ("vrnn", "lstm", "gru")            # prernn.CELLS (tests/test_params.py)
 
 
 class ParamsError(ValueError):
@@ -120,7 +123,7 @@ class ExtractParams(_Section):
 
 
 class PretrainParams(_Section):
-    backbone: str = "vgg_mini"
+    backbone: str = "vgg_mini"  # a registered backbone (prernn.list_backbones; checked by pipeline.checks)
     modalities: list[Literal["rgb", "flow", "depth"]] = ["rgb", "flow"]
     weights: Optional[str] = None
     finetune: bool = True
@@ -131,23 +134,10 @@ class PretrainParams(_Section):
     augment_shift: int = Field(0, ge=0, le=16)     # pixels a training frame is shifted by at most (pipeline.data.augment)
     augment_jitter: float = Field(0.0, ge=0, le=1)  # brightness / contrast jitter of a training frame
     dropout: Optional[float] = Field(None, ge=0, lt=1)  # fc6 / fc7 dropout (VGG, C3D); null: the task's (Task.fc_dropout)
+    # (a backbone without fc dropout refuses a number: pipeline.checks)
     phase_bins: int = Field(0, ge=0)  # classification: also train on (class, phase bin) pairs (pipeline.training.phase)
     phase_weight: float = Field(1.0, ge=0)  # the weight of that pair loss beside the class loss
     seed: int = 0
-
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, name: str) -> str:
-        if name not in prernn.list_backbones():
-            raise ValueError(f"unknown backbone {name!r}; allowed: {', '.join(prernn.list_backbones())}")
-        return name
-
-    @model_validator(mode="after")
-    def _dropout_applies(self):
-        if self.dropout is not None and "dropout" not in prernn.backbone_options(self.backbone):
-            raise ValueError(f"pretrain.dropout: {self.dropout}: backbone {self.backbone!r} has no fc dropout; "
-                             "expected null")
-        return self
 
 
 class SearchParams(_Section):
@@ -195,8 +185,8 @@ class SelectParams(_Section):
     low: float = Field(0.1, gt=0, lt=1)
     high: float = Field(0.9, gt=0, lt=1)
     gates: Literal["embodiment", "all"] = "embodiment"  # prernn.deciding_gates: LSTM forget, GRU reset + update
-    metric: str = "val_acc"
-    mode: Literal["max", "min"] = "max"
+    metric: Optional[str] = None  # null: the task's score (Task.score: val_acc, val_auc); pipeline.checks resolves it
+    mode: Optional[Literal["max", "min"]] = None  # null: the task's (Task.mode) when metric is null, else max
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -207,7 +197,8 @@ class SelectParams(_Section):
 
 class EvaluateParams(_Section):
     epochs: int = Field(8, ge=1)
-    modalities: list[Literal["rgb", "flow", "depth"]] = Field(["rgb", "flow"], min_length=1)  # null: the task's
+    # null: the task's streams (Task.evaluate_modalities) that pretrain trains; pipeline.checks resolves it
+    modalities: Optional[list[Literal["rgb", "flow", "depth"]]] = Field(None, min_length=1)
     register_name: str = "prernn-final"
 
 
@@ -218,7 +209,7 @@ class MlflowParams(_Section):
 
 
 class Params(_Section):
-    task: Literal[tuple(list_tasks())] = "classification"  # the registered tasks (pipeline.training.tasks)
+    task: Literal[TASKS] = "classification"  # the registered tasks (pipeline.training.tasks)
     data: DataParams = DataParams()
     extract: ExtractParams = ExtractParams()
     pretrain: PretrainParams = PretrainParams()
@@ -228,45 +219,13 @@ class Params(_Section):
     mlflow: MlflowParams = MlflowParams()
     regression: RegressionParams = RegressionParams()
 
-    @model_validator(mode="before")
-    @classmethod
-    def _task_defaults(cls, raw):
-        """select.metric absent or null: the task's score (`Task.score`): val_acc, or for task: regression the
-        landmark AUC val_auc; and select.mode, if absent too, the task's (`Task.mode`: max for both).
-        evaluate.modalities absent or null: the task's streams (`Task.evaluate_modalities`) that pretrain trains."""
-        if isinstance(raw, dict):
-            sel = raw.get("select") or {}
-            name = raw.get("task") or "classification"
-            if name not in list_tasks():
-                return raw  # the field's own check names the allowed tasks
-            task = get_task(name)
-            if isinstance(sel, dict) and sel.get("metric") is None:
-                raw = {**raw, "select": {"mode": task.mode, **sel, "metric": task.score}}
-            ev = raw.get("evaluate") or {}
-            if isinstance(ev, dict) and ev.get("modalities") is None:
-                pre = raw.get("pretrain") if isinstance(raw.get("pretrain"), dict) else {}
-                trained = pre.get("modalities") or PretrainParams.model_fields["modalities"].default
-                raw = {**raw, "evaluate": {**ev, "modalities": [m for m in task.evaluate_modalities if m in trained]
-                                           or list(trained)}}
-        return raw
-
     @model_validator(mode="after")
-    def _cross_section(self):
+    def _modalities_extracted_and_trained(self):
+        """Every stream pretrain, search and evaluate use is extracted; search and evaluate use trained ones
+        (evaluate.modalities null, the task's, is always a subset of pretrain.modalities)."""
         problems = []
-        task = get_task(self.task)
-        landmark_source = self.data.source in LANDMARK_SOURCES
-        if task.needs_landmarks and not landmark_source:
-            problems.append(f"data.source: {self.data.source!r}: task {task.name} needs landmark annotations; "
-                            f"allowed: {', '.join(LANDMARK_SOURCES)}")
-        if self.select.metric == "val_acc" and "acc" not in task.metric_keys:
-            others = [k for k in task.val_keys if k != task.score]
-            problems.append(f"select.metric: 'val_acc': {task.name} trials have no accuracy; use {task.score} "
-                            f"(default), {' or '.join(others)} (mode: min), or val_loss")
-        if not task.needs_landmarks and landmark_source:
-            landmark_tasks = [n for n in list_tasks() if get_task(n).needs_landmarks]
-            problems.append(f"data.source: {self.data.source!r}: a landmark source has no class labels; "
-                            f"set task: {' or '.join(landmark_tasks)}")
-        needed = set(self.pretrain.modalities) | {self.search.modality} | set(self.evaluate.modalities)
+        given = list(self.evaluate.modalities or [])
+        needed = set(self.pretrain.modalities) | {self.search.modality} | set(given)
         missing = sorted(needed - set(self.extract.modalities))
         if missing:
             problems.append(
@@ -274,28 +233,13 @@ class Params(_Section):
                 "which pretrain/search/evaluate use"
             )
         trained = set(self.pretrain.modalities)
-        for key, mods in (("search.modality", [self.search.modality]), ("evaluate.modalities", self.evaluate.modalities)):
+        for key, mods in (("search.modality", [self.search.modality]), ("evaluate.modalities", given)):
             untrained = sorted(set(mods) - trained)
             if untrained:
                 problems.append(f"{key}: {mods}: {untrained} not in pretrain.modalities {list(self.pretrain.modalities)}")
-        problems += _search_space_problems(self.search, self.pretrain.backbone)
         if problems:
             raise ValueError("\n".join(problems))
         return self
-
-
-def backbone_candidates(name: str) -> tuple[list[str], list[str]]:
-    """(candidate layers, default candidates) of backbone `name` (prernn.candidate_layers,
-    prernn.default_candidates), built on the meta device (no memory)."""
-    with torch.device("meta"):
-        bb = prernn.create_backbone(name, 2)
-        return prernn.candidate_layers(bb), prernn.default_candidates(bb)
-
-
-def _search_space_problems(search: "SearchParams", backbone: str) -> list[str]:
-    """The search space's own rules (pipeline.search.space.space_problems) over pretrain.backbone's candidate layers."""
-    candidates, defaults = backbone_candidates(backbone)
-    return space_problems(search, candidates, backbone, defaults)
 
 
 def _format(err: ValidationError, raw: dict) -> str:
@@ -320,10 +264,19 @@ def validate_params(raw: dict) -> Params:
         raise ParamsError("invalid params:\n" + _format(err, raw)) from None
 
 
-def load_stage_params(path: str | Path, stage: str) -> Params:
-    """`load_params` for a stage script: on a ParamsError print it, prefixed by `stage`, and exit 2."""
+def load_stage_params(path: str | Path, stage: str,
+                      check: Optional[Callable[[Params], Params]] = None) -> Params:
+    """`load_params`, then `check` (the stage's registry checks: `pipeline.checks.load_stage_params` passes
+    them; ingest and extract need none) for a stage script: on a ParamsError print it, prefixed by `stage`,
+    and exit 2."""
     try:
-        return load_params(path)
+        params = load_params(path)
+        if check is None:
+            return params
+        try:
+            return check(params)
+        except ParamsError as err:
+            raise ParamsError(f"{path}: {err}") from None
     except ParamsError as err:
         print(f"{stage}: {err}", file=sys.stderr)
         raise SystemExit(2) from None

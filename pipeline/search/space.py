@@ -98,7 +98,7 @@ def space_problems(search, candidates: Sequence[str], backbone: Optional[str] = 
                    defaults: Optional[Sequence[str]] = None) -> list[str]:
     """Every reason the `search` section (SearchParams or a mapping) gives no valid space over the backbone's
     `candidates` (`defaults`: the ones `search.layers: null` combines; None: all), one line each naming the key;
-    [] when it gives one. pipeline.core.params calls this too."""
+    [] when it gives one. pipeline.checks calls this too, before any stage work."""
     get = _getter(search)
     cells, sihs, baselines = list(get("cells")), list(get("sih")), list(get("baselines"))
     problems = []

@@ -1,25 +1,19 @@
 """The `prernn` command line: `prernn predict`, `prernn check-params`.
 
 This file parses the arguments and dispatches; each subcommand's body lives in its own module
-(`pipeline.serve.predict.run`, `pipeline.core.params.load_params`).
+(`pipeline.serve.predict.run`, `pipeline.checks.main`).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pipeline.core.params import ParamsError, load_params
+from pipeline import checks
 from pipeline.serve import predict
 
 
 def _check_params(args: argparse.Namespace) -> int:
-    try:
-        load_params(args.params)
-    except ParamsError as err:
-        print(err, file=sys.stderr)
-        return 2
-    print(f"{args.params}: ok")
-    return 0
+    return checks.main([str(args.params)])
 
 
 def build_parser() -> argparse.ArgumentParser:

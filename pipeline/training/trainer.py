@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from pipeline.data.dataset import device_normalizer
-from pipeline.training.tasks import Task, task_from_entries
+from pipeline.training.tasks import Task
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -139,9 +139,8 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, *, lr_inherited: float, lr_new: float, weight_decay: float = 0.0,
                  batch_size: int = 16, seed: int = 0, start: Optional[str] = None, device="cpu",
-                 task: Optional[Task] = None, augment: Optional[torch.nn.Module] = None):
-        # task None: the default task, for bench/search.py until it names its own (issue 28); then `task: Task`
-        self.task = task if task is not None else task_from_entries({})
+                 task: Task, augment: Optional[torch.nn.Module] = None):
+        self.task = task
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.readout = self.task.readout(model)  # "last" for recurrent models, "mean" for frame models (Task.readout)

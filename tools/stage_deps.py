@@ -1,4 +1,4 @@
-"""Each DVC stage's code deps, derived from what the stage imports: `python -m pipeline.core.stage_deps [--write]`.
+"""Each DVC stage's code deps, derived from what the stage imports: `python -m tools.stage_deps [--write]`.
 
 A stage `cmd: python -m stages.<name> ...` runs `stages/<name>.py` and every project module it imports,
 transitively: module-level and function-level (lazy) imports alike, relative imports, `from pkg import mod`,
@@ -26,7 +26,7 @@ import yaml
 
 from pipeline.core.atomic import write_text
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("prernn", "pipeline", "stages")
 DYNAMIC_IMPORTS = {"import_module", "__import__", "spec_from_file_location", "run_module", "run_path"}
 _CMD_MODULE = re.compile(r"\bpython3?\s+-m\s+([\w.]+)")
@@ -89,7 +89,7 @@ def direct_imports(root: Path, name: str, packages: tuple[str, ...] = PACKAGES) 
         called = _dynamic_import(node)
         if called:
             raise DepsError(f"{rel}:{node.lineno}: {called}(...) imports by a runtime value, which "
-                            "pipeline.core.stage_deps cannot follow; import the module by name")
+                            "tools.stage_deps cannot follow; import the module by name")
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith(".py"):
             found.update(_modules_named(root, node.value, packages))
         for cand in _candidates(node, name, _is_package(path)):
@@ -274,7 +274,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for line in problems:
         print(line, file=sys.stderr)
     if problems:
-        print("stage_deps: run `python -m pipeline.core.stage_deps --write` to derive them", file=sys.stderr)
+        print("stage_deps: run `python -m tools.stage_deps --write` to derive them", file=sys.stderr)
         return 1
     print("stage_deps: every stage's code deps are the modules it imports")
     return 0

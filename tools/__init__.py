@@ -1,0 +1,1 @@
+"""Development tools of this checkout (not installed with the package): `python -m tools.stage_deps`."""
