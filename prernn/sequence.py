@@ -180,8 +180,12 @@ def convert(model, layers, cell: str, sih: bool = False, *, hh_init: str = "orth
     conv): Eq. (6) and the conv cases of Eqs. (7), (10) (``ConvRecurrent``); a conv layer below the global
     pooling absorbs it (output the pooled state), any other feeds the layer above the trained map plus the
     recurrent change (``ConvRecurrent``'s ``output="map"``). Any set of candidates, conv and fc together ([0065]).
-    Hidden-to-hidden weights start random (``hh_init``) with zero biases.
+    Hidden-to-hidden weights start random (``hh_init``) with zero biases. Any other ``nn.Module``: its layers by
+    qualified name (``prernn.generic.convert_module``).
     """
+    if not isinstance(model, Backbone):
+        from .generic import convert_module
+        return convert_module(model, layers, cell, sih, hh_init=hh_init, gru_reset=gru_reset)
     bb = _backbone(model)
     check_choice("cell", cell, CELLS)
     check_choice("hh_init", hh_init, HH_INITS)
@@ -246,7 +250,11 @@ def traditional(model, cell: str, num_layers: int = 1, hidden_size: int | None =
 
 def frame_model(model) -> SequenceModel:
     """The trained CNN applied to every frame, no recurrent layer (the frame reference of Table 1):
-    (B, T, ...) -> (B, T, K); its clip readout is the mean over T (``readout``)."""
+    (B, T, ...) -> (B, T, K); its clip readout is the mean over T (``readout``). Any other ``nn.Module``:
+    ``prernn.generic.frame_module``."""
+    if not isinstance(model, Backbone):
+        from .generic import frame_module
+        return frame_module(model)
     bb = _backbone(model)
     config = {"kind": "frames", "backbone": copy.deepcopy(bb.config), "layers": [], "cell": None, "sih": False,
               "candidates": list(bb.candidates), "trunk_boundary": trunk_boundary(bb)}
@@ -280,16 +288,23 @@ def build_from_config(config: dict, backbone: Backbone | None = None):
     With a trained ``backbone`` a SequenceModel config (``kind``, ``layers``, ``cell``, ``sih``, ``hh_init``,
     ``gru_reset``, ``num_layers``, ``hidden_size``; its ``backbone`` key is then not needed) is built on it, as
     ``convert`` / ``traditional`` / ``frame_model`` would: the one way to build a model from a search trial's
-    configuration."""
+    configuration. A user's own module: ``{"builder": "package.module:function", "kwargs": {...}}`` builds it
+    (``prernn.generic.build_module``: the import path is code the user trusts, like an entry point), and a model
+    converted from it records that as its ``backbone``."""
     if not isinstance(config, dict):
         raise ValueError(f"config must be a dict, got {type(config).__name__}")
     if "kind" not in config:
+        if "builder" in config:  # {"builder": "package.module:function", "kwargs"}: imports and runs trusted code
+            from .generic import build_module
+            return build_module(config)
         missing = [k for k in ("name", "num_classes") if k not in config]
         if missing:
             raise ValueError(f"backbone config is missing keys {missing}; got keys {sorted(config)}")
         return create_backbone(config["name"], config["num_classes"], config.get("in_channels", 3),
                                **config.get("kwargs", {}))
-    bb = _backbone(backbone) if backbone is not None else build_from_config(config["backbone"])
+    if backbone is None and config.get("backbone") is None:
+        raise ValueError("the config names no backbone or builder; pass the trained model as backbone=")
+    bb = backbone if backbone is not None else build_from_config(config["backbone"])
     kind = config["kind"]
     if kind == "prernn":
         return convert(bb, config["layers"], config["cell"], config.get("sih", False),

@@ -214,7 +214,7 @@ def test_bad_arguments_name_allowed_values():
         prernn.convert(bb, ["fc6"], "gru", gru_reset="middle")
     with pytest.raises(ValueError, match="num_layers"):
         prernn.traditional(bb, "lstm", 3)
-    with pytest.raises(ValueError, match="Backbone"):
+    with pytest.raises(ValueError, match="'fc6' is not a submodule of Linear"):  # any nn.Module: prernn.generic
         prernn.convert(torch.nn.Linear(2, 2), ["fc6"], "lstm")
 
 
