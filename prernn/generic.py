@@ -13,7 +13,10 @@ holding its recurrent form; the user's own ``forward`` is kept:
   gated cells' job, and W_hh starts orthogonal, so the state does not contract or blow up at once.)
 - a conv layer with its activation (Eq. 6, ``ConvRecurrent``): a residual block with torchvision's
   BasicBlock children (``conv1, bn1, relu, conv2, bn2[, downsample]``, e.g. ``"layer4.1"``) or an
-  ``nn.Sequential(conv, [batch norm,] ReLU, pools...)``. The recurrence runs over the pooled vector
+  ``nn.Sequential(conv, [batch norm,] ReLU, pools...)``. A block with those children is taken to compute
+  torchvision's BasicBlock forward (relu(bn2(conv2(relu(bn1(conv1 x)))) + downsample x)); one that orders them
+  otherwise (a pre-activation block) would be converted wrongly: compare t = 0 with the trained network. The
+  recurrence runs over the pooled vector
   u_t = P(B(W_xy * x_t) + gamma_t) (Eq. 6/7/10); the block hands the user's forward the map it had, the trained
   map plus the recurrent state's change ``ConvRecurrent(output="map")``: exact at t = 0 for every cell, and where
   the forward pools the map globally (a ResNet's ``avgpool``) the pooled vector is the trained one plus
@@ -53,7 +56,8 @@ from .sequence import SequenceModel
 PRERNN_BUILDER = "prernn_builder"  # attribute of a module built by build_module: its {"builder", "kwargs"} spec
 CONVERTIBLE = ("nn.Linear; a residual block (conv1, bn1, relu, conv2, bn2[, downsample]); "
                "nn.Sequential(conv, [batch norm,] ReLU, pools...)")
-BLOCK_CHILDREN = {"conv1", "bn1", "relu", "conv2", "bn2", "downsample"}
+BLOCK_CHILDREN = {"conv1", "bn1", "relu", "conv2", "bn2", "downsample"}  # taken to compute BasicBlock's forward
+BLOCK_REQUIRED = {"conv1", "bn1", "conv2", "bn2"}
 
 
 # ---- the layers --------------------------------------------------------------------------------------------------
@@ -103,10 +107,12 @@ def _refusal(name: str, layer: nn.Module) -> str | None:
                 f"activation (ReLU) inside the recurrence: name the block holding conv, [batch norm,] ReLU")
     if hasattr(layer, "conv2") and hasattr(layer, "bn2"):
         children = {n for n, _ in layer.named_children()}
-        extra = sorted(children - BLOCK_CHILDREN)
-        if extra or not isinstance(layer.conv2, CONV_TYPES) or not isinstance(layer.bn2, BN_TYPES):
+        extra, missing = sorted(children - BLOCK_CHILDREN), sorted(BLOCK_REQUIRED - children)
+        if extra or missing or not all(isinstance(getattr(layer, c), CONV_TYPES) for c in ("conv1", "conv2")) \
+                or not all(isinstance(getattr(layer, b), BN_TYPES) for b in ("bn1", "bn2")):
             return (f"layer {name!r} is a {kind} with children {sorted(children)}; a residual block converts "
-                    f"with exactly torchvision's BasicBlock children {sorted(BLOCK_CHILDREN)} (extra: {extra})")
+                    f"with exactly torchvision's BasicBlock children {sorted(BLOCK_CHILDREN)} (conv, batch norm; "
+                    f"extra: {extra}, missing: {missing})")
     elif not (isinstance(layer, nn.Sequential) and len(layer) and isinstance(layer[0], CONV_TYPES)):
         return f"layer {name!r} is a {kind}; convertible layers: {CONVERTIBLE}"
     try:
