@@ -16,8 +16,7 @@ holding its recurrent form; the user's own ``forward`` is kept:
   ``nn.Sequential(conv, [batch norm,] ReLU, pools...)``. A block with those children is taken to compute
   torchvision's BasicBlock forward (relu(bn2(conv2(relu(bn1(conv1 x)))) + downsample x)); one that orders them
   otherwise (a pre-activation block) would be converted wrongly: compare t = 0 with the trained network. The
-  recurrence runs over the pooled vector
-  u_t = P(B(W_xy * x_t) + gamma_t) (Eq. 6/7/10); the block hands the user's forward the map it had, the trained
+  recurrence runs over the pooled vector u_t = P(B(W_xy * x_t) + gamma_t) (Eq. 6/7/10); the block hands the user's forward the map it had, the trained
   map plus the recurrent state's change ``ConvRecurrent(output="map")``: exact at t = 0 for every cell, and where
   the forward pools the map globally (a ResNet's ``avgpool``) the pooled vector is the trained one plus
   y_t - y0_t. The state form (y_t itself as the pooled vector) needs the pool cut out of the user's graph: not
