@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.test-installed
 
 .PHONY: venv repro test test-all test-faults bench clean-venv mlflow-ui mlflow-server plots-template browser
 
@@ -22,6 +23,12 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# test-only assets from the registry (requirements-test.txt: MTCNN's trained ONet weights, a real face video), their
+# data files alone: --no-deps, since they pin an old torch and torchvision that the tests never import
+$(TEST_STAMP): requirements-test.txt $(STAMP)
+	$(BIN)/pip install --quiet --no-deps -r requirements-test.txt
+	touch $(TEST_STAMP)
+
 # every params check first (seconds; exit 2 naming each bad key), so a bad search.layers stops it before ingest
 repro: $(STAMP)
 	$(BIN)/python -m pipeline.checks params.yaml
@@ -29,16 +36,16 @@ repro: $(STAMP)
 
 # the quick local loop (a few minutes on 2 cores): every test but those marked `slow` (real `dvc repro` runs, Ray
 # searches and clusters, MLflow servers, the browser checks of the DVC plots and the MLflow UI) and `faults`
-test: $(STAMP)
+test: $(TEST_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow and not faults" $(PYTEST_ARGS)
 
 # everything but the fault tests, the slow ones included (CI: .ci/run, then `make test-faults`)
-test-all: $(STAMP) browser
+test-all: $(TEST_STAMP) browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not faults" $(PYTEST_ARGS)
 
 # the real-process fault tests (tests marked `faults`: a Ray node SIGKILLed mid-search, the MLflow server stopped
 # mid-search, two queued DVC experiments at once; network namespaces, so root); CI runs them after `make test-all`
-test-faults: $(STAMP)
+test-faults: $(TEST_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
 
 # Debian's chromium for the browser checks in tests/test_pipeline_e2e.py (tests/browser.py: headless, loopback

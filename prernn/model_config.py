@@ -24,7 +24,8 @@ class ModelConfig:
     """One SequenceModel: which layers of which trained backbone are recurrent, with which cell."""
 
     kind: str                                          # "prernn", "traditional" or "frames" (KINDS)
-    backbone: dict = field(default_factory=dict)       # the trained Backbone's config (name, num_classes, ...)
+    backbone: Optional[dict] = field(default_factory=dict)  # the Backbone's config (name, num_classes, ...) or a
+                                                       # user module's builder spec (None: not rebuildable)
     layers: list = field(default_factory=list)         # prernn: the converted layers, in forward order
     cell: Optional[str] = None                         # "vrnn", "lstm" or "gru"; None for frames
     sih: bool = False                                  # single input-to-hidden state, Eqs. (10)-(12)

@@ -184,8 +184,12 @@ def convert(model, layers, cell: str, sih: bool = False, *, hh_init: str = "orth
     conv): Eq. (6) and the conv cases of Eqs. (7), (10) (``ConvRecurrent``); a conv layer below the global
     pooling absorbs it (output the pooled state), any other feeds the layer above the trained map plus the
     recurrent change (``ConvRecurrent``'s ``output="map"``). Any set of candidates, conv and fc together ([0065]).
-    Hidden-to-hidden weights start random (``hh_init``) with zero biases.
+    Hidden-to-hidden weights start random (``hh_init``) with zero biases. Any other ``nn.Module``: its layers by
+    qualified name (``prernn.generic.convert_module``).
     """
+    if not isinstance(model, Backbone):
+        from .generic import convert_module
+        return convert_module(model, layers, cell, sih, hh_init=hh_init, gru_reset=gru_reset)
     bb = _backbone(model)
     check_choice("cell", cell, CELLS)
     check_choice("hh_init", hh_init, HH_INITS)
@@ -248,7 +252,11 @@ def traditional(model, cell: str, num_layers: int = 1, hidden_size: int | None =
 
 def frame_model(model) -> SequenceModel:
     """The trained CNN applied to every frame, no recurrent layer (the frame reference of Table 1):
-    (B, T, ...) -> (B, T, K); its clip readout is the mean over T (``readout``)."""
+    (B, T, ...) -> (B, T, K); its clip readout is the mean over T (``readout``). Any other ``nn.Module``:
+    ``prernn.generic.frame_module``."""
+    if not isinstance(model, Backbone):
+        from .generic import frame_module
+        return frame_module(model)
     bb = _backbone(model)
     config = ModelConfig("frames", bb.config, candidates=list(bb.candidates), trunk_boundary=trunk_boundary(bb))
     return SequenceModel([(n, copy.deepcopy(s)) for n, s in bb.stages.items()], [], config, is_3d=bb.is_3d)
@@ -281,8 +289,14 @@ def build_from_config(config: ModelConfig | dict, backbone: Backbone | None = No
     A mapping without ``kind`` is a Backbone's config. A ``ModelConfig``, or a mapping ``ModelConfig.from_dict``
     reads (a SequenceModel's ``.config``, a search trial's configuration), is built as ``convert`` /
     ``traditional`` / ``frame_model`` built it; with a trained ``backbone`` on that backbone (its ``backbone``
-    key is then not needed): the one way to build a model from a search trial's configuration."""
+    key is then not needed): the one way to build a model from a search trial's configuration. A user's own
+    module: ``{"builder": "package.module:function", "kwargs": {...}}`` builds it (``prernn.generic.build_module``:
+    the import path is code the user trusts, like an entry point), and a model converted from it records that as
+    its ``backbone``."""
     if isinstance(config, dict) and "kind" not in config:
+        if "builder" in config:  # {"builder": "package.module:function", "kwargs"}: imports and runs trusted code
+            from .generic import build_module
+            return build_module(config)
         missing = [k for k in ("name", "num_classes") if k not in config]
         if missing:
             raise ValueError(f"backbone config is missing keys {missing}; got keys {sorted(config)}")
@@ -290,8 +304,8 @@ def build_from_config(config: ModelConfig | dict, backbone: Backbone | None = No
                                **config.get("kwargs", {}))
     mc = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
     if backbone is None and not mc.backbone:
-        raise ValueError(f"{mc.kind} config has no 'backbone' and no trained backbone was given")
-    bb = _backbone(backbone) if backbone is not None else build_from_config(mc.backbone)
+        raise ValueError(f"{mc.kind} config names no backbone or builder; pass the trained model as backbone=")
+    bb = backbone if backbone is not None else build_from_config(mc.backbone)
     if mc.kind == "prernn":
         return convert(bb, mc.layers, mc.cell, mc.sih, hh_init=mc.hh_init, gru_reset=mc.gru_reset)
     if mc.kind == "traditional":

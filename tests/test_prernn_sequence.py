@@ -215,7 +215,7 @@ def test_bad_arguments_name_allowed_values():
         prernn.convert(bb, ["fc6"], "gru", gru_reset="middle")
     with pytest.raises(ValueError, match="num_layers"):
         prernn.traditional(bb, "lstm", 3)
-    with pytest.raises(ValueError, match="Backbone"):
+    with pytest.raises(ValueError, match="'fc6' is not a submodule of Linear"):  # any nn.Module: prernn.generic
         prernn.convert(torch.nn.Linear(2, 2), ["fc6"], "lstm")
 
 
@@ -386,5 +386,5 @@ def test_model_config_refuses_unknown_kinds_and_missing_keys(config, message):
         prernn.ModelConfig.from_dict(config)
     with pytest.raises(ValueError, match="unknown config kind 'rnn'"):
         prernn.ModelConfig("rnn")
-    with pytest.raises(ValueError, match="no 'backbone' and no trained backbone"):
+    with pytest.raises(ValueError, match="frames config names no backbone or builder; pass the trained model"):
         prernn.build_from_config({"kind": "frames"})
