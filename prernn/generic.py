@@ -129,6 +129,14 @@ def convertible_layers(module: nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if n and _refusal(n, m) is None]
 
 
+def default_module_layers(module: nn.Module) -> list[str]:
+    """The layers a search combines when it names none (``prernn.default_candidates`` of a user's module): its
+    convertible ``nn.Linear`` layers (the fc layers, as VGG's fc6 / fc7), else every convertible layer."""
+    layers = convertible_layers(module)
+    linear = [n for n in layers if isinstance(module.get_submodule(n), nn.Linear)]
+    return linear or layers
+
+
 class RecurrentSlot(nn.Module):
     """Stands in the user's module where the converted layer was; holds ``layer`` (FCRecurrent / ConvRecurrent).
 
@@ -324,7 +332,9 @@ def frame_module(module: nn.Module) -> ModuleSequenceModel:
 
 def build_module(spec: dict) -> nn.Module:
     """``{"builder": "package.module:function", "kwargs": {...}}`` -> ``function(**kwargs)`` (random or whatever
-    weights the builder gives; then ``load_state_dict``), with the spec recorded on it (``PRERNN_BUILDER``).
+    weights the builder gives; then ``load_state_dict``), with the spec recorded on it (``PRERNN_BUILDER``): every
+    key of it, so that a caller's own entries (the pipeline's ``name``, ``num_classes``, ``in_channels``) travel
+    in a converted model's ``config["backbone"]``.
 
     The builder is imported and run: it is code you trust, like a Python entry point. It is the user's code,
     found at run time: ``pipeline.core.stage_deps`` cannot follow it, so a DVC stage that builds one must list
@@ -343,5 +353,5 @@ def build_module(spec: dict) -> nn.Module:
     built = target(**kwargs)
     if not isinstance(built, nn.Module):
         raise ValueError(f"builder {path!r} returned a {type(built).__name__}; expected a torch.nn.Module")
-    setattr(built, PRERNN_BUILDER, {"builder": path, "kwargs": copy.deepcopy(dict(kwargs))})
+    setattr(built, PRERNN_BUILDER, {**copy.deepcopy(dict(spec)), "builder": path, "kwargs": copy.deepcopy(dict(kwargs))})
     return built
