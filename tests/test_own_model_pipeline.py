@@ -170,3 +170,18 @@ def test_onet_with_its_trained_weights_goes_through_dvc_repro(tmp_path, capsys):
     assert main(["predict", str(root / "models/final.pt"), str(root / rows[0]["path"]), "--json"]) == 0
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert answers and all(len(a["landmarks"]) == 5 for a in answers)
+
+
+def test_guide_own_cnn_example_runs_and_its_comments_hold():
+    """docs/guide/library.md "Your own CNN": the block runs as written; its last line is refused as it says."""
+    text = (ROOT / "docs" / "guide" / "library.md").read_text()
+    block = text.split("--8<-- [start:own-cnn] -->")[1].split("```python\n")[1].split("```")[0]
+    *lines, refused = block.strip().splitlines()
+    scope: dict = {}
+    exec(compile("\n".join(lines), "library.md", "exec"), scope)
+    assert scope["prernn"].convertible_layers(scope["onet"]) == ["dense5", "dense6_1", "dense6_2", "dense6_3"]
+    assert [t.shape for t in (scope["boxes"], scope["landmarks"], scope["probs"])] == [(2, 8, 4), (2, 8, 10), (2, 8, 2)]
+    torch.testing.assert_close(scope["out"][1], scope["landmarks"][:, 0], rtol=1e-4, atol=1e-5)
+    assert set(scope["stats"]) == {"dense5"}
+    with pytest.raises(ValueError, match="layer 'conv2' is a bare Conv2d whose activation is a separate module"):
+        exec(compile(refused, "library.md", "exec"), scope)
