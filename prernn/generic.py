@@ -337,8 +337,8 @@ def build_module(spec: dict) -> nn.Module:
     in a converted model's ``config["backbone"]``.
 
     The builder is imported and run: it is code you trust, like a Python entry point. It is the user's code,
-    found at run time: ``pipeline.core.stage_deps`` cannot follow it, so a DVC stage that builds one must list
-    the builder's file among its deps itself."""
+    found at run time: no import scanner can follow it (the project's ``tools.stage_deps`` reads it from
+    params.yaml's ``pretrain.backbone`` to list its file among the DVC deps of the stages that build it)."""
     path, kwargs = spec.get("builder"), spec.get("kwargs") or {}
     if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
         raise ValueError(f"builder must be 'package.module:function', got {path!r}")
@@ -347,7 +347,8 @@ def build_module(spec: dict) -> nn.Module:
     try:  # the standard library's resolver of the entry-point syntax
         target = pkgutil.resolve_name(path)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"builder {path!r} cannot be resolved: {err}") from None
+        raise ValueError(f"builder {path!r} cannot be resolved: {err} (is its package installed, or its folder on "
+                         "PYTHONPATH?)") from None
     if not callable(target):
         raise ValueError(f"builder {path!r} is not callable")
     built = target(**kwargs)

@@ -128,7 +128,7 @@ class PretrainParams(_Section):
     backbone: str = "vgg_mini"
     backbone_kwargs: dict[str, Any] = {}  # the builder's keyword arguments (a builder only)
     modalities: list[Literal["rgb", "flow", "depth"]] = ["rgb", "flow"]
-    weights: Optional[str] = None
+    weights: Optional[str] = None  # a state dict (a builder's module: loaded strictly, weights only)
     finetune: bool = True
     epochs: int = Field(6, ge=0)
     batch_size: int = Field(64, ge=1)
