@@ -4,7 +4,9 @@
 cluster it must be a shared mount such as NFS, at the same path on every node) or a URI that
 `pyarrow.fs.FileSystem.from_uri` understands (`s3://bucket/prefix`, `gs://bucket/prefix`, `hdfs://...`,
 `file:///shared/path`), which Ray Tune then uses for trial checkpoints and the experiment state. The few
-driver-side files (the search's `prernn_search.json`) go through the same filesystem.
+driver-side files (the search's `prernn_search.json`) go through the same filesystem. An S3-compatible store that is
+not AWS (MinIO, Ceph, moto) is named by the environment, not the URI: `AWS_ENDPOINT_URL_S3` (or `AWS_ENDPOINT_URL`),
+which pyarrow's S3FileSystem, boto3 and s3fs all read, on the driver and on every Ray node.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from pipeline.core.params import ParamsError
+
 
 class StoragePath:
     """A folder on a local path or behind a pyarrow filesystem URI; `str()` is what Ray's storage_path takes."""
@@ -27,6 +31,10 @@ class StoragePath:
     @classmethod
     def resolve(cls, value: str, base_dir: str | os.PathLike) -> "StoragePath":
         if "://" in value:
+            if "?" in value:  # pyarrow's `?endpoint_override=...`: lost on the experiment folders joined below it
+                raise ParamsError(f"search.storage_path: {value!r}: a URI with options after '?'; expected a plain "
+                                  "URI such as s3://bucket/prefix, with the endpoint of an S3-compatible store in "
+                                  "AWS_ENDPOINT_URL_S3 on the driver and every Ray node (docs/guide/team.md)")
             return cls(value.rstrip("/"))
         path = Path(value)
         return cls("", (path if path.is_absolute() else Path(base_dir) / path).resolve())
