@@ -108,7 +108,7 @@ def _search(project, monkeypatch, uri, user, password, out):
 @pytest.mark.parametrize("user, password, says", [
     (None, None, "asks for credentials (HTTP 401) and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD are not set"),
     ("alice", "not-" + ALICE_PASSWORD, "refused the credentials of MLFLOW_TRACKING_USERNAME='alice' (HTTP 401"),
-])
+], ids=["no-credentials", "wrong-password"])  # ids: no password in the test's name
 def test_a_client_without_the_right_credentials_is_refused_in_one_line(auth_server, project, monkeypatch, capfd,
                                                                        user, password, says):
     srv, _ = auth_server
