@@ -10,7 +10,7 @@ the rows (`_collect_rows`) and finish the runs (`_finish_runs`). Ray results liv
 (`Tuner.restore`: finished trials are kept, unfinished ones continue from the newest epoch they checkpointed, see
 pipeline.search.trainable). Where Ray's own state there is damaged (cut short by a kill or a full disk, missing:
 `restore_problem`), a new Tuner runs the same trials in the same folder instead: each finds the newest whole
-checkpoint of its name and its MLflow child run, so nothing finished is trained again (`_tuner`).
+checkpoint of its name and its MLflow child run, so nothing finished is trained again (`_resume_from`).
 """
 from __future__ import annotations
 
