@@ -101,6 +101,14 @@ class StoragePath:
         with fs.open_output_stream(path) as fh:
             fh.write(text.encode())
 
+    def unlink(self) -> None:
+        """Remove this file (nothing when it is missing)."""
+        if self.local is not None:
+            self.local.unlink(missing_ok=True)
+        elif self.exists():
+            fs, path = self._fs()
+            fs.delete_file(path)
+
     def rmtree(self) -> None:
         if self.local is not None:
             shutil.rmtree(self.local, ignore_errors=True)
@@ -114,8 +122,8 @@ def remove_partial_writes(folder: str | os.PathLike, since: float) -> list[Path]
     """Remove what writes cut short by a full disk left under a local `folder` since time `since` (epoch s).
 
     Ray writes its experiment state, trial errors and checkpoints in place, so a full disk leaves them truncated,
-    and a later `Tuner.restore` reads them: an experiment state that does not parse is not restored (Ray starts
-    the search over). Removed: JSON files that do not parse, empty pickles, and checkpoint folders holding a
+    and a later `Tuner.restore` reads them: where Ray's state does not load, the rerun continues each trial from
+    its newest whole checkpoint instead (pipeline.search.tuner.restore_problem). Removed: JSON files that do not parse, empty pickles, and checkpoint folders holding a
     `.pt` file that is not a whole zip archive (torch.save's format). Only files modified since `since` are
     looked at, so another search's finished files are never touched. Returns what was removed.
     """

@@ -32,8 +32,8 @@ from pipeline.search.trunk_cache import default_boundary, space_boundaries, trun
 from pipeline.training.tasks import task_from_params
 from pipeline.training.trainer import evaluate_model, seed_everything
 
-RERUN_AFTER_FULL = ("free some space and rerun the stage (it restores what Ray wrote whole, else it starts the "
-                    "search over)")
+RERUN_AFTER_FULL = ("free some space and rerun the stage (it continues each trial from its newest whole "
+                    "checkpoint)")
 
 
 class SearchStageError(RuntimeError):
@@ -53,7 +53,8 @@ def frame_reference(backbone, val, task) -> dict:
 
 def storage_full(storage, since: float, what: str) -> SearchStageError:
     """The error for a search.storage_path out of space; first removes what Ray's writes cut short there
-    (pipeline.core.storage.remove_partial_writes), so that the rerun restores from whole files."""
+    (pipeline.core.storage.remove_partial_writes), so that the rerun continues from whole files (Ray's state
+    where it is whole, else each trial's newest checkpoint: pipeline.search.tuner.restore_problem)."""
     removed = remove_partial_writes(storage, since) if isinstance(storage, Path) else []
     cut = f"; removed {len(removed)} file(s) cut short" if removed else ""
     return SearchStageError(f"search.storage_path: {disk_full_message(storage, RERUN_AFTER_FULL)} ({what}{cut})")
