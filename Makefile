@@ -68,19 +68,34 @@ bench: $(STAMP)
 	  grep '^target ' bench_out/$$b.txt; \
 	done
 
-# the UI on the local store; prints the link to the runs list (MLflow 3 opens experiments in its GenAI view otherwise)
+# the UI on the local store; prints the link to the runs list (MLflow 3 opens experiments in its GenAI view otherwise).
+# MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: no job workers (about 2 GB of memory for GenAI jobs the project never runs)
 mlflow-ui: $(STAMP)
 	@$(BIN)/python -m pipeline.core.mlflow_links --db mlflow.db --port $(MLFLOW_PORT)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
-
-# a tracking server whose artifacts live in ./mlartifacts (proxied `mlflow-artifacts:` URIs, so they follow the
-# checkout when it is moved); log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) make repro.
-# MLFLOW_BACKEND=postgresql://USER:PASSWORD@HOST/DB for a shared database (pip install psycopg2-binary; README "MLflow")
-MLFLOW_BACKEND ?= sqlite:///mlflow.db
-mlflow-server: $(STAMP)
-	@$(BIN)/python -m pipeline.core.mlflow_links --db mlflow.db --port $(MLFLOW_PORT)
-	$(BIN)/mlflow server --backend-store-uri $(MLFLOW_BACKEND) --artifacts-destination ./mlartifacts \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \
 	  --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# A tracking server (docs/guide/mlflow.md, "A team's tracking server"): artifacts in ./mlartifacts (proxied
+# `mlflow-artifacts:` URIs, so they follow the checkout when it is moved); log to it with
+# MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) make repro.
+# MLFLOW_BACKEND: the store, sqlite:///mlflow.db or postgresql://USER@HOST:PORT/DB (its password in ~/.pgpass, not
+#   on this command line; SQLAlchemy 2.1 reads postgresql:// as psycopg 3, so the pinned psycopg2 is named for it).
+#   Its schema is created or upgraded first (`mlflow db upgrade`): back the database up before a new MLflow version.
+# MLFLOW_AUTH=1: MLflow's basic-auth app; needs MLFLOW_FLASK_SERVER_SECRET_KEY, and on the first start
+#   MLFLOW_AUTH_ADMIN_PASSWORD (users in ./basic_auth.db, or where MLFLOW_AUTH_CONFIG_PATH's ini says).
+# MLFLOW_HOST: the address to listen on; anything but loopback only with MLFLOW_AUTH=1 on a trusted network.
+MLFLOW_BACKEND ?= sqlite:///mlflow.db
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_AUTH ?=
+MLFLOW_STORE = $(patsubst postgresql://%,postgresql+psycopg2://%,$(MLFLOW_BACKEND))
+mlflow-server: $(STAMP)
+	@$(if $(filter sqlite:///mlflow.db,$(MLFLOW_BACKEND)),$(BIN)/python -m pipeline.core.mlflow_links --db mlflow.db --port $(MLFLOW_PORT),true)
+	@echo "mlflow db upgrade <$(firstword $(subst ://, ,$(MLFLOW_BACKEND))) store>  (creates or upgrades MLflow's tables)"
+	@$(BIN)/mlflow db upgrade '$(MLFLOW_STORE)'
+	@echo "mlflow server on http://$(MLFLOW_HOST):$(MLFLOW_PORT)$(if $(MLFLOW_AUTH), (basic-auth))"
+	@MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri '$(MLFLOW_STORE)' \
+	  --artifacts-destination ./mlartifacts --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) \
+	  $(if $(MLFLOW_AUTH),--app-name basic-auth)
 
 # rebuild .dvc/plots/offline.html (vega, vega-lite, vega-embed inlined) from the pinned npm packages
 plots-template:

@@ -172,8 +172,10 @@ def time_select(search_dir: Path, out: Path, params: Path) -> tuple[float, float
 
 
 def run_scale(tmp: Path, *, configurations: int, seeds: int, clips: int, size: int, frames: int,
-              cpus_per_trial: float) -> dict:
-    """The search, the select stage and the store check (module docstring); returns the measurements."""
+              cpus_per_trial: float, tracking_uri: str | None = None) -> dict:
+    """The search, the select stage and the store check (module docstring); returns the measurements.
+    `tracking_uri`: another MLflow store than `<tmp>/mlflow.db` (tests/test_mlflow_postgres.py: a server on
+    PostgreSQL)."""
     import ray
 
     clip_dir = make_split_clips(tmp / "clips", {"train": clips, "val": max(4, clips // 2)}, frames, size)
@@ -187,7 +189,7 @@ def run_scale(tmp: Path, *, configurations: int, seeds: int, clips: int, size: i
     space = scale_space(search, candidates, configurations)
     ckpt = {"config": backbone.config, "state_dict": backbone.state_dict(),
             "meta": {"class_names": datasets["train"].class_names}}
-    uri = f"sqlite:///{tmp}/mlflow.db"
+    uri = tracking_uri or f"sqlite:///{tmp}/mlflow.db"
     task = Classification()  # the default params' task
     inputs = SearchInputs(ckpt, {boundary: splits}, space, candidates, boundary, task)
     ncpu = os.cpu_count() or 1

@@ -4,7 +4,9 @@
 This module adds what only the registries know, each check a `Params -> list of problem lines` naming the key:
 
 - `backbone_problems`: pretrain.backbone is registered (prernn.list_backbones) and pretrain.dropout applies
-  to it (prernn.backbone_options);
+  to it (prernn.backbone_options); or it is a builder `package.module:function` (pipeline.core.own_model) that
+  builds an nn.Module with convertible layers, without the options only a registered backbone has (dropout,
+  phase bins, the traditional baselines of search.baselines);
 - `task_problems`: the task's data (a landmark task needs a landmark source, a landmark source a landmark
   task) and select.metric (val_acc for a task without accuracy);
 - `search_space_problems`: the search space over pretrain.backbone's candidate layers
@@ -27,7 +29,9 @@ from typing import Callable, Optional
 import torch
 
 import prernn
+from prernn.generic import CONVERTIBLE
 from pipeline.core import params as schema
+from pipeline.core.own_model import OwnModelError, build_own, is_builder
 from pipeline.core.params import LANDMARK_SOURCES, Params, ParamsError
 from pipeline.search.space import space_problems
 from pipeline.training.tasks import get_task, list_tasks
@@ -35,11 +39,16 @@ from pipeline.training.tasks import get_task, list_tasks
 Check = Callable[[Params], list[str]]
 
 
-def backbone_candidates(name: str) -> tuple[list[str], list[str]]:
+def backbone_candidates(name: str, kwargs: Optional[dict] = None) -> tuple[list[str], list[str]]:
     """(candidate layers, default candidates) of backbone `name` (prernn.candidate_layers,
-    prernn.default_candidates), built on the meta device (no memory)."""
+    prernn.default_candidates), built on the meta device (no memory); a builder `package.module:function` with
+    its `kwargs` (pretrain.backbone_kwargs): its convertible layers by qualified name (OwnModelError when it
+    cannot be built)."""
     with torch.device("meta"):
-        bb = prernn.create_backbone(name, 2)
+        if is_builder(name):
+            bb = build_own(schema.PretrainParams(backbone=name, backbone_kwargs=kwargs or {}), 2)
+        else:
+            bb = prernn.create_backbone(name, 2)
         return prernn.candidate_layers(bb), prernn.default_candidates(bb)
 
 
@@ -62,12 +71,38 @@ def with_task_defaults(params: Params) -> Params:
     return params.model_copy(update={"select": select, "evaluate": evaluate})
 
 
+def own_model_problems(params: Params) -> list[str]:
+    """A builder `package.module:function` as pretrain.backbone: it builds a module with convertible layers, and
+    no option asks for what only a registered backbone has."""
+    p, problems = params.pretrain, []
+    try:
+        candidates, _ = backbone_candidates(p.backbone, p.backbone_kwargs)
+    except OwnModelError as err:
+        return [str(err)]
+    if not candidates:
+        problems.append(f"pretrain.backbone: {p.backbone!r}: the module has no convertible layer "
+                        f"({CONVERTIBLE})")
+    for key, value, expected in (("pretrain.dropout", p.dropout, "null (a registered backbone's fc dropout)"),
+                                 ("pretrain.phase_bins", p.phase_bins, "0 (a registered backbone's head)"),
+                                 ("search.baselines", params.search.baselines,
+                                  "[] (the traditional baselines stack an RNN on a registered backbone)")):
+        if value not in (None, 0, []):
+            problems.append(f"{key}: {value}: pretrain.backbone {p.backbone!r} is your own module; expected {expected}")
+    return problems
+
+
 def backbone_problems(params: Params) -> list[str]:
-    """pretrain.backbone is registered; pretrain.dropout is null for a backbone without fc dropout."""
+    """pretrain.backbone is registered, pretrain.dropout is null for a backbone without fc dropout; or it is a
+    builder (`own_model_problems`)."""
     p = params.pretrain
+    if is_builder(p.backbone):
+        return own_model_problems(params)
+    if p.backbone_kwargs:
+        return [f"pretrain.backbone_kwargs: {p.backbone_kwargs}: only a builder 'package.module:function' takes "
+                f"keyword arguments; backbone {p.backbone!r} is registered: expected {{}}"]
     if p.backbone not in prernn.list_backbones():
         return [f"pretrain.backbone: {p.backbone!r}: unknown backbone {p.backbone!r}; "
-                f"allowed: {', '.join(prernn.list_backbones())}"]
+                f"allowed: {', '.join(prernn.list_backbones())}, or your own CNN's builder 'package.module:function'"]
     if p.dropout is not None and "dropout" not in prernn.backbone_options(p.backbone):
         return [f"pretrain.dropout: {p.dropout}: backbone {p.backbone!r} has no fc dropout; expected null"]
     return []
@@ -95,8 +130,14 @@ def task_problems(params: Params) -> list[str]:
 
 def search_space_problems(params: Params) -> list[str]:
     """The search space's own rules (pipeline.search.space.space_problems) over pretrain.backbone's candidate
-    layers; [] for an unknown backbone (`backbone_problems` names it)."""
+    layers (a builder's: its convertible layers); [] for an unknown backbone (`backbone_problems` names it)."""
     backbone = params.pretrain.backbone
+    if is_builder(backbone):
+        try:
+            candidates, defaults = backbone_candidates(backbone, params.pretrain.backbone_kwargs)
+        except OwnModelError:
+            return []  # backbone_problems names it
+        return space_problems(params.search, candidates, backbone, defaults)
     if backbone not in prernn.list_backbones():
         return []
     candidates, defaults = backbone_candidates(backbone)

@@ -129,6 +129,14 @@ def convertible_layers(module: nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if n and _refusal(n, m) is None]
 
 
+def default_module_layers(module: nn.Module) -> list[str]:
+    """The layers a search combines when it names none (``prernn.default_candidates`` of a user's module): its
+    convertible ``nn.Linear`` layers (the fc layers, as VGG's fc6 / fc7), else every convertible layer."""
+    layers = convertible_layers(module)
+    linear = [n for n in layers if isinstance(module.get_submodule(n), nn.Linear)]
+    return linear or layers
+
+
 class RecurrentSlot(nn.Module):
     """Stands in the user's module where the converted layer was; holds ``layer`` (FCRecurrent / ConvRecurrent).
 
@@ -324,11 +332,13 @@ def frame_module(module: nn.Module) -> ModuleSequenceModel:
 
 def build_module(spec: dict) -> nn.Module:
     """``{"builder": "package.module:function", "kwargs": {...}}`` -> ``function(**kwargs)`` (random or whatever
-    weights the builder gives; then ``load_state_dict``), with the spec recorded on it (``PRERNN_BUILDER``).
+    weights the builder gives; then ``load_state_dict``), with the spec recorded on it (``PRERNN_BUILDER``): every
+    key of it, so that a caller's own entries (the pipeline's ``name``, ``num_classes``, ``in_channels``) travel
+    in a converted model's ``config["backbone"]``.
 
     The builder is imported and run: it is code you trust, like a Python entry point. It is the user's code,
-    found at run time: ``pipeline.core.stage_deps`` cannot follow it, so a DVC stage that builds one must list
-    the builder's file among its deps itself."""
+    found at run time: no import scanner can follow it (the project's ``tools.stage_deps`` reads it from
+    params.yaml's ``pretrain.backbone`` to list its file among the DVC deps of the stages that build it)."""
     path, kwargs = spec.get("builder"), spec.get("kwargs") or {}
     if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
         raise ValueError(f"builder must be 'package.module:function', got {path!r}")
@@ -337,11 +347,12 @@ def build_module(spec: dict) -> nn.Module:
     try:  # the standard library's resolver of the entry-point syntax
         target = pkgutil.resolve_name(path)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"builder {path!r} cannot be resolved: {err}") from None
+        raise ValueError(f"builder {path!r} cannot be resolved: {err} (is its package installed, or its folder on "
+                         "PYTHONPATH?)") from None
     if not callable(target):
         raise ValueError(f"builder {path!r} is not callable")
     built = target(**kwargs)
     if not isinstance(built, nn.Module):
         raise ValueError(f"builder {path!r} returned a {type(built).__name__}; expected a torch.nn.Module")
-    setattr(built, PRERNN_BUILDER, {"builder": path, "kwargs": copy.deepcopy(dict(kwargs))})
+    setattr(built, PRERNN_BUILDER, {**copy.deepcopy(dict(spec)), "builder": path, "kwargs": copy.deepcopy(dict(kwargs))})
     return built

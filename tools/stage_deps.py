@@ -11,6 +11,11 @@ name (pipeline.search.tuner), so the modules trials run are in the search stage'
 code entries of each `deps:` list in place (data deps, outs, params, plots and comments are left as they are;
 a comment on a code entry goes with it).
 A dynamic import (`importlib.import_module`, `__import__`) in project code is an error: it cannot be followed.
+The one import by a runtime value the pipeline makes is the user's own CNN: `pretrain.backbone` in params.yaml
+may name a builder `package.module:function` (pipeline.core.own_model), imported by every stage that builds the
+model (those that load a model file: their closure holds `BUILDS_MODEL`). It is read from params.yaml: the
+builder's module, and what it imports from its own top package, are deps of those stages when they are files in
+the project (`builder_code`); an installed package is not DVC's to track.
 tests/test_stage_deps.py runs the check on this project, so a stage can no longer run code DVC does not track.
 """
 from __future__ import annotations
@@ -30,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("prernn", "pipeline", "stages")
 DYNAMIC_IMPORTS = {"import_module", "__import__", "spec_from_file_location", "run_module", "run_path"}
 _CMD_MODULE = re.compile(r"\bpython3?\s+-m\s+([\w.]+)")
+BUILDS_MODEL = "pipeline.core.checkpoint"  # a stage that imports it loads a model file: it builds pretrain.backbone
 
 
 class DepsError(ValueError):
@@ -146,11 +152,36 @@ def chain(via: dict[str, Optional[str]], module: str) -> str:
     return " -> ".join(reversed(steps))
 
 
-def code_files(root: Path, module: str, packages: tuple[str, ...] = PACKAGES) -> list[str]:
-    """The files (posix, relative to `root`) of `module`'s closure: its own file first, then sorted."""
-    files = {name: module_file(root, name).relative_to(root).as_posix() for name in closure(root, module, packages)}
+def code_files(root: Path, module: str, packages: tuple[str, ...] = PACKAGES,
+               builder: Optional[dict] = None) -> list[str]:
+    """The files (posix, relative to `root`) of `module`'s closure (with the builder's, `stage_code`): its own file
+    first, then sorted."""
+    names = stage_code(root, module, packages, builder or {})
+    files = {name: module_file(root, name).relative_to(root).as_posix() for name in names}
     own = files.pop(module)
     return [own] + sorted(files.values())
+
+
+def builder_code(root: Path, params_yaml: Optional[Path] = None) -> tuple[tuple[str, ...], dict[str, Optional[str]]]:
+    """(the builder's top package, its closure {module: importer}) for a `pretrain.backbone`
+    `package.module:function` in `params_yaml` whose module is a file under `root`; ((), {}) otherwise."""
+    params_yaml = params_yaml or root / "params.yaml"
+    try:
+        params = yaml.safe_load(params_yaml.read_text()) or {} if params_yaml.is_file() else {}
+    except yaml.YAMLError as err:
+        raise DepsError(f"{params_yaml}: cannot read: {err}") from None
+    backbone = str(((params.get("pretrain") or {}) if isinstance(params, dict) else {}).get("backbone") or "")
+    module = backbone.partition(":")[0]
+    if ":" not in backbone or not module or module_file(root, module) is None:
+        return (), {}
+    top = (module.split(".")[0],)
+    return top, closure(root, module, top)
+
+
+def stage_code(root: Path, module: str, packages: tuple[str, ...], builder: dict) -> dict[str, Optional[str]]:
+    """`closure(root, module)`, plus the builder's closure (`builder_code`) when the stage builds the model."""
+    via = closure(root, module, packages)
+    return {**builder, **via} if BUILDS_MODEL in via else via
 
 
 def stage_modules(dvc_yaml: Path) -> dict[str, str]:
@@ -189,9 +220,11 @@ def check(root: Path = ROOT, dvc_yaml: Optional[Path] = None, packages: tuple[st
     the files in it), or a code dep the stage runs nothing of."""
     dvc_yaml = dvc_yaml or root / "dvc.yaml"
     listed = listed_deps(dvc_yaml)
+    top, builder = builder_code(root)
+    packages = packages + top
     problems = []
     for stage, module in stage_modules(dvc_yaml).items():
-        via = closure(root, module, packages)
+        via = stage_code(root, module, packages, builder)
         files = {module_file(root, name).relative_to(root).as_posix(): name for name in via}
         have = [d.rstrip("/") for d in listed.get(stage, []) if is_code(d, packages)]
         for path, name in sorted(files.items()):
@@ -248,7 +281,9 @@ def write(root: Path = ROOT, dvc_yaml: Optional[Path] = None, packages: tuple[st
     missing = [s for s, deps in listed_deps(dvc_yaml).items() if s in modules and not deps]
     if missing:
         raise DepsError(f"{dvc_yaml}: stages {missing} have no deps: list; add `deps:` with the stage's file first")
-    code = {stage: code_files(root, module, packages) for stage, module in modules.items()}
+    top, builder = builder_code(root)
+    packages = packages + top
+    code = {stage: code_files(root, module, packages, builder) for stage, module in modules.items()}
     new = rewrite(text, code, packages)
     before = listed_deps(dvc_yaml)
     write_text(dvc_yaml, new)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -123,9 +123,12 @@ class ExtractParams(_Section):
 
 
 class PretrainParams(_Section):
-    backbone: str = "vgg_mini"  # a registered backbone (prernn.list_backbones; checked by pipeline.checks)
+    # a registered backbone (prernn.list_backbones), or your own CNN's builder 'package.module:function' (code you
+    # trust, like an entry point: pipeline.core.own_model); checked by pipeline.checks
+    backbone: str = "vgg_mini"
+    backbone_kwargs: dict[str, Any] = {}  # the builder's keyword arguments (a builder only)
     modalities: list[Literal["rgb", "flow", "depth"]] = ["rgb", "flow"]
-    weights: Optional[str] = None
+    weights: Optional[str] = None  # a state dict (a builder's module: loaded strictly, weights only)
     finetune: bool = True
     epochs: int = Field(6, ge=0)
     batch_size: int = Field(64, ge=1)

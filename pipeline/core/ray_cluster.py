@@ -31,6 +31,8 @@ from typing import Optional
 
 import ray
 
+from pipeline.core.tracking import CREDENTIAL_VARS
+
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 
@@ -83,6 +85,13 @@ def probe(address: str, source: str, timeout: float = 3.0) -> None:
         ) from None
 
 
+def tracking_credentials() -> dict[str, str]:
+    """The MLflow credentials of this driver's environment (MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN, those
+    set), for the job's runtime_env: a trial on another node logs to an authenticated tracking server as the user
+    who started the search. A local instance's workers inherit the driver's environment and need nothing."""
+    return {k: os.environ[k] for k in CREDENTIAL_VARS if os.environ.get(k)}
+
+
 def _say(line: str) -> None:
     print(f"ray_cluster: {line}", file=sys.stderr, flush=True)
 
@@ -110,8 +119,9 @@ def connect(param_address: Optional[str] = None, *, num_cpus: Optional[int] = No
     """Make sure Ray is initialised; returns True when this call started it (so the caller shuts it down).
 
     Local: `num_cpus` defaults to the machine's cores. Joining: the code of `prernn` and `pipeline`
-    is shipped to the workers (`runtime_env.py_modules`; the nodes need the pinned requirements installed);
-    paths given to trials (search.storage_path, a sqlite MLflow store) must be on shared storage.
+    is shipped to the workers (`runtime_env.py_modules`; the nodes need the pinned requirements installed), and
+    the driver's MLflow credentials with it (`runtime_env.env_vars`: `tracking_credentials`); paths given to
+    trials (search.storage_path, a sqlite MLflow store) must be on shared storage.
     """
     if ray.is_initialized():
         return False
@@ -126,8 +136,9 @@ def connect(param_address: Optional[str] = None, *, num_cpus: Optional[int] = No
         return True
     probe(address, source)
     _say(f"joining the Ray cluster at {address} ({source})")
+    runtime_env = {"py_modules": [str(REPO / "prernn"), str(REPO / "pipeline")], "env_vars": tracking_credentials()}
     try:
-        ray.init(address=address, runtime_env={"py_modules": [str(REPO / "prernn"), str(REPO / "pipeline")]}, **common)
+        ray.init(address=address, runtime_env=runtime_env, **common)
     except ConnectionError as err:
         raise ClusterUnavailable(
             f"{source}={address!r}: could not join the Ray cluster ({err}). Start one with `ray start --head`, "

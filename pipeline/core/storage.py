@@ -4,7 +4,9 @@
 cluster it must be a shared mount such as NFS, at the same path on every node) or a URI that
 `pyarrow.fs.FileSystem.from_uri` understands (`s3://bucket/prefix`, `gs://bucket/prefix`, `hdfs://...`,
 `file:///shared/path`), which Ray Tune then uses for trial checkpoints and the experiment state. The few
-driver-side files (the search's `prernn_search.json`) go through the same filesystem.
+driver-side files (the search's `prernn_search.json`) go through the same filesystem. An S3-compatible store that is
+not AWS (MinIO, Ceph, moto) is named by the environment, not the URI: `AWS_ENDPOINT_URL_S3` (or `AWS_ENDPOINT_URL`),
+which pyarrow's S3FileSystem, boto3 and s3fs all read, on the driver and on every Ray node.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from pipeline.core.params import ParamsError
+
 
 class StoragePath:
     """A folder on a local path or behind a pyarrow filesystem URI; `str()` is what Ray's storage_path takes."""
@@ -27,6 +31,10 @@ class StoragePath:
     @classmethod
     def resolve(cls, value: str, base_dir: str | os.PathLike) -> "StoragePath":
         if "://" in value:
+            if "?" in value:  # pyarrow's `?endpoint_override=...`: lost on the experiment folders joined below it
+                raise ParamsError(f"search.storage_path: {value!r}: a URI with options after '?'; expected a plain "
+                                  "URI such as s3://bucket/prefix, with the endpoint of an S3-compatible store in "
+                                  "AWS_ENDPOINT_URL_S3 on the driver and every Ray node (docs/guide/team.md)")
             return cls(value.rstrip("/"))
         path = Path(value)
         return cls("", (path if path.is_absolute() else Path(base_dir) / path).resolve())
@@ -93,6 +101,14 @@ class StoragePath:
         with fs.open_output_stream(path) as fh:
             fh.write(text.encode())
 
+    def unlink(self) -> None:
+        """Remove this file (nothing when it is missing)."""
+        if self.local is not None:
+            self.local.unlink(missing_ok=True)
+        elif self.exists():
+            fs, path = self._fs()
+            fs.delete_file(path)
+
     def rmtree(self) -> None:
         if self.local is not None:
             shutil.rmtree(self.local, ignore_errors=True)
@@ -106,8 +122,8 @@ def remove_partial_writes(folder: str | os.PathLike, since: float) -> list[Path]
     """Remove what writes cut short by a full disk left under a local `folder` since time `since` (epoch s).
 
     Ray writes its experiment state, trial errors and checkpoints in place, so a full disk leaves them truncated,
-    and a later `Tuner.restore` reads them: an experiment state that does not parse is not restored (Ray starts
-    the search over). Removed: JSON files that do not parse, empty pickles, and checkpoint folders holding a
+    and a later `Tuner.restore` reads them: where Ray's state does not load, the rerun continues each trial from
+    its newest whole checkpoint instead (pipeline.search.tuner.restore_problem). Removed: JSON files that do not parse, empty pickles, and checkpoint folders holding a
     `.pt` file that is not a whole zip archive (torch.save's format). Only files modified since `since` are
     looked at, so another search's finished files are never touched. Returns what was removed.
     """

@@ -3,11 +3,14 @@
 `Tracker(uri, outage_s)` holds the store's URI, its outage bound (pipeline.core.tracking_outage.Outage) and an
 `MlflowClient` (tracking and registry on the same store), like MLflow's own client; every call goes through the
 outage rules and uses run ids explicitly, so nothing depends on MLflow's global active run. A Tracker pickles
-as (uri, outage_s): a Ray trial rebuilds it in its own process. `Tracker.open(params_uri, base, outage_s)`
+as (uri, outage_s, source): a Ray trial rebuilds it in its own process. `Tracker.open(params_uri, base, outage_s)`
 resolves the URI (MLFLOW_TRACKING_URI in the environment, else `mlflow.tracking_uri` from params.yaml; a
 relative `sqlite:///x.db` made absolute, as trials run in their own working directories, possibly on other
 nodes) and checks an http(s) server first: one that does not answer within a few seconds stops the stage with a
-message saying what to do.
+message saying what to do, and so does one that refuses this client (`TrackingRefused`: HTTP 401 without or with
+wrong credentials, 403 without the permission; MLflow's basic-auth app, `make mlflow-server MLFLOW_AUTH=1`).
+Credentials come from MLflow's own variables (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, or
+MLFLOW_TRACKING_TOKEN), never from the URI, which is written to search.json and pickled into every trial.
 
 Every run is tagged with the git commit (a trial, running in a Ray worker's own directory, takes its parent's),
 `mlflow.source.name` (the stage's script) and the DVC stage. Per-epoch values are metrics (curves in the UI);
@@ -27,11 +30,12 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from pipeline.core.tracking_outage import DEFAULT_BOUND_S, Outage, ServerDown, TrackingUnavailable
+from pipeline.core.tracking_outage import DEFAULT_BOUND_S, Outage, ServerDown, TrackingUnavailable, is_http
 
 # MLflow 3.17 reads MLFLOW_DISABLE_TELEMETRY (mlflow/telemetry/utils.py); off by default, a user's value wins
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -41,6 +45,26 @@ COMMIT_TAG = "mlflow.source.git.commit"
 TRIAL_TAG = "prernn.trial"
 TRIAL_ID_TAG = "ray.trial_id"
 SQLITE = "sqlite:///"
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+class TrackingRefused(TrackingUnavailable):
+    """The MLflow tracking server answers but refuses this client: HTTP 401 (no or wrong credentials) or 403 (no
+    permission), or credentials were put in the URI; one line naming the URI and the variables to set."""
+
+
+def refused_message(uri: str, source: str, status: int, detail: str = "") -> str:
+    """The one-line error of a server that answered `status` (401 or 403) to this client."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if status == 401:
+        who = (f"refused the credentials of MLFLOW_TRACKING_USERNAME={user!r} (HTTP 401: wrong password?)" if user
+               else "asks for credentials (HTTP 401) and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD are not set")
+        advice = ("Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment to your account on "
+                  "that server (its admin creates it), not in params.yaml or the URI.")
+    else:
+        who = f"denied user {user!r} (HTTP 403{': ' + detail if detail else ''})"
+        advice = "Ask the server's admin for EDIT permission on the experiment (mlflow.experiment in params.yaml)."
+    return f"MLflow tracking server {uri} (from {source}) {who}. {advice}"
 
 
 def sqlite_path(uri: str) -> Optional[Path]:
@@ -60,6 +84,11 @@ def resolve_tracking_uri(params_uri: Optional[str] = None, base: str | os.PathLi
         uri = SQLITE + str((Path(base or os.getcwd()) / path).resolve())
     elif "://" not in uri:  # a bare path: MLflow's (deprecated) file store
         uri = str((Path(base or os.getcwd()) / uri).resolve())
+    elif is_http(uri) and urllib.parse.urlsplit(uri).password is not None:
+        raise TrackingRefused(
+            f"The tracking URI from {source} carries a password (user:password@host): it would be written to "
+            "search.json and every trial. Put the host alone in the URI and the credentials in "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.")
     return uri, source
 
 
@@ -145,10 +174,11 @@ def summary_tags(values: dict) -> dict[str, str]:
 
 class Tracker:
     """One MLflow store: its URI, its outage bound (`outage`, pipeline.core.tracking_outage.Outage) and its
-    MlflowClient (`client`, made on first use). Pickles as (uri, outage_s)."""
+    MlflowClient (`client`, made on first use); `source`: where the URI came from (errors name it). Pickles as
+    (uri, outage_s, source)."""
 
-    def __init__(self, uri: str, outage_s: float = DEFAULT_BOUND_S):
-        self.uri = uri
+    def __init__(self, uri: str, outage_s: float = DEFAULT_BOUND_S, source: str = "the tracking URI"):
+        self.uri, self.source = uri, source  # source: where the URI came from, for the errors that name it
         self.outage = Outage(uri, outage_s)
         self._client = None
         self._parent_commits: dict[str, str] = {}  # parent run id -> its commit tag, read once
@@ -156,13 +186,22 @@ class Tracker:
     @classmethod
     def open(cls, params_uri: Optional[str] = None, base: str | os.PathLike | None = None,
              outage_s: float = DEFAULT_BOUND_S) -> "Tracker":
-        """The Tracker of `resolve_tracking_uri(params_uri, base)`, its server checked (`check_reachable`)."""
+        """The Tracker of `resolve_tracking_uri(params_uri, base)`, its server checked: it answers
+        (`check_reachable`) and accepts this client (`check_access`)."""
         uri, source = resolve_tracking_uri(params_uri, base)
         check_reachable(uri, source)
-        return cls(uri, outage_s)
+        tracker = cls(uri, outage_s, source)
+        tracker.check_access()
+        return tracker
+
+    def check_access(self) -> None:
+        """For an http(s) server, one authenticated request (search one experiment): TrackingRefused, one line,
+        when the server refuses this client's credentials (`refused_message`). Nothing for a local store."""
+        if is_http(self.uri):
+            self.call("search_experiments", max_results=1)
 
     def __reduce__(self):
-        return type(self), (self.uri, self.outage.bound_s)
+        return type(self), (self.uri, self.outage.bound_s, self.source)
 
     def __repr__(self) -> str:
         return f"Tracker({self.uri!r}, outage_s={self.outage.bound_s:g})"
@@ -184,8 +223,17 @@ class Tracker:
         return self.outage.lock_retries
 
     def call(self, method: str, *args, wait: bool = True, **kwargs):
-        """`client.<method>(*args, **kwargs)` through outages (`Outage.call`)."""
-        return self.outage.call(getattr(self.client, method), *args, wait=wait, **kwargs)
+        """`client.<method>(*args, **kwargs)` through outages (`Outage.call`); a server that refuses the client
+        (HTTP 401 / 403) raises TrackingRefused (`refused_message`), not MLflow's traceback."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.outage.call(getattr(self.client, method), *args, wait=wait, **kwargs)
+        except MlflowException as err:
+            status = err.get_http_status_code()  # from the error code MLflow read off the response
+            if not is_http(self.uri) or status not in (401, 403):
+                raise
+            raise TrackingRefused(refused_message(self.uri, self.source, status, err.message[:200])) from None
 
     def set_journal_mode(self, local: bool) -> Optional[str]:
         """Put a sqlite store (created empty if missing; MLflow makes its tables on first use) in the journal mode

@@ -26,10 +26,11 @@ from torch import nn
 
 import prernn
 from pipeline.core.checkpoint import load_backbone
+from pipeline.core.own_model import model_config
 from pipeline.data.augment import from_params
 from pipeline.data.dataset import ClipDataset, snippet_length
 from pipeline.report.comparison import compare
-from pipeline.search.trunk_cache import trial_boundary, trial_splits, trunk_caches
+from pipeline.search.trunk_cache import default_boundary, space_boundaries, trial_splits, trunk_caches
 from pipeline.training.tasks import Task
 from pipeline.training.trainer import Trainer, evaluate_model, seed_everything
 
@@ -126,7 +127,8 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
     targets = None
     for m in modalities:
         bb = load_backbone(Path(pretrained_dir) / f"{m}.pt")
-        snippet = snippet_length(bb.config)
+        bb_config = model_config(bb)  # a Backbone's config, or the build spec of the user's module
+        snippet = snippet_length(bb_config)
         train_ds = ClipDataset(clips_dir, ["train", "val"], m, snippet=snippet, raw=True)  # uint8, normalised on device
         test_ds = ClipDataset(clips_dir, "test", m, snippet=snippet, raw=True)
         if len(test_ds) == 0 or len(train_ds) == 0:
@@ -135,17 +137,15 @@ def run_evaluation(clips_dir, pretrained_dir, choices: dict, *, modalities: list
         if train_ds.task != task.name:
             raise ValueError(f"{clips_dir}: clips extracted for task {train_ds.task!r}, but params.yaml's task is "
                              f"{task.name!r}; rerun the extract stage")
-        if int(bb.config["num_classes"]) != train_ds.num_classes:
-            raise ValueError(f"{Path(pretrained_dir) / f'{m}.pt'}: {bb.config['num_classes']} classes, but {clips_dir} "
+        if int(bb_config["num_classes"]) != train_ds.num_classes:
+            raise ValueError(f"{Path(pretrained_dir) / f'{m}.pt'}: {bb_config['num_classes']} classes, but {clips_dir} "
                              f"has {train_ds.num_classes}; rerun the pretrain stage")
         def train_augment():  # as the search augmented its train clips, alike for every trunk cache
             augment = from_params(search_params, search_params.seed, points=task.points)
             return (augment, search_params.augment_copies) if augment else None
 
-        default = prernn.trunk_boundary(bb)  # one cache per boundary a choice needs (pipeline.search.trunk_cache)
-        names = list(bb.stages)
-        boundaries = sorted({default} | {trial_boundary(bb, c) for c in choices.values() if c is not None},
-                            key=names.index)
+        default = default_boundary(bb)  # one cache per boundary a choice needs (pipeline.search.trunk_cache)
+        boundaries = space_boundaries(bb, [c for c in choices.values() if c is not None], default=True)
         caches = trunk_caches(bb, {"train": train_ds, "test": test_ds}, boundaries, cache_trunk=cache_trunk,
                               train_augment=train_augment, device=device)
         splits = caches.get(default) or caches[None]

@@ -17,6 +17,7 @@ from pathlib import Path
 import prernn
 from pipeline.core.atomic import DiskFull, disk_full_message, nearly_full, out_of_space, space_for
 from pipeline.core.checkpoint import backbone_from, load_checkpoint
+from pipeline.core.own_model import model_config
 from pipeline.core.ray_cluster import ClusterUnavailable
 from pipeline.core.storage import remove_partial_writes
 from pipeline.core.tracking import TrackingUnavailable
@@ -27,12 +28,12 @@ from pipeline.search import tuner
 from pipeline.search.results import write_outputs
 from pipeline.search.space import build_space
 from pipeline.search.trial_config import seed_values, with_seeds
-from pipeline.search.trunk_cache import space_boundaries, trunk_caches
+from pipeline.search.trunk_cache import default_boundary, space_boundaries, trunk_caches
 from pipeline.training.tasks import task_from_params
 from pipeline.training.trainer import evaluate_model, seed_everything
 
-RERUN_AFTER_FULL = ("free some space and rerun the stage (it restores what Ray wrote whole, else it starts the "
-                    "search over)")
+RERUN_AFTER_FULL = ("free some space and rerun the stage (it continues each trial from its newest whole "
+                    "checkpoint)")
 
 
 class SearchStageError(RuntimeError):
@@ -52,7 +53,8 @@ def frame_reference(backbone, val, task) -> dict:
 
 def storage_full(storage, since: float, what: str) -> SearchStageError:
     """The error for a search.storage_path out of space; first removes what Ray's writes cut short there
-    (pipeline.core.storage.remove_partial_writes), so that the rerun restores from whole files."""
+    (pipeline.core.storage.remove_partial_writes), so that the rerun continues from whole files (Ray's state
+    where it is whole, else each trial's newest checkpoint: pipeline.search.tuner.restore_problem)."""
     removed = remove_partial_writes(storage, since) if isinstance(storage, Path) else []
     cut = f"; removed {len(removed)} file(s) cut short" if removed else ""
     return SearchStageError(f"search.storage_path: {disk_full_message(storage, RERUN_AFTER_FULL)} ({what}{cut})")
@@ -103,10 +105,10 @@ def run_search_stage(params, clips, pretrained, out, quiet: bool = False, fresh:
     storage = search.storage_path if "://" in search.storage_path else Path(search.storage_path).resolve()
     ckpt = _load_pretrained(pretrained, search.modality)
     backbone = backbone_from(ckpt)
-    candidates, boundary = prernn.candidate_layers(backbone), prernn.trunk_boundary(backbone)
+    candidates, boundary = prernn.candidate_layers(backbone), default_boundary(backbone)
     space = with_seeds(build_space(search, candidates, prernn.default_candidates(backbone)), seed_values(search))
     seed_everything(search.seed)
-    datasets = _datasets(clips, search.modality, snippet_length(backbone.config))
+    datasets = _datasets(clips, search.modality, snippet_length(model_config(backbone)))
 
     def train_augment():  # cached trunk: `augment_copies` augmented passes of the train clips, alike for every cache
         augment = from_params(search, search.seed, points=task.points)
@@ -116,12 +118,13 @@ def run_search_stage(params, clips, pretrained, out, quiet: bool = False, fresh:
     caches = trunk_caches(backbone, datasets, boundaries, cache_trunk=search.cache_trunk, train_augment=train_augment)
     splits = caches.get(boundary) or next(iter(caches.values()))  # the default boundary's when a trial has it
     frames = frame_reference(backbone, splits["val"], task)
+    cached = search.cache_trunk and None not in caches  # a user's module: the whole net per trial (trunk not cut)
     print(f"search: {len(space)} trials on {search.modality} ({ckpt['config']['name']}, candidates {candidates}, "
-          f"{'cached trunk below ' + ', '.join(boundaries) if search.cache_trunk else 'whole net fine-tuned'}; "
+          f"{'cached trunk below ' + ', '.join(boundaries) if cached else 'whole net fine-tuned'}; "
           f"train {len(splits['train'])} / val {len(splits['val'])} clips)")
     inputs = tuner.SearchInputs(ckpt, caches, space, candidates, boundary, task)
     rows, info = _search(search, params.mlflow, inputs, storage, quiet, fresh)
-    info.update(cache_trunk=search.cache_trunk, seeds=seed_values(search), frame_reference=frames)
+    info.update(cache_trunk=cached, seeds=seed_values(search), frame_reference=frames)
     try:
         with space_for(out):
             write_outputs(out, rows, info)

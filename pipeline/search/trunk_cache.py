@@ -114,26 +114,44 @@ def prepare_splits(backbone, datasets: dict, boundary: str, cache_trunk: bool = 
     return {split: clip_tensors(ds) for split, ds in datasets.items()}
 
 
-def trial_boundary(backbone, arch: dict) -> str:
+def cuts_trunk(backbone) -> bool:
+    """Whether `backbone`'s trunk can be cut and cached: a prernn Backbone (named stages), not a user's module."""
+    return isinstance(backbone, prernn.Backbone)
+
+
+def default_boundary(backbone) -> Optional[str]:
+    """`prernn.trunk_boundary(backbone)` (fc6 for VGG / C3D); None for a user's module (its trunk is not cut)."""
+    return prernn.trunk_boundary(backbone) if cuts_trunk(backbone) else None
+
+
+def trial_boundary(backbone, arch: dict) -> Optional[str]:
     """The stage a trial's cached inputs enter (arch: a pipeline.search.space arch dict or a selection choice): for a
-    conversion `prernn.trunk_boundary(backbone, layers)`, else (traditional, no layer left) the default one."""
+    conversion `prernn.trunk_boundary(backbone, layers)`, else (traditional, no layer left) the default one; None
+    for a user's module."""
+    if not cuts_trunk(backbone):
+        return None
     if arch.get("kind") == "prernn" and arch.get("layers"):
         return prernn.trunk_boundary(backbone, list(arch["layers"]))
     return prernn.trunk_boundary(backbone)
 
 
-def space_boundaries(backbone, archs) -> list[str]:
-    """The distinct `trial_boundary` of `archs`, in forward order (one trunk cache each)."""
+def space_boundaries(backbone, archs, default: bool = False) -> list[str]:
+    """The distinct `trial_boundary` of `archs` (and the default boundary with `default`), in forward order (one
+    trunk cache each); [] for a user's module."""
+    if not cuts_trunk(backbone):
+        return []
     names = list(backbone.stages)
-    return sorted({trial_boundary(backbone, a) for a in archs}, key=names.index)
+    found = {trial_boundary(backbone, a) for a in archs} | ({default_boundary(backbone)} if default else set())
+    return sorted(found, key=names.index)
 
 
 def trunk_caches(backbone, datasets: dict, boundaries, cache_trunk: bool = True, *,
                  train_augment: Optional[Callable[[], Optional[tuple]]] = None, **kw) -> dict:
     """{boundary: {split: SplitTensors}}: `prepare_splits` once per boundary; without `cache_trunk`
     {None: the raw clips}, which every trial then shares. `train_augment`: () -> (augment module, copies) or None,
-    called once per boundary, so that every cache is made from the same augmented clips."""
-    if not cache_trunk:
+    called once per boundary, so that every cache is made from the same augmented clips. A user's module: the raw
+    clips, whatever `cache_trunk` says (its trunk is not cut)."""
+    if not cache_trunk or not cuts_trunk(backbone):
         return {None: prepare_splits(backbone, datasets, None, cache_trunk=False)}
     return {b: prepare_splits(backbone, datasets, b, train_augment=train_augment() if train_augment else None, **kw)
             for b in boundaries}

@@ -8,7 +8,9 @@ inputs), open the parent run (`_open_parent`), build the tuner or restore it (`_
 the rows (`_collect_rows`) and finish the runs (`_finish_runs`). Ray results live under
 `search.storage_path`/<name>, so rerunning a killed search with the same inputs restores it there
 (`Tuner.restore`: finished trials are kept, unfinished ones continue from the newest epoch they checkpointed, see
-pipeline.search.trainable).
+pipeline.search.trainable). Where Ray's own state there is damaged (cut short by a kill or a full disk, missing:
+`restore_problem`), a new Tuner runs the same trials in the same folder instead: each finds the newest whole
+checkpoint of its name and its MLflow child run, so nothing finished is trained again (`_resume_from`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -226,6 +229,55 @@ def _trainable(search, inputs: SearchInputs, exp: Experiment):
         {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial if use_gpu else 0})
 
 
+RAY_STATE = ("tuner.pkl", "*state*-*.json", "*state*-*.pkl")  # Ray's experiment-level state files
+_SESSION = re.compile(r"-\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.\w+$")  # experiment_state-<session>.json
+
+
+def _newest_state_files(exp_dir: StoragePath) -> list[StoragePath]:
+    """The state files of `exp_dir` a restore reads: tuner.pkl and the newest (by name, as Tune picks it) of each
+    kind of session file (`experiment_state-*.json`, the search algorithm's and the callbacks' state)."""
+    newest: dict = {}
+    for path in (p for pattern in RAY_STATE for p in exp_dir.glob(pattern)):
+        kind = _SESSION.sub("", path.name)
+        if kind not in newest or path.name > newest[kind].name:
+            newest[kind] = path
+    return [newest[k] for k in sorted(newest)]
+
+
+def restore_problem(exp_dir: StoragePath) -> Optional[str]:
+    """Why Ray cannot restore the search saved in `exp_dir` (one line: the file and what is wrong), or None when
+    every file a restore reads loads (`_newest_state_files`): `tuner.pkl` and the other cloudpickles, the newest
+    `experiment_state-*.json` with each trial's state in it. They are Ray's own files, written by this search's
+    driver, and read the way Ray reads them."""
+    from ray import cloudpickle
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    files = _newest_state_files(exp_dir)
+    for must in ("tuner.pkl", "experiment_state"):
+        if not any(p.name.startswith(must) for p in files):
+            return f"{exp_dir}: no {must if must.endswith('.pkl') else must + '-*.json'}"
+    for path in files:
+        try:
+            data = path.read_bytes()
+            if path.name.startswith("experiment_state-"):
+                for trial_state, _ in _loads_with_cloudpickle(data)["trial_data"]:
+                    _loads_with_cloudpickle(trial_state)
+            else:
+                cloudpickle.loads(data)
+        except Exception as err:  # noqa: BLE001 - cut short, overwritten, unreadable: what Ray would stop on
+            reason = " ".join(f"{type(err).__name__}: {err}".split())
+            return f"{path} does not load ({reason[:200]})"
+    return None
+
+
+def _discard_ray_state(exp_dir: StoragePath) -> None:
+    """Remove Ray's experiment-level state files from `exp_dir` (a new Tuner writes its own; the trial folders,
+    their checkpoints and the driver state stay)."""
+    for pattern in RAY_STATE:
+        for path in exp_dir.glob(pattern):
+            path.unlink()
+
+
 def _tuner(search, inputs: SearchInputs, exp: Experiment, param_space: dict, restoring: bool,
            verbose: int) -> tune.Tuner:
     """A new Tuner over `param_space`, or the one Ray saved under the experiment folder (`restoring`)."""
@@ -311,6 +363,24 @@ def _finish_runs(tracker: Tracker, parent: str, rows: list[TrialRow], key: str,
     tracker.end_run(parent, "FINISHED")
 
 
+RESTORED_STATE, RESTORED_TRIALS = "experiment state", "trial checkpoints"  # search.json's `restored_from`
+
+
+def _resume_from(exp: Experiment) -> Optional[str]:
+    """How the search continues an earlier run of itself in `exp.dir` (its driver state is there):
+    RESTORED_STATE (Tuner.restore), RESTORED_TRIALS (Ray's state is damaged or missing: one warning line, the
+    state removed, and a new Tuner whose trials continue from their own checkpoints), or None (a new search)."""
+    if not (exp.dir / DRIVER_STATE).exists():
+        return None
+    problem = restore_problem(exp.dir)
+    if problem is None:
+        return RESTORED_STATE
+    log.warning("Ray cannot restore the search: %s; continuing each trial from its newest whole "
+                "checkpoint in %s, in the same MLflow runs (nothing finished is trained again)", problem, exp.dir)
+    _discard_ray_state(exp.dir)
+    return RESTORED_TRIALS
+
+
 def run_search(search, mlflow_params, inputs: SearchInputs, *, base_dir: str | os.PathLike | None = None,
                verbose: int = 1, fresh: bool = False) -> tuple[list[TrialRow], dict]:
     """Run (or restore) the search (module docstring); returns (trial rows in space order, search info).
@@ -329,15 +399,17 @@ def run_search(search, mlflow_params, inputs: SearchInputs, *, base_dir: str | o
         check_resources(search)
         exp = _experiment(search, mlflow_params, inputs, tracker, base_dir, fresh)
         info = _info(search, inputs, tracker, exp, journal)
-        restoring = tune.Tuner.can_restore(str(exp.dir)) and (exp.dir / DRIVER_STATE).exists()
+        restored_from = _resume_from(exp)
         parent = _open_parent(tracker, exp, search, info)
         settings = trial_settings(search, inputs.task, tracking_uri=tracker.uri, outage_s=mlflow_params.outage_s,
                                   experiment_id=exp.experiment_id, parent_run_id=parent)
-        tuner = _tuner(search, inputs, exp, {"arch": tune.grid_search(inputs.space), **settings}, restoring, verbose)
+        tuner = _tuner(search, inputs, exp, {"arch": tune.grid_search(inputs.space), **settings},
+                       restored_from == RESTORED_STATE, verbose)
         grid = _fit(tuner, tracker, exp, parent, len(inputs.space))
         rows, statuses = _collect_rows(tracker, grid, exp, parent, inputs, settings)
         _finish_runs(tracker, parent, rows, inputs.task.score, statuses)
-        info.update({"parent_run_id": parent, "restored": restoring, "wall_seconds": time.perf_counter() - t0,
+        info.update({"parent_run_id": parent, "restored": restored_from is not None,
+                     "restored_from": restored_from, "wall_seconds": time.perf_counter() - t0,
                      "num_ok": sum(r["status"] == "ok" for r in rows),
                      "num_failed": sum(r["status"] == "failed" for r in rows)})
         return rows, info

@@ -1,8 +1,9 @@
 """Pretraining: the trained CNN each stream starts from ([0025]: the CNN is trained first).
 
 In: the `pretrain` and `extract` params sections, the extract stage's clip folder, a modality and the task
-(pipeline.training.tasks). `pretrain_modality(...)` trains `pretrain.backbone` on the frames of the train split
-(snippets for a 3D backbone), or starts from the user's `pretrain.weights` and fine-tunes them
+(pipeline.training.tasks). `pretrain_modality(...)` trains `pretrain.backbone` (a registered backbone, or the
+user's own module from its builder `package.module:function`: pipeline.core.own_model) on the frames of the
+train split (snippets for a 3D backbone), or starts from the user's `pretrain.weights` and fine-tunes them
 (`pretrain.finetune`) or keeps them, and evaluates frame accuracy on val; the weights of the best val epoch are
 kept. With `pretrain.phase_bins` (classification) the CNN trains with its (class, phase) head
 (pipeline.training.phase), dropped afterwards.
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 import prernn
+from pipeline.core.own_model import OwnModelError, build_own, check_output, is_builder, load_own_weights, model_config
 from pipeline.data.augment import from_params
 from pipeline.data.dataset import FrameDataset, snippet_length
 from pipeline.training.phase import PhaseClassification, PhaseHead
@@ -71,6 +73,26 @@ def train_best(trainer: Trainer, train, val, epochs: int, key: str, modality: st
     return best
 
 
+def new_model(p, extract, task: Task, num_classes: int, in_channels: int, frame_shape) -> torch.nn.Module:
+    """The CNN to pretrain with `p.weights` loaded: a registered backbone (`prernn.create_backbone`, the weights
+    by `prernn.load_pretrained`, its classifier may differ), or the user's module from its builder (the weights
+    strictly, `load_own_weights`; its output checked: `check_output`); PretrainedWeightsError when refused."""
+    if not is_builder(p.backbone):
+        model = prernn.create_backbone(p.backbone, num_classes, in_channels=in_channels,
+                                       **backbone_kwargs(p, extract, task))
+        if p.weights:
+            load_weights(model, p.weights)
+        return model
+    try:
+        model = build_own(p, num_classes, in_channels)
+        if p.weights:
+            load_own_weights(model, p.weights)
+        check_output(model, frame_shape, num_classes, p.backbone)
+    except OwnModelError as err:
+        raise PretrainedWeightsError(str(err)) from None
+    return model
+
+
 def pretrain_modality(p, extract, clips_dir: Path, modality: str, task: Task) -> tuple[dict, dict]:
     """Train (or load) one stream's backbone for `task`; returns (checkpoint dict, metrics).
 
@@ -78,15 +100,15 @@ def pretrain_modality(p, extract, clips_dir: Path, modality: str, task: Task) ->
     epoch is the one with the best val `task.score` (metrics `val_frame_<key>` for the task's metric keys).
     """
     seed_everything(p.seed)
-    kwargs = backbone_kwargs(p, extract, task)
-    with torch.device("meta"):  # the backbone's snippet length, from its config (no memory, no random numbers)
-        snippet = snippet_length(prernn.create_backbone(p.backbone, 2, **kwargs).config)
+    snippet = None  # the user's module reads frames
+    if not is_builder(p.backbone):
+        with torch.device("meta"):  # the backbone's snippet length, from its config (no memory, no random numbers)
+            snippet = snippet_length(prernn.create_backbone(p.backbone, 2, **backbone_kwargs(p, extract, task)).config)
     bins = p.phase_bins if task.frame_phase else 0  # (class, phase) pair targets: classification only
     train, val = frame_datasets(clips_dir, modality, snippet, bins, task)
-    in_channels = train[0][0].shape[-1]  # (H, W, C) / (L, H, W, C)
-    model = prernn.create_backbone(p.backbone, train.num_classes, in_channels=in_channels, **kwargs)
-    if p.weights:
-        load_weights(model, p.weights)
+    frame = train[0][0]  # (H, W, C) / (L, H, W, C)
+    in_channels = frame.shape[-1]
+    model = new_model(p, extract, task, train.num_classes, in_channels, (in_channels, *frame.shape[:2]))
     epochs = p.epochs if (p.weights is None or p.finetune) else 0
     augment = from_params(p, p.seed, points=task.points)  # shifted, jittered training frames (pretrain.augment_*)
     trained, train_task = model, task
@@ -105,4 +127,4 @@ def pretrain_modality(p, extract, clips_dir: Path, modality: str, task: Task) ->
             "extract": train.meta.get("prernn.extract"), "modality": modality, "snippet": snippet,
             "pretrain": p.model_dump(), "metrics": {k: v for k, v in metrics.items() if k != "history"},
             **task.entries()}
-    return {"config": model.config, "state_dict": model.state_dict(), "meta": meta}, metrics
+    return {"config": model_config(model), "state_dict": model.state_dict(), "meta": meta}, metrics
