@@ -14,6 +14,7 @@ Each rerun is compared with an uninterrupted run: every epoch trained once over 
 """
 import json
 import os
+import pickle
 import signal
 import subprocess
 import time
@@ -207,3 +208,22 @@ def test_a_search_whose_disk_filled_resumes_from_its_trials(project, uninterrupt
     assert _trained(root, "prernn-gru-fc7") == [1, 2, 3]
     assert _histories(root) == _histories(uninterrupted)
     assert _rows(root) == _rows(uninterrupted)
+
+
+@pytest.mark.parametrize("error", [pickle.UnpicklingError("pickle data was truncated"), EOFError("Ran out of input")])
+def test_a_pickle_ray_wrote_cut_short_stops_the_stage_as_a_full_storage_path(monkeypatch, tmp_path, error):
+    """Ray reads a trial's error.pkl back after the disk filled; by then its clean-up may have freed space again
+    (seen in CI: the full-disk test's UnpicklingError came with room on the tmpfs). The stage still says, in one
+    line, that storage_path ran out of space, instead of a traceback."""
+    from pipeline.search import stage
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(stage.tuner, "run_search", fail)
+    with pytest.raises(stage.SearchStageError, match=r"search.storage_path: .*no space left on device.*"
+                                                     r"a file it wrote there is cut short"):
+        stage._search(None, None, None, tmp_path, quiet=True, fresh=False)
+    monkeypatch.setattr(stage.tuner, "run_search", lambda *a, **k: (_ for _ in ()).throw(ValueError("other")))
+    with pytest.raises(ValueError, match="other"):  # any other error is not taken for a full disk
+        stage._search(None, None, None, tmp_path, quiet=True, fresh=False)

@@ -11,6 +11,7 @@ cluster can refute.
 """
 from __future__ import annotations
 
+import pickle
 import time
 from pathlib import Path
 
@@ -78,6 +79,12 @@ def _datasets(clips, modality: str, snippet) -> dict:
         raise SearchStageError(str(err)) from None
 
 
+def _cut_short(err: BaseException) -> bool:
+    """Whether Ray failed reading back a pickle it wrote itself (a trial's error.pkl cut short): what a full
+    storage_path leaves behind, even when Ray's clean-up has freed some space again by the time it is read."""
+    return isinstance(err, (pickle.UnpicklingError, EOFError))
+
+
 def _search(search, mlflow_params, inputs: tuner.SearchInputs, storage, quiet: bool, fresh: bool):
     """tuner.run_search, its stops as SearchStageError (storage_path full: `storage_full`)."""
     started = time.time()
@@ -87,9 +94,11 @@ def _search(search, mlflow_params, inputs: tuner.SearchInputs, storage, quiet: b
     except (TrackingUnavailable, ClusterUnavailable, tuner.SearchInterrupted) as err:
         raise SearchStageError(str(err)) from None
     except Exception as err:  # Ray's own writes (trial errors, experiment state) on a full storage_path
-        if not (out_of_space(err) or nearly_full(storage)):
+        if not (out_of_space(err) or nearly_full(storage) or _cut_short(err)):
             raise
-        raise storage_full(storage, started, f"{type(err).__name__} in Ray") from None
+        raise storage_full(storage, started, f"{type(err).__name__} in Ray"
+                                             + (": a file it wrote there is cut short" if _cut_short(err) else "")
+                                             ) from None
     full = [r["name"] for r in rows if out_of_space(r["error"])]
     if full:
         raise storage_full(storage, started, f"{len(full)} trial(s) could not write their checkpoints: "
