@@ -199,8 +199,10 @@ def test_a_search_whose_disk_filled_resumes_from_its_trials(project, uninterrupt
     assert again.count(1) == 1 and again.count(3) == 1 and set(again) == {1, 2, 3}, again
     info = json.loads((root / "search" / "search.json").read_text())
     said = [line for line in (done.stdout + done.stderr).splitlines() if "cannot restore" in line]
-    # the final state sync onto the full disk cut Ray's state short (the stage removed it): one line says so
-    assert info["restored_from"] == "trial checkpoints" and len(said) == 1, (info, said)
+    # either the final state sync onto the full disk cut Ray's state short (the stage removed it: one line says so)
+    # or the state is whole and Ray restores it, the failed trial resumed (resume_errored); which one depends on
+    # when Ray's clean-up ran: both must end as the uninterrupted run, below
+    assert (info["restored_from"], len(said)) in {("trial checkpoints", 1), ("experiment state", 0)}, (info, said)
     assert info["parent_run_id"] == parent
     children = _children(root)
     assert {n: children[n].info.run_id for n in runs_before} == runs_before

@@ -284,7 +284,9 @@ def _tuner(search, inputs: SearchInputs, exp: Experiment, param_space: dict, res
     trainable = _trainable(search, inputs, exp)
     if restoring:
         log.warning("restoring the search from %s (finished trials are kept)", exp.dir)
-        return tune.Tuner.restore(str(exp.dir), trainable=trainable, param_space=param_space)
+        # resume_errored: a trial that failed in the run cut short (its checkpoint could not be written on a full
+        # storage_path) continues from its newest whole checkpoint instead of staying failed
+        return tune.Tuner.restore(str(exp.dir), trainable=trainable, param_space=param_space, resume_errored=True)
     task = inputs.task
     scheduler = (ASHAScheduler(max_t=search.epochs, grace_period=max(1, search.epochs // 4),
                                reduction_factor=2) if search.scheduler == "asha" else None)
