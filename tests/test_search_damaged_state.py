@@ -49,18 +49,27 @@ def _cut_short(exp_dir: Path, patterns) -> list[str]:
     return cut
 
 
+def _start_until_one_ended(root: Path, fault: str) -> subprocess.Popen:
+    """Start the stage with traditional-gru-1 held by `fault` after epoch 1; return once prernn-gru-fc7 has ended,
+    the other is held, and Ray has saved its experiment state since."""
+    with open(root / "driver.log", "w") as log:
+        proc = subprocess.Popen(_stage(root, {"traditional-gru-1": fault}), cwd=root, env=_env(),
+                                start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while not (_paused(root, "traditional-gru-1") and _ended(root, "prernn-gru-fc7")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("the moment never came: " + (root / "driver.log").read_text()[-3000:])
+        time.sleep(0.2)
+    time.sleep(2.5)  # Ray saves its experiment state every second
+    return proc
+
+
 def _kill_mid_search(root: Path) -> None:
     """Run the stage until one trial ended and the other checkpointed epoch 1 and paused, then SIGKILL it."""
-    with open(root / "driver.log", "w") as log:
-        proc = subprocess.Popen(_stage(root, {"traditional-gru-1": "pause:1"}), cwd=root, env=_env(),
-                                start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    proc = _start_until_one_ended(root, "pause:1")
     try:
-        deadline = time.monotonic() + 180
-        while not (_paused(root, "traditional-gru-1") and _ended(root, "prernn-gru-fc7")):
-            assert proc.poll() is None, (root / "driver.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the moment never came"
-            time.sleep(0.2)
-        time.sleep(2.5)  # Ray saves its experiment state every second
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -163,16 +172,8 @@ def test_a_search_whose_disk_filled_resumes_from_its_trials(project, uninterrupt
     params["search"]["storage_path"] = str(small_fs / "ray")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)  # room until the test fills it
-    with open(root / "driver.log", "w") as log:
-        proc = subprocess.Popen(_stage(root, {"traditional-gru-1": "stall:1"}), cwd=root, env=_env(),
-                                start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    proc = _start_until_one_ended(root, "stall:1")
     try:
-        deadline = time.monotonic() + 180
-        while not (_paused(root, "traditional-gru-1") and _ended(root, "prernn-gru-fc7")):
-            assert proc.poll() is None, (root / "driver.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the moment never came"
-            time.sleep(0.2)
-        time.sleep(2.5)  # Ray saves its experiment state every second
         filler = fill(small_fs, leave=0)
         (root / "signals" / "traditional-gru-1.release").touch()  # epoch 2 is reported onto the full disk
         assert proc.wait(300) == 1, (root / "driver.log").read_text()[-3000:]
